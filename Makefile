@@ -1,0 +1,29 @@
+# monk: PGXS build of the PostgreSQL extension that exports usage events to the Monk Events API.
+#
+#   make && make install                 build and install (as root)
+#   make installcheck                    pg_regress (own temporary instance, library preloaded) + TAP
+#   make installcheck REGRESS= ...       only the TAP tests, or PROVE_TESTS=test/t/010_x.pl for one
+#
+# Run installcheck as an unprivileged user: PostgreSQL refuses to run as root (see test/run-tests.sh).
+
+EXTENSION = monk
+MODULE_big = monk
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o
+DATA = sql/monk--0.1.sql
+PGFILEDESC = "monk - export usage events to the Monk Events API"
+
+SHLIB_LINK += -lcurl -luuid
+PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+
+REGRESS = settings validation rendering keys privileges
+REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I $(srcdir)/test
+
+EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

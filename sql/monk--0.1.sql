@@ -1,0 +1,156 @@
+/*
+ * monk 0.1: the transactional outbox of usage events and the functions that
+ * queue, preview and report them.  User-facing functions live in the
+ * extension's schema (public by default); tables, views and internal
+ * functions in schema monk, which PUBLIC cannot use.
+ */
+\echo Use "CREATE EXTENSION monk" to load this file. \quit
+
+CREATE SCHEMA monk;
+COMMENT ON SCHEMA monk IS 'monk: outbox, dead letters and export cursors of usage events';
+REVOKE ALL ON SCHEMA monk FROM PUBLIC;
+
+-- Events waiting to be accepted by the Events API.  Logged: it survives
+-- crashes and reaches replicas.  "event" holds the JSON sent, rendered once
+-- when the event was queued, idempotency key included.
+CREATE SEQUENCE monk.outbox_id_seq;
+CREATE TABLE monk.outbox (
+    id              bigint      NOT NULL DEFAULT nextval('monk.outbox_id_seq'),
+    idempotency_key text        NOT NULL,
+    event           text        NOT NULL,
+    queued_at       timestamptz NOT NULL DEFAULT now(),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    CONSTRAINT outbox_pkey PRIMARY KEY (id)
+);
+ALTER SEQUENCE monk.outbox_id_seq OWNED BY monk.outbox.id;
+COMMENT ON TABLE monk.outbox IS 'usage events queued by monk_send, deleted once the Events API accepted them';
+
+-- Events the API refused for good (400/422 after bisection), and rows of a
+-- bulk export that failed validation.  monk_retry_dead_letters() queues them
+-- again with their original keys.
+CREATE TABLE monk.dead_letter (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source          text        NOT NULL,
+    source_id       bigint,
+    idempotency_key text,
+    event           text,
+    http_status     integer,
+    error           text        NOT NULL,
+    response_body   text,
+    attempts        integer     NOT NULL DEFAULT 0,
+    queued_at       timestamptz,
+    failed_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE monk.dead_letter IS 'events the Events API refused, with its answer; source is ''outbox'' or an export cursor';
+
+-- One cursor per monk_batch_export source: the last id accepted or
+-- dead-lettered.
+CREATE TABLE monk.sync_state (
+    cursor_name     text        PRIMARY KEY,
+    source          text        NOT NULL,
+    last_id         bigint      NOT NULL DEFAULT 0,
+    events_sent     bigint      NOT NULL DEFAULT 0,
+    events_failed   bigint      NOT NULL DEFAULT 0,
+    last_run_at     timestamptz,
+    last_error      text,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id are still to be sent';
+
+-- pg_dump keeps the queued events, the dead letters and the cursors.
+SELECT pg_catalog.pg_extension_config_dump('monk.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.sync_state', '');
+
+-- Queue an event in the caller's transaction; returns its idempotency key.
+CREATE FUNCTION @extschema@.monk_send(
+    event_name           text,
+    external_customer_id text        DEFAULT NULL,
+    properties           jsonb       DEFAULT NULL,
+    event_time           timestamptz DEFAULT NULL,
+    idempotency_key      text        DEFAULT NULL,
+    customer_id          uuid        DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'monk_send'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_send(text, text, jsonb, timestamptz, text, uuid)
+    IS 'queue a usage event in the current transaction; returns its idempotency key';
+
+-- The same, with the event in the API's own camelCase shape.
+CREATE FUNCTION @extschema@.monk_send(event jsonb)
+RETURNS text
+AS 'MODULE_PATHNAME', 'monk_send_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_send(jsonb)
+    IS 'queue a usage event given as {"eventName", "externalCustomerId" | "customerId", "properties", "timestamp", "idempotencyKey"}';
+
+-- Queueing billable events is a privilege: grant EXECUTE to the roles that may.
+REVOKE ALL ON FUNCTION @extschema@.monk_send(text, text, jsonb, timestamptz, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.monk_send(jsonb) FROM PUBLIC;
+
+-- The JSON monk_send would queue, without queueing it (validation included).
+CREATE FUNCTION monk.event_json(
+    event_name           text,
+    external_customer_id text        DEFAULT NULL,
+    properties           jsonb       DEFAULT NULL,
+    event_time           timestamptz DEFAULT NULL,
+    idempotency_key      text        DEFAULT NULL,
+    customer_id          uuid        DEFAULT NULL)
+RETURNS json
+AS 'MODULE_PATHNAME', 'monk_event_json'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION monk.event_json(event jsonb)
+RETURNS json
+AS 'MODULE_PATHNAME', 'monk_event_json_jsonb'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- The queued events as JSON, as the worker will send them.
+CREATE VIEW monk.outbox_events AS
+    SELECT id, idempotency_key, event::json AS event, queued_at, attempts,
+           next_attempt_at, last_status, last_error
+      FROM monk.outbox;
+
+-- Live figures of the workers, from shared memory.
+CREATE FUNCTION monk.worker_status(
+    OUT database          text,
+    OUT pid               integer,
+    OUT state             text,
+    OUT circuit           text,
+    OUT events_sent       bigint,
+    OUT events_failed     bigint,
+    OUT events_retried    bigint,
+    OUT requests_2xx      bigint,
+    OUT requests_4xx      bigint,
+    OUT requests_5xx      bigint,
+    OUT requests_failed   bigint,
+    OUT started_at        timestamptz,
+    OUT last_success_at   timestamptz,
+    OUT last_error        text,
+    OUT last_error_at     timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'monk_worker_status'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION monk.worker_status() FROM PUBLIC;
+
+-- One row for the current database: the worker and its outbox.
+CREATE VIEW monk.status AS
+    SELECT pg_catalog.current_database()::text AS database,
+           w.pid IS NOT NULL AS worker_running,
+           coalesce(w.state, 'not running') AS worker_state,
+           o.depth AS outbox_depth,
+           pg_catalog.now() - o.oldest AS oldest_event_age,
+           d.dead_letters,
+           w.events_sent, w.events_failed, w.events_retried,
+           w.requests_2xx, w.requests_4xx, w.requests_5xx, w.requests_failed,
+           coalesce(w.circuit, 'closed') AS circuit,
+           w.last_error, w.last_error_at, w.last_success_at, w.started_at
+      FROM (SELECT pg_catalog.count(*) AS depth,
+                   (SELECT queued_at FROM monk.outbox ORDER BY id LIMIT 1) AS oldest
+              FROM monk.outbox) o
+      CROSS JOIN (SELECT pg_catalog.count(*) AS dead_letters FROM monk.dead_letter) d
+      LEFT JOIN monk.worker_status() w ON w.database = pg_catalog.current_database();

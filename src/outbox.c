@@ -1,0 +1,249 @@
+/*
+ * outbox.c
+ *		Access to monk's tables: queueing events into monk.outbox.
+ *
+ * monk_send runs in the caller's transaction, often inside a trigger, so
+ * queueing must cost little and must not depend on the caller's privileges:
+ * a role with EXECUTE on monk_send may queue events but has no privilege on
+ * the outbox.  The row is therefore inserted directly into the heap and its
+ * indexes, as the catalogs do, without the executor or SPI.  The insert is
+ * WAL-logged like any other: the outbox survives crashes and reaches
+ * replicas.  This file knows nothing of HTTP.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "commands/dbcommands.h"
+#include "commands/sequence.h"
+#include "executor/executor.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "outbox.h"
+#include "settings.h"
+
+/* The columns of monk.outbox, in order. */
+enum
+{
+	OUTBOX_ID = 0,
+	OUTBOX_KEY,
+	OUTBOX_EVENT,
+	OUTBOX_QUEUED_AT,
+	OUTBOX_ATTEMPTS,
+	OUTBOX_NEXT_ATTEMPT_AT,
+	OUTBOX_LAST_STATUS,
+	OUTBOX_LAST_ERROR,
+	OUTBOX_NATTS
+};
+
+static const char *const outbox_columns[OUTBOX_NATTS] = {
+	"id", "idempotency_key", "event", "queued_at",
+	"attempts", "next_attempt_at", "last_status", "last_error"
+};
+
+/* Cached OIDs, forgotten on any invalidation of the outbox or its sequence. */
+static Oid	outbox_relid = InvalidOid;
+static Oid	outbox_seqid = InvalidOid;
+static Oid	outbox_pkey = InvalidOid;
+static bool inval_registered = false;
+
+static void
+OutboxInvalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == outbox_relid || relid == outbox_seqid ||
+		relid == outbox_pkey)
+	{
+		outbox_relid = InvalidOid;
+		outbox_seqid = InvalidOid;
+		outbox_pkey = InvalidOid;
+	}
+}
+
+/* Look up (once) the outbox, its sequence and its primary key. */
+static void
+OutboxLookup(void)
+{
+	Oid			nsp;
+
+	if (OidIsValid(outbox_relid))
+		return;
+	if (!inval_registered)
+	{
+		CacheRegisterRelcacheCallback(OutboxInvalidate, (Datum) 0);
+		inval_registered = true;
+	}
+	nsp = get_namespace_oid("monk", true);
+	if (OidIsValid(nsp))
+	{
+		outbox_seqid = get_relname_relid("outbox_id_seq", nsp);
+		outbox_pkey = get_relname_relid("outbox_pkey", nsp);
+		outbox_relid = get_relname_relid("outbox", nsp);
+	}
+	if (!OidIsValid(outbox_relid) || !OidIsValid(outbox_seqid) || !OidIsValid(outbox_pkey))
+	{
+		outbox_relid = InvalidOid;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the monk outbox does not exist in database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errhint("Run CREATE EXTENSION monk in this database.")));
+	}
+}
+
+/* Check that monk.outbox still has the columns this code writes. */
+static void
+OutboxCheckShape(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		ok = desc->natts == OUTBOX_NATTS;
+
+	for (int i = 0; ok && i < OUTBOX_NATTS; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped && strcmp(NameStr(att->attname), outbox_columns[i]) == 0;
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table monk.outbox has been altered"),
+				 errhint("Recreate the extension, or restore the table's columns as monk created them.")));
+}
+
+/* The id of the next event, from the outbox's sequence (read-write only). */
+int64
+OutboxNextId(void)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot queue an event in a read-only transaction"),
+				 RecoveryInProgress() ?
+				 errhint("Events are queued on the primary server.") : 0));
+
+	OutboxLookup();
+	return nextval_internal(outbox_seqid, false);
+}
+
+/*
+ * Insert one event into the outbox in the current transaction.  The caller
+ * has validated and rendered it.
+ */
+void
+OutboxInsert(int64 id, const char *key, const char *event, int event_len,
+			 TimestampTz queued_at)
+{
+	Relation	rel;
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
+	HeapTuple	tuple;
+	List	   *indexes;
+	ListCell   *lc;
+	TupleTableSlot *slot = NULL;
+
+	OutboxLookup();
+	rel = table_open(outbox_relid, RowExclusiveLock);
+	OutboxCheckShape(rel);
+
+	memset(nulls, false, sizeof(nulls));
+	values[OUTBOX_ID] = Int64GetDatum(id);
+	values[OUTBOX_KEY] = CStringGetTextDatum(key);
+	values[OUTBOX_EVENT] = PointerGetDatum(cstring_to_text_with_len(event, event_len));
+	values[OUTBOX_QUEUED_AT] = TimestampTzGetDatum(queued_at);
+	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
+	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
+	nulls[OUTBOX_LAST_STATUS] = true;
+	nulls[OUTBOX_LAST_ERROR] = true;
+
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tuple);
+
+	/* maintain every index of the outbox (plain column indexes only) */
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(index);
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL || !info->ii_ReadyForInserts)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("index \"%s\" on monk.outbox is not supported",
+							RelationGetRelationName(index)),
+					 errhint("Indexes on monk.outbox must be plain column indexes; drop this one.")));
+		if (slot == NULL)
+		{
+			slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+			ExecStoreHeapTuple(tuple, slot, false);
+		}
+		FormIndexDatum(info, slot, NULL, ivalues, inulls);
+		index_insert(index, ivalues, inulls, &tuple->t_self, rel,
+					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, info);
+		index_close(index, NoLock);
+	}
+	if (slot)
+		ExecDropSingleTupleTableSlot(slot);
+	list_free(indexes);
+	heap_freetuple(tuple);
+	table_close(rel, NoLock);
+}
+
+/*
+ * With monk.max_outbox_events set, refuse a new event when the outbox holds
+ * that many.  The depth is counted as the span of ids from the oldest queued
+ * event to the new one: never less than the true depth, found with one index
+ * probe, so that the check stays cheap whatever the backlog.
+ */
+void
+OutboxCheckCapacity(int64 new_id)
+{
+	Relation	rel;
+	Relation	index;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int64		oldest = new_id;
+	int64		depth;
+
+	if (monk_max_outbox_events <= 0)
+		return;
+
+	OutboxLookup();
+	rel = table_open(outbox_relid, AccessShareLock);
+	index = index_open(outbox_pkey, AccessShareLock);
+	scan = systable_beginscan_ordered(rel, index, GetActiveSnapshot(), 0, NULL);
+	tuple = systable_getnext_ordered(scan, ForwardScanDirection);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, OUTBOX_ID + 1, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			oldest = DatumGetInt64(d);
+	}
+	systable_endscan_ordered(scan);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+
+	depth = new_id - oldest + 1;
+	if (depth > monk_max_outbox_events)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("the monk outbox is full"),
+				 errdetail("The outbox spans " INT64_FORMAT " events; monk.max_outbox_events is %d.",
+						   depth, monk_max_outbox_events),
+				 errhint("Check monk.status: the worker may be unable to reach the Events API. Raise monk.max_outbox_events to queue more.")));
+}

@@ -1,0 +1,212 @@
+/*
+ * send.c
+ *		The SQL-callable functions of monk: monk_send (both forms), the event
+ *		rendering preview monk.event_json, and the live worker figures behind
+ *		monk.status.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "event.h"
+#include "outbox.h"
+#include "settings.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(monk_send);
+PG_FUNCTION_INFO_V1(monk_send_jsonb);
+PG_FUNCTION_INFO_V1(monk_event_json);
+PG_FUNCTION_INFO_V1(monk_event_json_jsonb);
+PG_FUNCTION_INFO_V1(monk_worker_status);
+
+/* Read the arguments of the six-argument form into an event. */
+static void
+EventFromArgs(FunctionCallInfo fcinfo, MonkEvent *ev)
+{
+	memset(ev, 0, sizeof(*ev));
+	if (!PG_ARGISNULL(0))
+		ev->event_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!PG_ARGISNULL(1))
+		ev->external_customer_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2))
+		ev->properties = PG_GETARG_JSONB_P(2);
+	if (!PG_ARGISNULL(3))
+	{
+		ev->has_timestamp = true;
+		ev->timestamp = PG_GETARG_TIMESTAMPTZ(3);
+	}
+	if (!PG_ARGISNULL(4))
+		ev->idempotency_key = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (!PG_ARGISNULL(5))
+		ev->customer_id = PG_GETARG_UUID_P(5);
+}
+
+/* Read the jsonb form into an event, raising type errors. */
+static void
+EventFromJsonbArg(FunctionCallInfo fcinfo, MonkEvent *ev)
+{
+	MonkEventError err;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event: event must not be NULL")));
+	if (!MonkEventFromJsonb(PG_GETARG_JSONB_P(0), ev, &err))
+		MonkEventRaise(&err);
+}
+
+/*
+ * Validate an event, give it its timestamp (now() when absent), and raise
+ * when it breaks a rule of the API.
+ */
+static void
+ValidateEvent(MonkEvent *ev, TimestampTz now)
+{
+	MonkEventError err;
+
+	if (!ev->has_timestamp)
+	{
+		ev->has_timestamp = true;
+		ev->timestamp = GetCurrentTransactionStartTimestamp();
+	}
+	if (!MonkEventCheck(ev, now, &err))
+		MonkEventRaise(&err);
+}
+
+/*
+ * Queue a validated event in the outbox in the caller's transaction and
+ * return its idempotency key.  The key is the caller's, or the prefix
+ * followed by the event's outbox id; it never changes afterwards.
+ */
+static text *
+QueueEvent(MonkEvent *ev, TimestampTz now)
+{
+	int64		id;
+	const char *key;
+	StringInfoData json;
+
+	MonkRequirePreload();
+	ValidateEvent(ev, now);
+
+	id = OutboxNextId();
+	OutboxCheckCapacity(id);
+	key = ev->idempotency_key ? ev->idempotency_key
+		: psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
+
+	initStringInfo(&json);
+	MonkEventRender(&json, ev, key);
+	OutboxInsert(id, key, json.data, json.len, now);
+	MonkWakeWorkerAtCommit();
+	pfree(json.data);
+	return cstring_to_text(key);
+}
+
+/* monk_send(event_name, external_customer_id, properties, event_time, idempotency_key, customer_id) */
+Datum
+monk_send(PG_FUNCTION_ARGS)
+{
+	MonkEvent	ev;
+
+	EventFromArgs(fcinfo, &ev);
+	PG_RETURN_TEXT_P(QueueEvent(&ev, GetCurrentTimestamp()));
+}
+
+/* monk_send(event jsonb): the API's own camelCase shape */
+Datum
+monk_send_jsonb(PG_FUNCTION_ARGS)
+{
+	MonkEvent	ev;
+
+	EventFromJsonbArg(fcinfo, &ev);
+	PG_RETURN_TEXT_P(QueueEvent(&ev, GetCurrentTimestamp()));
+}
+
+/* The JSON monk_send would queue for this event, without queueing it. */
+static Datum
+RenderOnly(MonkEvent *ev)
+{
+	StringInfoData json;
+
+	ValidateEvent(ev, GetCurrentTimestamp());
+	initStringInfo(&json);
+	MonkEventRender(&json, ev, ev->idempotency_key);
+	return PointerGetDatum(cstring_to_text_with_len(json.data, json.len));
+}
+
+/* monk.event_json(...): same arguments as monk_send */
+Datum
+monk_event_json(PG_FUNCTION_ARGS)
+{
+	MonkEvent	ev;
+
+	EventFromArgs(fcinfo, &ev);
+	PG_RETURN_DATUM(RenderOnly(&ev));
+}
+
+/* monk.event_json(event jsonb) */
+Datum
+monk_event_json_jsonb(PG_FUNCTION_ARGS)
+{
+	MonkEvent	ev;
+
+	EventFromJsonbArg(fcinfo, &ev);
+	PG_RETURN_DATUM(RenderOnly(&ev));
+}
+
+/*
+ * monk.worker_status(): one row per database of monk.databases with the live
+ * figures of its worker.
+ */
+Datum
+monk_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	MonkRequirePreload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (int i = 0; i < MonkShmem->nslots; i++)
+	{
+		MonkWorkerSlot *slot = &MonkShmem->slots[i];
+		Datum		values[16];
+		bool		nulls[16];
+		int			n = 0;
+		int			pid = slot->pid;
+		TimestampTz started,
+					success,
+					error_at;
+		char		last_error[MONK_LAST_ERROR_LEN];
+
+		SpinLockAcquire(&slot->mutex);
+		started = slot->started_at;
+		success = slot->last_success_at;
+		error_at = slot->last_error_at;
+		strlcpy(last_error, slot->last_error, sizeof(last_error));
+		SpinLockRelease(&slot->mutex);
+
+		memset(nulls, false, sizeof(nulls));
+		values[n++] = CStringGetTextDatum(slot->dbname);
+		values[n] = Int32GetDatum(pid);
+		nulls[n++] = (pid == 0);
+		values[n++] = CStringGetTextDatum(pid ? MonkStateName(slot->state) : "not running");
+		values[n++] = CStringGetTextDatum(MonkCircuitName(slot->circuit));
+		for (int c = 0; c < MONK_NUM_COUNTERS; c++)
+			values[n++] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->counters[c]));
+		values[n] = TimestampTzGetDatum(started);
+		nulls[n++] = (started == 0);
+		values[n] = TimestampTzGetDatum(success);
+		nulls[n++] = (success == 0);
+		values[n] = CStringGetTextDatum(last_error);
+		nulls[n++] = (last_error[0] == '\0');
+		values[n] = TimestampTzGetDatum(error_at);
+		nulls[n++] = (error_at == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

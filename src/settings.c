@@ -1,0 +1,320 @@
+/*
+ * settings.c
+ *		The monk.* configuration parameters: definitions, bounds, checks.
+ *
+ * Every setting of the specification is defined here with its bounds, unit
+ * and context.  Settings that decide where events go or with which key
+ * (base_url, api_key, databases) are superuser-only.  The API key gets
+ * special care: its GUC variable never holds the key itself, only a fixed
+ * placeholder, while the key lives in the check hook's "extra" data.  That
+ * way SHOW, pg_settings, current_setting() and the postmaster's "parameter
+ * changed" message on reload never see it.
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/varlena.h"
+
+#include "settings.h"
+
+char	   *monk_base_url = NULL;
+char	   *monk_databases = NULL;
+int			monk_batch_size = 5000;
+int			monk_flush_interval = 1000;
+int			monk_max_parallel_requests = 4;
+int			monk_request_timeout = 30000;
+int			monk_max_retries = 10;
+int			monk_retry_base_delay = 1000;
+int			monk_retry_max_delay = 300000;
+int			monk_circuit_failure_threshold = 5;
+int			monk_circuit_open_time = 30000;
+int			monk_shutdown_timeout = 10000;
+char	   *monk_idempotency_prefix = NULL;
+int			monk_max_outbox_events = 0;
+
+/* The placeholder the monk.api_key variable always holds. */
+#define API_KEY_PLACEHOLDER "(hidden)"
+
+static char *api_key_guc = NULL;	/* always API_KEY_PLACEHOLDER */
+static const char *api_key_value = "";	/* the real key, from the hook's extra */
+
+/*
+ * Accept only http:// and https:// URLs with a host, without spaces, query or
+ * fragment.  A trailing slash is tolerated (it is removed when paths are
+ * appended).
+ */
+static bool
+CheckBaseUrl(char **newval, void **extra, GucSource source)
+{
+	const char *url = *newval;
+	const char *host;
+	const char *p;
+
+	if (url == NULL)
+		return true;
+	if (strncmp(url, "http://", 7) == 0)
+		host = url + 7;
+	else if (strncmp(url, "https://", 8) == 0)
+		host = url + 8;
+	else
+	{
+		GUC_check_errdetail("monk.base_url must start with \"http://\" or \"https://\".");
+		return false;
+	}
+	if (*host == '\0' || *host == '/' || *host == ':')
+	{
+		GUC_check_errdetail("monk.base_url must name a host.");
+		return false;
+	}
+	for (p = url; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == '?' || *p == '#' || *p == '"' ||
+			*p == '\\' || (unsigned char) *p >= 0x7f)
+		{
+			GUC_check_errdetail("monk.base_url must not contain spaces, control characters, quotes, a query or a fragment.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Keep the key in "extra" and leave only the placeholder in the variable.
+ */
+static bool
+CheckApiKey(char **newval, void **extra, GucSource source)
+{
+	const char *key = *newval ? *newval : "";
+	char	   *copy;
+
+	/* a value that already is the placeholder comes from GUC itself */
+	if (strcmp(key, API_KEY_PLACEHOLDER) == 0)
+		key = api_key_value;
+
+	copy = malloc(strlen(key) + 1);
+	if (copy == NULL)
+		return false;
+	strcpy(copy, key);
+	*extra = copy;
+
+	if (strcmp(*newval ? *newval : "", API_KEY_PLACEHOLDER) != 0)
+	{
+		char	   *placeholder = malloc(sizeof(API_KEY_PLACEHOLDER));
+
+		if (placeholder == NULL)
+			return false;
+		strcpy(placeholder, API_KEY_PLACEHOLDER);
+		free(*newval);
+		*newval = placeholder;
+	}
+	return true;
+}
+
+static void
+AssignApiKey(const char *newval, void *extra)
+{
+	api_key_value = extra ? (const char *) extra : "";
+}
+
+/* SHOW tells whether a key is set, never the key. */
+static const char *
+ShowApiKey(void)
+{
+	return api_key_value[0] ? "********" : "";
+}
+
+/* monk.databases: a comma-separated list of database names. */
+static bool
+CheckDatabases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval ? *newval : "");
+	List	   *names = NIL;
+	bool		ok = SplitIdentifierString(raw, ',', &names);
+
+	if (!ok)
+		GUC_check_errdetail("monk.databases must be a comma-separated list of database names.");
+	list_free(names);
+	pfree(raw);
+	return ok;
+}
+
+/* monk.idempotency_prefix: non-empty, printable. */
+static bool
+CheckPrefix(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval ? *newval : "";
+
+	if (*p == '\0')
+	{
+		GUC_check_errdetail("monk.idempotency_prefix must not be empty.");
+		return false;
+	}
+	if (strlen(p) > 64)
+	{
+		GUC_check_errdetail("monk.idempotency_prefix must be at most 64 bytes long.");
+		return false;
+	}
+	for (; *p; p++)
+	{
+		if ((unsigned char) *p < ' ' || (unsigned char) *p == 0x7f)
+		{
+			GUC_check_errdetail("monk.idempotency_prefix must not contain control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The API key in force, or "" when none is set. */
+const char *
+MonkApiKey(void)
+{
+	return api_key_value;
+}
+
+/* The names listed in monk.databases, as a list of palloc'd strings. */
+List *
+MonkDatabaseList(void)
+{
+	char	   *raw = pstrdup(monk_databases ? monk_databases : "");
+	List	   *names = NIL;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		elog(ERROR, "invalid monk.databases");
+	return names;
+}
+
+/* Define every monk.* setting and reserve the prefix. */
+void
+MonkSettingsInit(void)
+{
+	DefineCustomStringVariable("monk.base_url",
+							   "Base URL of the Monk Events API.",
+							   "Events are sent to <base_url>/v1/events/batch. Only http and https URLs are accepted.",
+							   &monk_base_url,
+							   "https://events-api.monk.com",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   CheckBaseUrl, NULL, NULL);
+
+	DefineCustomStringVariable("monk.api_key",
+							   "API key sent as a Bearer token to the Monk Events API.",
+							   "Never shown: SHOW and pg_settings display ******** when a key is set.",
+							   &api_key_guc,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   CheckApiKey, AssignApiKey, ShowApiKey);
+
+	DefineCustomIntVariable("monk.batch_size",
+							"Maximum number of events in one request to the batch endpoint.",
+							NULL,
+							&monk_batch_size,
+							5000, 1, MONK_MAX_BATCH_SIZE,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.flush_interval",
+							"Longest time a queued event waits for its batch to fill.",
+							NULL,
+							&monk_flush_interval,
+							1000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.max_parallel_requests",
+							"Maximum number of batch requests in flight at once.",
+							NULL,
+							&monk_max_parallel_requests,
+							4, 1, 64,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.request_timeout",
+							"Time allowed for one HTTP request, connection included.",
+							NULL,
+							&monk_request_timeout,
+							30000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.max_retries",
+							"Retries of a failing batch before it is parked and tried again later.",
+							NULL,
+							&monk_max_retries,
+							10, 0, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.retry_base_delay",
+							"Base delay of the exponential backoff between retries.",
+							NULL,
+							&monk_retry_base_delay,
+							1000, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.retry_max_delay",
+							"Cap of the exponential backoff between retries.",
+							NULL,
+							&monk_retry_max_delay,
+							300000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.circuit_failure_threshold",
+							"Consecutive failed requests that open the circuit breaker.",
+							NULL,
+							&monk_circuit_failure_threshold,
+							5, 1, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.circuit_open_time",
+							"Time the circuit breaker stays open before a probe request.",
+							NULL,
+							&monk_circuit_open_time,
+							30000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.shutdown_timeout",
+							"Time the worker waits for requests in flight when asked to stop.",
+							NULL,
+							&monk_shutdown_timeout,
+							10000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("monk.idempotency_prefix",
+							   "Prefix of the idempotency keys assigned to events (prefix followed by the outbox id).",
+							   "Make it unique per outbox when several databases or clusters send to one Monk account.",
+							   &monk_idempotency_prefix,
+							   "sync_",
+							   PGC_SUSET, 0,
+							   CheckPrefix, NULL, NULL);
+
+	DefineCustomIntVariable("monk.max_outbox_events",
+							"Events the outbox may hold before monk_send refuses new ones (0: unlimited).",
+							NULL,
+							&monk_max_outbox_events,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	/* a postmaster setting can only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("monk.databases",
+								   "Databases whose outbox a monk worker exports, comma-separated.",
+								   NULL,
+								   &monk_databases,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   GUC_SUPERUSER_ONLY | GUC_LIST_INPUT,
+								   CheckDatabases, NULL, NULL);
+
+	MarkGUCPrefixReserved("monk");
+}

@@ -1,0 +1,221 @@
+/*
+ * shmem.c
+ *		Shared memory of monk: a slot per exported database with the worker's
+ *		latch and its live figures, and the wake-up of the worker when a
+ *		transaction that queued events commits.
+ *
+ * Backends never poll: monk_send marks the transaction, and an XactCallback
+ * sets the worker's latch once the transaction has committed (after it became
+ * visible), so the worker finds the new rows on its next read.  A rolled-back
+ * transaction wakes nobody.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "settings.h"
+#include "shmem.h"
+
+MonkShared *MonkShmem = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static int	monk_nslots = 0;
+static bool wake_at_commit = false;
+static bool xact_callback_registered = false;
+
+static Size
+MonkShmemSize(void)
+{
+	return add_size(offsetof(MonkShared, slots),
+					mul_size(sizeof(MonkWorkerSlot), monk_nslots));
+}
+
+static void
+MonkShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MonkShmemSize());
+}
+
+/* Create (or attach to) the shared state: one slot per monk.databases entry. */
+static void
+MonkShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	MonkShmem = ShmemInitStruct("monk", MonkShmemSize(), &found);
+	if (!found)
+	{
+		List	   *names = MonkDatabaseList();
+		ListCell   *lc;
+		int			i = 0;
+
+		memset(MonkShmem, 0, MonkShmemSize());
+		MonkShmem->nslots = monk_nslots;
+		foreach(lc, names)
+		{
+			MonkWorkerSlot *slot = &MonkShmem->slots[i++];
+
+			strlcpy(slot->dbname, (char *) lfirst(lc), NAMEDATALEN);
+			SpinLockInit(&slot->mutex);
+			for (int c = 0; c < MONK_NUM_COUNTERS; c++)
+				pg_atomic_init_u64(&slot->counters[c], 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init while shared_preload_libraries are loaded. */
+void
+MonkShmemInit(void)
+{
+	List	   *names = MonkDatabaseList();
+
+	monk_nslots = list_length(names);
+	if (monk_nslots > MONK_MAX_DATABASES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("monk.databases names %d databases, more than the %d allowed",
+						monk_nslots, MONK_MAX_DATABASES)));
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = MonkShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = MonkShmemStartup;
+}
+
+/* Raise a clear error when the library was not preloaded. */
+void
+MonkRequirePreload(void)
+{
+	if (MonkShmem == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("monk must be loaded via shared_preload_libraries"),
+				 errhint("Add monk to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* The slot of the worker exporting the given database, or NULL. */
+MonkWorkerSlot *
+MonkSlotForDatabase(Oid dboid)
+{
+	if (MonkShmem == NULL)
+		return NULL;
+	for (int i = 0; i < MonkShmem->nslots; i++)
+	{
+		if (MonkShmem->slots[i].dboid == dboid)
+			return &MonkShmem->slots[i];
+	}
+	return NULL;
+}
+
+static void
+MonkXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+			{
+				MonkWorkerSlot *slot = MonkSlotForDatabase(MyDatabaseId);
+				Latch	   *latch = slot ? slot->latch : NULL;
+
+				if (latch)
+					SetLatch(latch);
+			}
+			wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Wake this database's worker when the current transaction commits. */
+void
+MonkWakeWorkerAtCommit(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(MonkXactCallback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
+/* Record the last error of a worker (no secrets: callers pass plain text). */
+void
+MonkSlotSetError(MonkWorkerSlot *slot, const char *msg)
+{
+	SpinLockAcquire(&slot->mutex);
+	strlcpy(slot->last_error, msg, MONK_LAST_ERROR_LEN);
+	slot->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&slot->mutex);
+}
+
+void
+MonkSlotSetSuccess(MonkWorkerSlot *slot)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&slot->mutex);
+	slot->last_success_at = now;
+	SpinLockRelease(&slot->mutex);
+}
+
+const char *
+MonkStateName(int state)
+{
+	switch (state)
+	{
+		case MONK_STATE_STOPPED:
+			return "not running";
+		case MONK_STATE_STARTING:
+			return "starting";
+		case MONK_STATE_IDLE:
+			return "idle";
+		case MONK_STATE_SENDING:
+			return "sending";
+		case MONK_STATE_BACKOFF:
+			return "backing off";
+		case MONK_STATE_CIRCUIT_OPEN:
+			return "circuit open";
+		case MONK_STATE_PAUSED_AUTH:
+			return "paused: authentication failed";
+		case MONK_STATE_STANDBY:
+			return "standby";
+		case MONK_STATE_STOPPING:
+			return "stopping";
+	}
+	return "unknown";
+}
+
+const char *
+MonkCircuitName(int circuit)
+{
+	switch (circuit)
+	{
+		case MONK_CIRCUIT_CLOSED:
+			return "closed";
+		case MONK_CIRCUIT_OPEN:
+			return "open";
+		case MONK_CIRCUIT_HALF_OPEN:
+			return "half-open";
+	}
+	return "unknown";
+}

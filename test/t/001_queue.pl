@@ -1,0 +1,99 @@
+# monk_send queues an event in the caller's transaction: a committed event is
+# in the outbox, a rolled-back one never is, from a plain statement as from a
+# trigger, with savepoints, and from concurrent sessions.  Without the
+# preloaded library monk_send refuses clearly.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('queue');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'monk'
+monk.databases = 'postgres'
+monk.base_url = 'http://127.0.0.1:9'
+});
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION monk;
+CREATE TABLE api_calls (id bigserial PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
+CREATE FUNCTION api_calls_bill() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM monk_send('api_call', NEW.customer, jsonb_build_object('tokens', NEW.tokens),
+                      idempotency_key => 'call_' || NEW.id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER api_calls_bill AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION api_calls_bill();
+});
+
+sub keys_queued
+{
+	return $node->safe_psql('postgres',
+		q{SELECT coalesce(string_agg(idempotency_key, ',' ORDER BY id), '') FROM monk.outbox});
+}
+
+# committed and rolled back, from a statement
+$node->safe_psql('postgres', q{SELECT monk_send('api_call', 'cus_1', idempotency_key => 'committed')});
+$node->safe_psql('postgres', q{BEGIN; SELECT monk_send('api_call', 'cus_1', idempotency_key => 'rolled-back'); ROLLBACK;});
+is(keys_queued(), 'committed', 'a committed event is queued, a rolled-back one is not');
+
+# from a trigger, committed and rolled back
+$node->safe_psql('postgres', q{INSERT INTO api_calls (customer, tokens) VALUES ('cus_1', 10), ('cus_2', 20)});
+$node->safe_psql('postgres', q{BEGIN; INSERT INTO api_calls (customer, tokens) VALUES ('cus_3', 30); ROLLBACK;});
+is(keys_queued(), 'committed,call_1,call_2', 'the trigger queues the events of committed rows only');
+is($node->safe_psql('postgres', q{SELECT event::json->'properties'->>'tokens' FROM monk.outbox WHERE idempotency_key = 'call_2'}),
+	'20', 'the trigger event carries the row\'s properties');
+
+# an error in the statement after the trigger fired rolls the event back
+my ($rc, $out, $err) = $node->psql('postgres',
+	q{BEGIN; INSERT INTO api_calls (customer, tokens) VALUES ('cus_4', 40); SELECT 1/0; COMMIT;});
+like($err, qr/division by zero/, 'the transaction failed');
+is(keys_queued(), 'committed,call_1,call_2', 'an event of a failed transaction is not queued');
+
+# savepoints: the event of a rolled-back savepoint is gone, the rest stays
+$node->safe_psql('postgres', q{
+BEGIN;
+SELECT monk_send('api_call', 'cus_1', idempotency_key => 'sp-kept');
+SAVEPOINT s;
+SELECT monk_send('api_call', 'cus_1', idempotency_key => 'sp-undone');
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+});
+is(keys_queued(), 'committed,call_1,call_2,sp-kept', 'rolling back to a savepoint drops its events only');
+
+# an invalid event raises in the caller's transaction and queues nothing
+($rc, $out, $err) = $node->psql('postgres',
+	q{INSERT INTO api_calls (customer, tokens) VALUES ('', 1)});
+like($err, qr/external_customer_id must not be empty/, 'an invalid event from a trigger fails the insert');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM api_calls}), '2', 'and the row is not inserted');
+
+# concurrent sessions: each commits or rolls back on its own
+my @sessions = map { $node->background_psql('postgres') } 1 .. 3;
+$_->query_safe('BEGIN') for @sessions;
+$sessions[$_]->query_safe("SELECT monk_send('api_call', 'cus_c', idempotency_key => 'conc-$_')") for 0 .. 2;
+$sessions[0]->query_safe('COMMIT');
+$sessions[1]->query_safe('ROLLBACK');
+$sessions[2]->query_safe('COMMIT');
+$_->quit for @sessions;
+is($node->safe_psql('postgres', q{SELECT string_agg(idempotency_key, ',' ORDER BY idempotency_key) FROM monk.outbox WHERE idempotency_key LIKE 'conc-%'}),
+	'conc-0,conc-2', 'concurrent transactions: committed events queued, rolled-back ones not');
+
+# the outbox survives an immediate shutdown (it is a logged table)
+$node->stop('immediate');
+$node->start;
+is(keys_queued(), 'committed,call_1,call_2,sp-kept,conc-0,conc-2', 'queued events survive a crash');
+
+# without shared_preload_libraries monk_send refuses with 55000
+$node->append_conf('postgresql.conf', "shared_preload_libraries = ''");
+$node->restart;
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT monk_send('api_call', 'cus_1')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  55000: monk must be loaded via shared_preload_libraries/, 'monk_send without the preloaded library: 55000');
+like($err, qr/HINT:  Add monk to shared_preload_libraries/, 'with a hint');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT * FROM monk.status});
+like($err, qr/monk must be loaded via shared_preload_libraries/, 'monk.status without the preloaded library says why');
+
+$node->stop;
+done_testing();
