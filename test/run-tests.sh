@@ -25,7 +25,7 @@ fi
 
 status=0
 echo "== local Monk API: its own tests"
-(cd "$dir" && "${as_user[@]}" python3 -m unittest test/monk_api_test.py 2>&1 | tail -n 5) || status=1
+(cd "$dir" && "${as_user[@]}" python3 test/monk_api_test.py 2>&1 | tail -n 5) || status=1
 
 echo "== pg_regress and TAP tests"
 prove_tests=()
