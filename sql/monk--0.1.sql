@@ -154,3 +154,40 @@ CREATE VIEW monk.status AS
               FROM monk.outbox) o
       CROSS JOIN (SELECT pg_catalog.count(*) AS dead_letters FROM monk.dead_letter) d
       LEFT JOIN monk.worker_status() w ON w.database = pg_catalog.current_database();
+
+-- Wake this database's worker when the current transaction commits.
+CREATE FUNCTION monk.wake_worker() RETURNS void
+AS 'MODULE_PATHNAME', 'monk_wake_worker'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION monk.wake_worker() FROM PUBLIC;
+
+-- Queue dead letters of the outbox again, with their original event and
+-- key (after the cause was fixed, for example a customer created in Monk).
+-- NULL selects every dead letter that came from the outbox.
+CREATE FUNCTION @extschema@.monk_retry_dead_letters(dead_letter_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    requeued bigint;
+BEGIN
+    WITH moved AS (
+        DELETE FROM monk.dead_letter
+         WHERE (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids))
+           AND source = 'outbox' AND event IS NOT NULL AND idempotency_key IS NOT NULL
+        RETURNING source_id, idempotency_key, event, queued_at
+    )
+    INSERT INTO monk.outbox (id, idempotency_key, event, queued_at)
+    SELECT coalesce(source_id, nextval('monk.outbox_id_seq')), idempotency_key, event,
+           coalesce(queued_at, now())
+      FROM moved ORDER BY source_id;
+    GET DIAGNOSTICS requeued = ROW_COUNT;
+    IF requeued > 0 THEN
+        PERFORM monk.wake_worker();
+    END IF;
+    RETURN requeued;
+END $$;
+COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
+    IS 'queue dead letters of the outbox again with their original keys; returns how many';
+REVOKE ALL ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[]) FROM PUBLIC;

@@ -14,6 +14,7 @@
 
 #include "settings.h"
 #include "shmem.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -28,4 +29,5 @@ _PG_init(void)
 		return;
 
 	MonkShmemInit();
+	MonkWorkersRegister();
 }

@@ -8,7 +8,12 @@
  * the outbox.  The row is therefore inserted directly into the heap and its
  * indexes, as the catalogs do, without the executor or SPI.  The insert is
  * WAL-logged like any other: the outbox survives crashes and reaches
- * replicas.  This file knows nothing of HTTP.
+ * replicas.
+ *
+ * The worker reads, deletes and dead-letters events with parameterised SPI
+ * statements whose plans are kept, each in a short transaction of its own:
+ * nothing is held open while a request is on the network.  This file knows
+ * nothing of HTTP.
  */
 #include "postgres.h"
 
@@ -23,7 +28,11 @@
 #include "commands/sequence.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -246,4 +255,212 @@ OutboxCheckCapacity(int64 new_id)
 				 errdetail("The outbox spans " INT64_FORMAT " events; monk.max_outbox_events is %d.",
 						   depth, monk_max_outbox_events),
 				 errhint("Check monk.status: the worker may be unable to reach the Events API. Raise monk.max_outbox_events to queue more.")));
+}
+
+/* Saved plans of the worker's statements. */
+static SPIPlanPtr plan_read = NULL;
+static SPIPlanPtr plan_delete = NULL;
+static SPIPlanPtr plan_dead_letter = NULL;
+static SPIPlanPtr plan_park = NULL;
+static SPIPlanPtr plan_notify = NULL;
+
+/* Prepare a statement once and keep its plan. */
+static SPIPlanPtr
+Prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Open a short transaction with a snapshot and SPI. */
+void
+OutboxBegin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commit the transaction opened by OutboxBegin. */
+void
+OutboxCommit(void)
+{
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Does this database have monk's outbox (CREATE EXTENSION monk)? */
+bool
+OutboxExists(void)
+{
+	Oid			nsp = get_namespace_oid("monk", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("outbox", nsp));
+}
+
+/*
+ * Read up to "limit" queued events with after < id < before, in id order,
+ * handing each to cb.  Returns how many were read.
+ */
+int
+OutboxRead(int64 after, int64 before, int limit, OutboxRowCallback cb, void *arg)
+{
+	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
+	Datum		values[3];
+	int			ret;
+	uint64		n;
+
+	Prepare(&plan_read,
+			"SELECT id, event, queued_at FROM monk.outbox"
+			" WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+			3, types);
+	values[0] = Int64GetDatum(after);
+	values[1] = Int64GetDatum(before);
+	values[2] = Int64GetDatum(limit);
+	ret = SPI_execute_plan(plan_read, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading monk.outbox failed: %s", SPI_result_code_string(ret));
+
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		text	   *event = DatumGetTextPP(SPI_getbinval(tuple, desc, 2, &isnull));
+		TimestampTz queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
+
+		cb(arg, id, VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event), queued_at);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return (int) n;
+}
+
+/* An int8[] of the given ids. */
+static Datum
+IdArray(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	ArrayType  *arr;
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	arr = construct_array(elems, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	pfree(elems);
+	return PointerGetDatum(arr);
+}
+
+/* Delete the events the API accepted. */
+void
+OutboxDelete(const int64 *ids, int n)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+	int			ret;
+
+	Prepare(&plan_delete, "DELETE FROM monk.outbox WHERE id = ANY ($1)", 1, types);
+	values[0] = IdArray(ids, n);
+	ret = SPI_execute_plan(plan_delete, values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "deleting from monk.outbox failed: %s", SPI_result_code_string(ret));
+}
+
+/* Move an event the API refused to monk.dead_letter, with the API's answer. */
+void
+OutboxDeadLetter(int64 id, long status, const char *error, const char *response, int attempts)
+{
+	Oid			types[5] = {INT8OID, INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	Prepare(&plan_dead_letter,
+			"WITH moved AS (DELETE FROM monk.outbox WHERE id = $1"
+			"               RETURNING id, idempotency_key, event, queued_at, attempts)"
+			" INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event,"
+			"        http_status, error, response_body, attempts, queued_at)"
+			" SELECT 'outbox', id, idempotency_key, event, $2, $3, $4, attempts + $5, queued_at"
+			"   FROM moved",
+			5, types);
+	values[0] = Int64GetDatum(id);
+	values[1] = Int32GetDatum((int32) status);
+	values[2] = CStringGetTextDatum(error);
+	if (response && response[0])
+		values[3] = CStringGetTextDatum(response);
+	else
+		nulls[3] = 'n';
+	values[4] = Int32GetDatum(attempts + 1);
+	ret = SPI_execute_plan(plan_dead_letter, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "dead-lettering an event failed: %s", SPI_result_code_string(ret));
+}
+
+/* Record on the events of a parked batch why it waits, and until when. */
+void
+OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
+		   TimestampTz next_attempt_at)
+{
+	Oid			types[5] = {INT8ARRAYOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	Prepare(&plan_park,
+			"UPDATE monk.outbox SET attempts = attempts + $2, last_status = $3,"
+			"       last_error = $4, next_attempt_at = $5 WHERE id = ANY ($1)",
+			5, types);
+	values[0] = IdArray(ids, n);
+	values[1] = Int32GetDatum(attempts);
+	values[2] = Int32GetDatum((int32) status);
+	if (status == 0)
+		nulls[2] = 'n';
+	values[3] = CStringGetTextDatum(error);
+	values[4] = TimestampTzGetDatum(next_attempt_at);
+	ret = SPI_execute_plan(plan_park, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "updating monk.outbox failed: %s", SPI_result_code_string(ret));
+}
+
+/* NOTIFY monk_alert, delivered when the current transaction commits. */
+void
+OutboxNotify(const char *payload)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			ret;
+
+	Prepare(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
+	values[0] = CStringGetTextDatum(payload);
+	ret = SPI_execute_plan(plan_notify, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "pg_notify failed: %s", SPI_result_code_string(ret));
+}
+
+/* Number of queued events. */
+int64
+OutboxCount(void)
+{
+	bool		isnull;
+	int			ret = SPI_execute("SELECT count(*) FROM monk.outbox", true, 0);
+
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "counting monk.outbox failed");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }

@@ -24,6 +24,7 @@ PG_FUNCTION_INFO_V1(monk_send_jsonb);
 PG_FUNCTION_INFO_V1(monk_event_json);
 PG_FUNCTION_INFO_V1(monk_event_json_jsonb);
 PG_FUNCTION_INFO_V1(monk_worker_status);
+PG_FUNCTION_INFO_V1(monk_wake_worker);
 
 /* Read the arguments of the six-argument form into an event. */
 static void
@@ -209,4 +210,13 @@ monk_worker_status(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* monk.wake_worker(): wake this database's worker at commit. */
+Datum
+monk_wake_worker(PG_FUNCTION_ARGS)
+{
+	MonkRequirePreload();
+	MonkWakeWorkerAtCommit();
+	PG_RETURN_VOID();
 }

@@ -1,0 +1,47 @@
+/*
+ * http.h
+ *		A small libcurl multi client: POST JSON bodies in parallel over reused
+ *		connections, wait on curl's sockets and the process latch at once.
+ */
+#ifndef MONK_HTTP_H
+#define MONK_HTTP_H
+
+#include "lib/ilist.h"
+
+#define MONK_RESPONSE_MAX 4096	/* bytes of an answer's body kept */
+#define MONK_ERROR_MAX 256
+
+typedef struct MonkHttpClient MonkHttpClient;
+
+/* One request; the body must stay valid until the request completes. */
+typedef struct MonkHttpRequest
+{
+	void	   *owner;			/* the caller's */
+	void	   *easy;			/* CURL *, private */
+	void	   *headers;		/* struct curl_slist *, private */
+	const char *body;
+	size_t		body_len;
+
+	/* the outcome, once done */
+	bool		done;
+	long		status;			/* HTTP status, 0 when no answer */
+	long		retry_after_ms; /* Retry-After, -1 when absent */
+	char		error[MONK_ERROR_MAX];	/* transport error, "" when answered */
+	char		response[MONK_RESPONSE_MAX + 1];
+	size_t		response_len;
+	bool		response_truncated;
+	dlist_node	node;
+} MonkHttpRequest;
+
+extern MonkHttpClient *MonkHttpCreate(void);
+extern void MonkHttpDestroy(MonkHttpClient *client);
+extern bool MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
+						  const char *url, const char *api_key, int timeout_ms);
+extern int	MonkHttpRunning(MonkHttpClient *client);
+extern long MonkHttpTimeout(MonkHttpClient *client);
+extern bool MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info);
+extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);
+extern void MonkHttpAbortAll(MonkHttpClient *client);
+extern const char *MonkHttpUserAgent(void);
+
+#endif

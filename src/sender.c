@@ -1,0 +1,424 @@
+/*
+ * sender.c
+ *		Batches of events on their way to the Events API.
+ *
+ * Both the background worker and monk_batch_export hand chunks of rendered
+ * events to a sender.  It sends them as POST /v1/events/batch requests, up
+ * to monk.max_parallel_requests at once, and applies the delivery policy to
+ * every answer: accepted batches are reported to the owner; 429/5xx/timeouts
+ * back off with full jitter (and Retry-After); 400/422/413 bisect the batch
+ * until the bad events are alone, so that every good event is delivered and
+ * only the bad ones are reported as refused; 401/403 pause everything; a
+ * circuit breaker stops requests to an API that keeps failing.  The owner
+ * records outcomes in its tables through the callbacks; the sender knows
+ * nothing of SPI.
+ */
+#include "postgres.h"
+
+#include "mb/pg_wchar.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "sender.h"
+#include "settings.h"
+
+#define BODY_PREFIX "{\"events\":["
+#define BODY_SUFFIX "]}"
+
+/* A chunk able to hold "capacity" events, in its own memory context. */
+MonkChunk *
+MonkChunkCreate(MemoryContext parent, int capacity)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "monk chunk", ALLOCSET_DEFAULT_SIZES);
+	MonkChunk  *chunk = MemoryContextAllocZero(cxt, sizeof(MonkChunk));
+
+	chunk->cxt = cxt;
+	chunk->cap = capacity;
+	chunk->ids = MemoryContextAlloc(cxt, sizeof(int64) * capacity);
+	chunk->off = MemoryContextAlloc(cxt, sizeof(int) * capacity);
+	chunk->len = MemoryContextAlloc(cxt, sizeof(int) * capacity);
+	chunk->data.data = MemoryContextAlloc(cxt, 8192);
+	chunk->data.maxlen = 8192;
+	resetStringInfo(&chunk->data);
+	appendStringInfoString(&chunk->data, BODY_PREFIX);
+	chunk->min_id = PG_INT64_MAX;
+	chunk->max_id = PG_INT64_MIN;
+	return chunk;
+}
+
+/*
+ * Add one rendered event.  Events are stored in the database's encoding; the
+ * API reads UTF-8.
+ */
+void
+MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len, TimestampTz queued_at)
+{
+	MemoryContext old = MemoryContextSwitchTo(chunk->cxt);
+	char	   *utf8 = (char *) event;
+	int			i = chunk->n;
+
+	Assert(i < chunk->cap && !chunk->finished);
+	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
+	{
+		char	   *copy = pnstrdup(event, len);
+
+		utf8 = pg_server_to_any(copy, len, PG_UTF8);
+		len = strlen(utf8);
+	}
+	if (i > 0)
+		appendStringInfoChar(&chunk->data, ',');
+	chunk->ids[i] = id;
+	chunk->off[i] = chunk->data.len;
+	chunk->len[i] = len;
+	appendBinaryStringInfo(&chunk->data, utf8, len);
+	chunk->n++;
+	chunk->min_id = Min(chunk->min_id, id);
+	chunk->max_id = Max(chunk->max_id, id);
+	if (chunk->n == 1 || queued_at < chunk->oldest)
+		chunk->oldest = queued_at;
+	MemoryContextSwitchTo(old);
+}
+
+/* Close the body: no event can be added afterwards. */
+void
+MonkChunkFinish(MonkChunk *chunk)
+{
+	MemoryContext old = MemoryContextSwitchTo(chunk->cxt);
+
+	appendStringInfoString(&chunk->data, BODY_SUFFIX);
+	chunk->finished = true;
+	MemoryContextSwitchTo(old);
+}
+
+void
+MonkChunkFree(MonkChunk *chunk)
+{
+	MemoryContextDelete(chunk->cxt);
+}
+
+/* The batch endpoint under monk.base_url. */
+char *
+MonkBatchUrl(void)
+{
+	const char *base = monk_base_url ? monk_base_url : "";
+	int			len = strlen(base);
+
+	while (len > 0 && base[len - 1] == '/')
+		len--;
+	return psprintf("%.*s/v1/events/batch", len, base);
+}
+
+MonkSender *
+MonkSenderCreate(const MonkSenderOps *ops, void *arg, MonkWorkerSlot *slot)
+{
+	MonkSender *sender = MemoryContextAllocZero(TopMemoryContext, sizeof(MonkSender));
+
+	sender->http = MonkHttpCreate();
+	sender->ops = ops;
+	sender->arg = arg;
+	sender->slot = slot;
+	dlist_init(&sender->waiting);
+	sender->circuit.state = MONK_CIRCUIT_CLOSED;
+	return sender;
+}
+
+void
+MonkSenderDestroy(MonkSender *sender)
+{
+	MonkHttpDestroy(sender->http);
+	pfree(sender);
+}
+
+static void
+Count(MonkSender *sender, MonkCounter counter, int64 n)
+{
+	if (sender->slot)
+		pg_atomic_fetch_add_u64(&sender->slot->counters[counter], n);
+}
+
+/* A new batch of chunk[start, start+count), due now. */
+static MonkBatch *
+NewBatch(MonkChunk *chunk, int start, int count)
+{
+	MonkBatch  *batch = MemoryContextAllocZero(chunk->cxt, sizeof(MonkBatch));
+
+	batch->chunk = chunk;
+	batch->start = start;
+	batch->count = count;
+	chunk->refs++;
+	return batch;
+}
+
+/* Hand a finished chunk over: it is sent as one batch. */
+void
+MonkSenderSubmit(MonkSender *sender, MonkChunk *chunk)
+{
+	MonkBatch  *batch;
+
+	if (!chunk->finished)
+		MonkChunkFinish(chunk);
+	batch = NewBatch(chunk, 0, chunk->n);
+	dlist_push_tail(&sender->waiting, &batch->node);
+	sender->nwaiting++;
+}
+
+/* The request body of a batch: the chunk's own when it is the whole chunk. */
+static void
+BuildBody(MonkBatch *batch)
+{
+	MonkChunk  *chunk = batch->chunk;
+	MemoryContext old;
+
+	if (batch->start == 0 && batch->count == chunk->n)
+	{
+		batch->req.body = chunk->data.data;
+		batch->req.body_len = chunk->data.len;
+		return;
+	}
+	old = MemoryContextSwitchTo(chunk->cxt);
+	if (batch->body.data == NULL)
+	{
+		int			first = batch->start;
+		int			last = batch->start + batch->count - 1;
+		int			span = chunk->off[last] + chunk->len[last] - chunk->off[first];
+
+		initStringInfo(&batch->body);
+		enlargeStringInfo(&batch->body, span + 16);
+		appendStringInfoString(&batch->body, BODY_PREFIX);
+		/* events of a slice are contiguous, commas included */
+		appendBinaryStringInfo(&batch->body, chunk->data.data + chunk->off[first], span);
+		appendStringInfoString(&batch->body, BODY_SUFFIX);
+	}
+	MemoryContextSwitchTo(old);
+	batch->req.body = batch->body.data;
+	batch->req.body_len = batch->body.len;
+}
+
+/* The batch is done with (accepted or refused): release it. */
+static void
+Settle(MonkSender *sender, MonkBatch *batch)
+{
+	MonkChunk  *chunk = batch->chunk;
+
+	if (batch->body.data)
+		pfree(batch->body.data);
+	pfree(batch);
+	if (--chunk->refs == 0)
+		sender->ops->chunk_done(sender->arg, chunk);
+}
+
+/* Start as many due batches as the limits allow. */
+void
+MonkSenderDispatch(MonkSender *sender)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *url = NULL;
+	dlist_mutable_iter iter;
+
+	if (sender->paused || sender->draining || now < sender->rate_limited_until)
+		return;
+
+	dlist_foreach_modify(iter, &sender->waiting)
+	{
+		MonkBatch  *batch = dlist_container(MonkBatch, node, iter.cur);
+		long		wait_ms;
+
+		if (sender->inflight >= monk_max_parallel_requests)
+			break;
+		if (batch->not_before > now)
+			continue;
+		if (!MonkCircuitAllows(&sender->circuit, now, &wait_ms))
+			break;
+		if (url == NULL)
+			url = MonkBatchUrl();
+
+		dlist_delete(&batch->node);
+		sender->nwaiting--;
+		BuildBody(batch);
+		batch->req.owner = batch;
+		MonkCircuitStarted(&sender->circuit);
+		sender->inflight++;
+		if (!MonkHttpStart(sender->http, &batch->req, url, MonkApiKey(), monk_request_timeout))
+		{
+			/* could not even start: retried like a connection error */
+			sender->inflight--;
+			dlist_push_tail(&sender->waiting, &batch->node);
+			sender->nwaiting++;
+			batch->not_before = TimestampTzPlusMilliseconds(now, MonkBackoffMs(++batch->attempts, -1));
+		}
+	}
+	if (url)
+		pfree(url);
+	if (sender->slot)
+		sender->slot->circuit = sender->circuit.state;
+}
+
+/* Milliseconds until the sender has something to start (-1: nothing). */
+long
+MonkSenderNextWakeMs(MonkSender *sender)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	dlist_iter	iter;
+	long		wait_ms;
+
+	if (sender->paused || sender->draining || sender->nwaiting == 0 ||
+		sender->inflight >= monk_max_parallel_requests)
+		return -1;
+	dlist_foreach(iter, &sender->waiting)
+	{
+		MonkBatch  *batch = dlist_container(MonkBatch, node, iter.cur);
+
+		if (next == 0 || batch->not_before < next)
+			next = batch->not_before;
+	}
+	if (sender->rate_limited_until > next)
+		next = sender->rate_limited_until;
+	if (sender->circuit.state == MONK_CIRCUIT_OPEN && sender->circuit.open_until > next)
+		next = sender->circuit.open_until;
+	else if (!MonkCircuitAllows(&sender->circuit, now, &wait_ms) && wait_ms < 0)
+		return -1;				/* waiting for the probe */
+	if (next <= now)
+		return 0;
+	return (long) ((next - now + 999) / 1000);
+}
+
+/* Put a batch back to wait for a retry. */
+static void
+Requeue(MonkSender *sender, MonkBatch *batch, TimestampTz not_before, bool front)
+{
+	batch->not_before = not_before;
+	if (front)
+		dlist_push_head(&sender->waiting, &batch->node);
+	else
+		dlist_push_tail(&sender->waiting, &batch->node);
+	sender->nwaiting++;
+}
+
+/* Describe a failed request for logs and monk.status (never the key). */
+static void
+SetLastError(MonkSender *sender, MonkHttpRequest *req)
+{
+	sender->last_status = req->status;
+	if (req->status == 0)
+		snprintf(sender->last_error, sizeof(sender->last_error), "no answer: %s", req->error);
+	else
+		snprintf(sender->last_error, sizeof(sender->last_error), "HTTP %ld: %.*s",
+				 req->status, 160, req->response);
+	if (sender->slot)
+		MonkSlotSetError(sender->slot, sender->last_error);
+}
+
+/* Apply the delivery policy to one completed request. */
+static void
+Complete(MonkSender *sender, MonkBatch *batch)
+{
+	MonkHttpRequest *req = &batch->req;
+	TimestampTz now = GetCurrentTimestamp();
+
+	sender->inflight--;
+	if (req->status >= 200 && req->status < 300)
+		Count(sender, MONK_REQUESTS_2XX, 1);
+	else if (req->status >= 400 && req->status < 500)
+		Count(sender, MONK_REQUESTS_4XX, 1);
+	else if (req->status >= 500)
+		Count(sender, MONK_REQUESTS_5XX, 1);
+	else
+		Count(sender, MONK_REQUESTS_FAILED, 1);
+
+	switch (MonkClassify(req->status))
+	{
+		case MONK_OUTCOME_ACCEPTED:
+			MonkCircuitRecord(&sender->circuit, true, now);
+			Count(sender, MONK_EVENTS_SENT, batch->count);
+			if (sender->slot)
+				MonkSlotSetSuccess(sender->slot);
+			sender->ops->accepted(sender->arg, batch);
+			Settle(sender, batch);
+			break;
+
+		case MONK_OUTCOME_SPLIT:
+			/* the API answered: it is healthy, the data is not */
+			MonkCircuitRecord(&sender->circuit, true, now);
+			SetLastError(sender, req);
+			if (batch->count == 1)
+			{
+				Count(sender, MONK_EVENTS_FAILED, 1);
+				sender->ops->refused(sender->arg, batch, req->status, req->response);
+				Settle(sender, batch);
+			}
+			else
+			{
+				int			left = batch->count / 2;
+				MonkBatch  *a = NewBatch(batch->chunk, batch->start, left);
+				MonkBatch  *b = NewBatch(batch->chunk, batch->start + left, batch->count - left);
+
+				a->attempts = b->attempts = batch->attempts;
+				Requeue(sender, b, now, true);
+				Requeue(sender, a, now, true);
+				Settle(sender, batch);
+			}
+			break;
+
+		case MONK_OUTCOME_AUTH:
+			SetLastError(sender, req);
+			if (!sender->paused)
+			{
+				sender->paused = true;
+				sender->ops->auth_failed(sender->arg, batch, req->status, req->response);
+			}
+			if (batch->body.data)
+			{
+				pfree(batch->body.data);
+				batch->body.data = NULL;
+			}
+			Requeue(sender, batch, now, true);
+			break;
+
+		case MONK_OUTCOME_RETRY:
+			MonkCircuitRecord(&sender->circuit, false, now);
+			SetLastError(sender, req);
+			Count(sender, MONK_EVENTS_RETRIED, batch->count);
+			if (req->retry_after_ms >= 0)
+				sender->rate_limited_until =
+					Max(sender->rate_limited_until,
+						TimestampTzPlusMilliseconds(now, Min(req->retry_after_ms, (long) monk_retry_max_delay)));
+			batch->attempts++;
+			if (batch->attempts > monk_max_retries)
+			{
+				/* parked: kept, and tried again after the longest backoff */
+				sender->ops->parked(sender->arg, batch, req->status, sender->last_error);
+				batch->attempts = 0;
+				Requeue(sender, batch, TimestampTzPlusMilliseconds(now, monk_retry_max_delay), false);
+			}
+			else
+				Requeue(sender, batch,
+						TimestampTzPlusMilliseconds(now, MonkBackoffMs(batch->attempts, req->retry_after_ms)),
+						false);
+			break;
+	}
+	if (sender->slot)
+		sender->slot->circuit = sender->circuit.state;
+}
+
+/*
+ * Wait for the network, the latch or timeout_ms (-1: no limit), then handle
+ * every completed request.  Returns true when the latch was set.
+ */
+bool
+MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info)
+{
+	bool		latch_set = MonkHttpWait(sender->http, timeout_ms, wait_event_info);
+	MonkHttpRequest *req;
+
+	while ((req = MonkHttpNextDone(sender->http)) != NULL)
+		Complete(sender, (MonkBatch *) req->owner);
+	return latch_set;
+}
+
+/* The key was fixed: send again. */
+void
+MonkSenderResume(MonkSender *sender)
+{
+	sender->paused = false;
+}

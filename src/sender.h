@@ -1,0 +1,98 @@
+/*
+ * sender.h
+ *		Batches of events on their way to the Events API: in flight, backing
+ *		off, bisected; shared by the worker and the bulk export.
+ */
+#ifndef MONK_SENDER_H
+#define MONK_SENDER_H
+
+#include "datatype/timestamp.h"
+#include "lib/ilist.h"
+#include "lib/stringinfo.h"
+
+#include "delivery.h"
+#include "http.h"
+#include "shmem.h"
+
+/*
+ * Events read together (one read of the outbox, one slice of a source),
+ * owned by the caller until every batch made of them has settled.
+ */
+typedef struct MonkChunk
+{
+	MemoryContext cxt;
+	int			n;
+	int			cap;
+	int64	   *ids;
+	int		   *off;			/* where each event starts in data */
+	int		   *len;
+	StringInfoData data;		/* {"events":[e0,e1,...]} once finished */
+	int64		min_id;
+	int64		max_id;
+	TimestampTz oldest;			/* queued_at of the oldest event */
+	bool		finished;
+	int			refs;			/* batches not yet settled */
+	void	   *arg;			/* the caller's */
+	dlist_node	node;			/* in the caller's list */
+} MonkChunk;
+
+/* A contiguous slice of a chunk sent as one request. */
+typedef struct MonkBatch
+{
+	MonkChunk  *chunk;
+	int			start;
+	int			count;
+	int			attempts;		/* failed attempts so far */
+	TimestampTz not_before;
+	StringInfoData body;		/* built for slices; the chunk's data otherwise */
+	MonkHttpRequest req;
+	dlist_node	node;
+} MonkBatch;
+
+typedef struct MonkSenderOps
+{
+	/* the API accepted the batch */
+	void		(*accepted) (void *arg, MonkBatch *batch);
+	/* the API refused this single event for good (400/422/413) */
+	void		(*refused) (void *arg, MonkBatch *batch, long status, const char *body);
+	/* the batch failed monk.max_retries times; it is kept and tried later */
+	void		(*parked) (void *arg, MonkBatch *batch, long status, const char *error);
+	/* 401/403: sending is paused until MonkSenderResume */
+	void		(*auth_failed) (void *arg, MonkBatch *batch, long status, const char *body);
+	/* every batch of the chunk has been accepted or refused */
+	void		(*chunk_done) (void *arg, MonkChunk *chunk);
+} MonkSenderOps;
+
+typedef struct MonkSender
+{
+	MonkHttpClient *http;
+	const MonkSenderOps *ops;
+	void	   *arg;
+	MonkWorkerSlot *slot;		/* counters, or NULL */
+	dlist_head	waiting;		/* batches due now or backing off */
+	int			nwaiting;
+	int			inflight;
+	MonkCircuit circuit;
+	TimestampTz rate_limited_until; /* Retry-After applies to every request */
+	bool		paused;			/* authentication failed */
+	bool		draining;		/* shutting down: start nothing new */
+	long		last_status;
+	char		last_error[MONK_ERROR_MAX + 64];
+} MonkSender;
+
+extern MonkChunk *MonkChunkCreate(MemoryContext parent, int capacity);
+extern void MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len,
+						 TimestampTz queued_at);
+extern void MonkChunkFinish(MonkChunk *chunk);
+extern void MonkChunkFree(MonkChunk *chunk);
+
+extern MonkSender *MonkSenderCreate(const MonkSenderOps *ops, void *arg, MonkWorkerSlot *slot);
+extern void MonkSenderDestroy(MonkSender *sender);
+extern void MonkSenderSubmit(MonkSender *sender, MonkChunk *chunk);
+extern void MonkSenderDispatch(MonkSender *sender);
+extern long MonkSenderNextWakeMs(MonkSender *sender);
+extern bool MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info);
+extern void MonkSenderResume(MonkSender *sender);
+extern char *MonkBatchUrl(void);
+
+#endif

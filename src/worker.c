@@ -1,0 +1,408 @@
+/*
+ * worker.c
+ *		The background worker: one per database of monk.databases, draining its
+ *		outbox to the Events API.
+ *
+ * The loop: read queued events into a chunk (short transaction), hand the
+ * chunk to the sender once monk.batch_size events wait or the oldest has
+ * waited monk.flush_interval, wait on the latch and the network together,
+ * and record each outcome in a new short transaction: accepted events are
+ * deleted, refused ones moved to the dead letters.  Nothing is held open
+ * while requests are on the network.  The worker sleeps on its latch when
+ * there is nothing to do; backends set it when a transaction that queued
+ * events commits.
+ *
+ * Events being sent stay in the outbox until the API accepted them, so a
+ * crash at any point resends them, with the same idempotency keys.  The
+ * worker knows which outbox rows it holds in memory by the id ranges of its
+ * chunks, and reads only outside them, so that an event committed late
+ * with a smaller id than rows already read is still found.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "outbox.h"
+#include "sender.h"
+#include "settings.h"
+#include "shmem.h"
+#include "worker.h"
+
+/* The state of one worker. */
+typedef struct MonkWorker
+{
+	MonkWorkerSlot *slot;
+	MonkSender *sender;
+	MemoryContext cxt;			/* chunks live under it */
+	dlist_head	chunks;			/* submitted, not yet settled */
+	int			nchunks;
+	MonkChunk  *open;			/* being filled */
+	bool		need_read;
+	bool		alerted_auth;
+} MonkWorker;
+
+static volatile sig_atomic_t shutdown_requested = false;
+
+static void
+MonkSigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	shutdown_requested = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* Register one worker per database of monk.databases (from _PG_init). */
+void
+MonkWorkersRegister(void)
+{
+	List	   *names = MonkDatabaseList();
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, names)
+	{
+		BackgroundWorker worker;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		/* a standby does not export; after promotion the worker starts */
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 5;
+		strlcpy(worker.bgw_library_name, "monk", BGW_MAXLEN);
+		strlcpy(worker.bgw_function_name, "MonkWorkerMain", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "monk worker for database %s", (char *) lfirst(lc));
+		strlcpy(worker.bgw_type, "monk worker", BGW_MAXLEN);
+		worker.bgw_main_arg = Int32GetDatum(i);
+		worker.bgw_notify_pid = 0;
+		RegisterBackgroundWorker(&worker);
+		i++;
+	}
+}
+
+static void
+SetState(MonkWorker *w, MonkWorkerState state)
+{
+	w->slot->state = state;
+}
+
+/* Forget this worker in shared memory when it exits. */
+static void
+WorkerExit(int code, Datum arg)
+{
+	MonkWorkerSlot *slot = (MonkWorkerSlot *) DatumGetPointer(arg);
+
+	slot->latch = NULL;
+	slot->pid = 0;
+	slot->state = MONK_STATE_STOPPED;
+}
+
+/* The ids of a batch, for the SQL statements. */
+static int64 *
+BatchIds(MonkBatch *batch)
+{
+	return batch->chunk->ids + batch->start;
+}
+
+static void
+OnAccepted(void *arg, MonkBatch *batch)
+{
+	OutboxBegin("monk: deleting delivered events");
+	OutboxDelete(BatchIds(batch), batch->count);
+	OutboxCommit();
+}
+
+static void
+OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
+{
+	MonkWorker *w = arg;
+	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
+
+	OutboxBegin("monk: dead-lettering a refused event");
+	OutboxDeadLetter(BatchIds(batch)[0], status, error, body, batch->attempts);
+	OutboxNotify(psprintf("{\"event\": \"dead_letter\", \"database\": \"%s\", \"count\": 1, \"status\": %ld}",
+						  w->slot->dbname, status));
+	OutboxCommit();
+	ereport(LOG,
+			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
+					BatchIds(batch)[0], status)));
+}
+
+static void
+OnParked(void *arg, MonkBatch *batch, long status, const char *error)
+{
+	TimestampTz next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_retry_max_delay);
+
+	OutboxBegin("monk: parking a failing batch");
+	OutboxPark(BatchIds(batch), batch->count, batch->attempts, status, error, next);
+	OutboxCommit();
+	ereport(WARNING,
+			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
+					batch->count, batch->attempts, monk_retry_max_delay),
+			 errdetail("Last error: %s", error)));
+}
+
+static void
+OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
+{
+	MonkWorker *w = arg;
+
+	SetState(w, MONK_STATE_PAUSED_AUTH);
+	ereport(WARNING,
+			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
+			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
+	OutboxBegin("monk: reporting an authentication failure");
+	OutboxNotify(psprintf("{\"event\": \"auth_failed\", \"database\": \"%s\", \"count\": %d, \"status\": %ld}",
+						  w->slot->dbname, batch->count, status));
+	OutboxCommit();
+}
+
+static void
+OnChunkDone(void *arg, MonkChunk *chunk)
+{
+	MonkWorker *w = arg;
+
+	dlist_delete(&chunk->node);
+	w->nchunks--;
+	MonkChunkFree(chunk);
+	w->need_read = true;
+}
+
+static const MonkSenderOps worker_ops = {
+	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone
+};
+
+static void
+AddRow(void *arg, int64 id, const char *event, int len, TimestampTz queued_at)
+{
+	MonkWorker *w = arg;
+
+	MonkChunkAdd(w->open, id, event, len, queued_at);
+}
+
+static int
+CompareRange(const void *a, const void *b)
+{
+	int64		x = ((const int64 *) a)[0];
+	int64		y = ((const int64 *) b)[0];
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Read queued events into the open chunk, outside the id ranges of the
+ * chunks in memory.  Returns true when the chunk was filled up (more may
+ * be waiting).
+ */
+static bool
+ReadEvents(MonkWorker *w)
+{
+	int64	   *ranges = palloc(sizeof(int64) * 2 * (w->nchunks + 1));
+	int			nranges = 0;
+	int64		after = 0;
+	dlist_iter	iter;
+	int			want;
+
+	if (w->open == NULL)
+		w->open = MonkChunkCreate(w->cxt, monk_batch_size);
+	want = w->open->cap - w->open->n;
+
+	dlist_foreach(iter, &w->chunks)
+	{
+		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
+
+		ranges[2 * nranges] = c->min_id;
+		ranges[2 * nranges + 1] = c->max_id;
+		nranges++;
+	}
+	if (w->open->n > 0)
+	{
+		ranges[2 * nranges] = w->open->min_id;
+		ranges[2 * nranges + 1] = w->open->max_id;
+		nranges++;
+	}
+	qsort(ranges, nranges, sizeof(int64) * 2, CompareRange);
+
+	OutboxBegin("monk: reading queued events");
+	for (int i = 0; i <= nranges && want > 0; i++)
+	{
+		int64		before = (i < nranges) ? ranges[2 * i] : PG_INT64_MAX;
+
+		if (before > after + 1)
+			want -= OutboxRead(after, before, want, AddRow, w);
+		if (i < nranges)
+			after = Max(after, ranges[2 * i + 1]);
+	}
+	OutboxCommit();
+	pfree(ranges);
+	return want == 0;
+}
+
+/* Hand the open chunk to the sender. */
+static void
+SubmitOpen(MonkWorker *w)
+{
+	dlist_push_tail(&w->chunks, &w->open->node);
+	w->nchunks++;
+	MonkSenderSubmit(w->sender, w->open);
+	w->open = NULL;
+}
+
+/* Reload the configuration; a new key ends an authentication pause. */
+static void
+Reload(MonkWorker *w)
+{
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	if (w->sender->paused)
+	{
+		ereport(LOG, (errmsg("monk: configuration reloaded; sending resumes")));
+		MonkSenderResume(w->sender);
+		SetState(w, MONK_STATE_IDLE);
+	}
+}
+
+/* Shutdown: start nothing new, let requests in flight finish for a while. */
+static void
+Drain(MonkWorker *w)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_shutdown_timeout);
+
+	SetState(w, MONK_STATE_STOPPING);
+	w->sender->draining = true;
+	while (w->sender->inflight > 0)
+	{
+		long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+
+		if (left <= 0)
+		{
+			ereport(LOG,
+					(errmsg("monk: %d requests still in flight after monk.shutdown_timeout; their events stay queued",
+							w->sender->inflight)));
+			break;
+		}
+		MonkSenderWait(w->sender, left, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Entry point of a monk worker; arg is its slot number. */
+void
+MonkWorkerMain(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	MonkWorker	w;
+
+	memset(&w, 0, sizeof(w));
+	w.slot = &MonkShmem->slots[slotno];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, MonkSigterm);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(w.slot->dbname, NULL, 0);
+	pgstat_report_appname(psprintf("monk worker: %s", w.slot->dbname));
+
+	w.slot->dboid = MyDatabaseId;
+	w.slot->state = MONK_STATE_STARTING;
+	SpinLockAcquire(&w.slot->mutex);
+	w.slot->started_at = GetCurrentTimestamp();
+	SpinLockRelease(&w.slot->mutex);
+	w.slot->pid = MyProcPid;
+	w.slot->latch = MyLatch;
+	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
+
+	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
+	dlist_init(&w.chunks);
+	w.sender = MonkSenderCreate(&worker_ops, &w, w.slot);
+	w.need_read = true;
+
+	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
+
+	while (!shutdown_requested)
+	{
+		long		timeout = -1;
+		long		sender_wake;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			Reload(&w);
+
+		/* without the extension there is nothing to read: sleep until woken */
+		if (w.need_read && w.nchunks == 0 && w.open == NULL)
+		{
+			bool		exists;
+
+			OutboxBegin("monk: looking for the outbox");
+			exists = OutboxExists();
+			OutboxCommit();
+			if (!exists)
+			{
+				SetState(&w, MONK_STATE_IDLE);
+				w.need_read = false;
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				w.need_read = true;
+				continue;
+			}
+		}
+
+		/* read while there is room for another chunk */
+		if (w.need_read && !w.sender->paused && w.nchunks < monk_max_parallel_requests)
+		{
+			bool		full = ReadEvents(&w);
+
+			w.need_read = full;
+		}
+
+		/* flush a full chunk, or one whose oldest event waited long enough */
+		if (w.open && w.open->n > 0)
+		{
+			TimestampTz due = TimestampTzPlusMilliseconds(w.open->oldest, monk_flush_interval);
+			TimestampTz now = GetCurrentTimestamp();
+
+			if (w.open->n >= w.open->cap || now >= due)
+			{
+				SubmitOpen(&w);
+				w.need_read = true;
+			}
+			else
+				timeout = (long) ((due - now + 999) / 1000);
+		}
+
+		MonkSenderDispatch(w.sender);
+		if (w.sender->paused)
+			SetState(&w, MONK_STATE_PAUSED_AUTH);
+		else if (w.sender->circuit.state == MONK_CIRCUIT_OPEN)
+			SetState(&w, MONK_STATE_CIRCUIT_OPEN);
+		else if (w.sender->inflight > 0)
+			SetState(&w, MONK_STATE_SENDING);
+		else if (w.sender->nwaiting > 0)
+			SetState(&w, MONK_STATE_BACKOFF);
+		else
+			SetState(&w, MONK_STATE_IDLE);
+
+		sender_wake = MonkSenderNextWakeMs(w.sender);
+		if (sender_wake >= 0 && (timeout < 0 || sender_wake < timeout))
+			timeout = sender_wake;
+		if (w.need_read && !w.sender->paused && w.nchunks < monk_max_parallel_requests)
+			timeout = 0;
+
+		if (MonkSenderWait(w.sender, timeout, PG_WAIT_EXTENSION))
+			w.need_read = true;
+	}
+
+	Drain(&w);
+	proc_exit(1);
+}
