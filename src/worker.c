@@ -191,6 +191,13 @@ AddRow(void *arg, int64 id, const char *event, int len, TimestampTz queued_at)
 	MonkChunkAdd(w->open, id, event, len, queued_at);
 }
 
+/* How many events make the chunk full: monk.batch_size may have changed. */
+static int
+ChunkTarget(MonkChunk *chunk)
+{
+	return Min(chunk->cap, monk_batch_size);
+}
+
 static int
 CompareRange(const void *a, const void *b)
 {
@@ -216,7 +223,7 @@ ReadEvents(MonkWorker *w)
 
 	if (w->open == NULL)
 		w->open = MonkChunkCreate(w->cxt, monk_batch_size);
-	want = w->open->cap - w->open->n;
+	want = ChunkTarget(w->open) - w->open->n;
 
 	dlist_foreach(iter, &w->chunks)
 	{
@@ -372,7 +379,7 @@ MonkWorkerMain(Datum arg)
 			TimestampTz due = TimestampTzPlusMilliseconds(w.open->oldest, monk_flush_interval);
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (w.open->n >= w.open->cap || now >= due)
+			if (w.open->n >= ChunkTarget(w.open) || now >= due)
 			{
 				SubmitOpen(&w);
 				w.need_read = true;

@@ -1,0 +1,118 @@
+package MonkTest;
+
+# MonkTest -- what monk's TAP tests share: a cluster with monk preloaded and
+# pointed at a local Monk API, bounded waits for states, and the check that
+# the API holds exactly the committed events, by idempotency key.
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use MonkApi;
+
+our @EXPORT = qw(monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
+  committed_keys set_monk_conf);
+
+# Settings that keep the tests quick: short delays, small batches are set by
+# each test where it matters.
+my %FAST = (
+	'monk.flush_interval'            => '100ms',
+	'monk.retry_base_delay'          => '20ms',
+	'monk.retry_max_delay'           => '500ms',
+	'monk.circuit_open_time'         => '500ms',
+	'monk.request_timeout'           => '5s',
+	'monk.shutdown_timeout'          => '5s',
+);
+
+# A started cluster with monk preloaded for the given databases, exporting to
+# $api; the extension is created in each database.
+sub monk_node
+{
+	my (%opts) = @_;
+	my $api = $opts{api};
+	my @dbs = @{ $opts{databases} // ['postgres'] };
+	my $node = PostgreSQL::Test::Cluster->new($opts{name} // 'monk');
+	$node->init(%{ $opts{init} // {} });
+	my %conf = (%FAST, %{ $opts{conf} // {} });
+	my $conf = "shared_preload_libraries = 'monk'\n"
+	  . "monk.databases = '" . join(',', @dbs) . "'\n"
+	  . "monk.base_url = '" . $api->url . "'\n"
+	  . "monk.api_key = '" . ($opts{api_key} // 'test_key') . "'\n";
+	$conf .= "$_ = '$conf{$_}'\n" for sort keys %conf;
+	$node->append_conf('postgresql.conf', $conf);
+	$node->start;
+	for my $db (@dbs)
+	{
+		$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
+		$node->safe_psql($db, 'CREATE EXTENSION monk');
+	}
+	return $node;
+}
+
+# Change settings by ALTER SYSTEM and reload.
+sub set_monk_conf
+{
+	my ($node, %conf) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET $_ = '$conf{$_}'") for sort keys %conf;
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+}
+
+# Poll $check every 50 ms until it returns true, for at most $timeout seconds.
+sub wait_until
+{
+	my ($desc, $timeout, $check) = @_;
+	my $deadline = time + $timeout;
+	while (time < $deadline)
+	{
+		return 1 if $check->();
+		sleep 0.05;
+	}
+	diag("timed out after ${timeout}s waiting for: $desc");
+	return 0;
+}
+
+sub outbox_count
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres', 'SELECT count(*) FROM monk.outbox');
+}
+
+# Wait (bounded) until the worker has drained the outbox.
+sub wait_outbox_empty
+{
+	my ($node, $db, $timeout) = @_;
+	return wait_until('the outbox to drain', $timeout // 60,
+		sub { outbox_count($node, $db) == 0 });
+}
+
+# The keys of the given committed query as a sorted list.
+sub committed_keys
+{
+	my ($node, $db, $sql) = @_;
+	return [ sort split /\n/, $node->safe_psql($db, $sql) ];
+}
+
+# The API holds exactly these keys: none missing, none extra.
+sub api_holds_exactly
+{
+	my ($api, $expected, $name) = @_;
+	my %have = map { $_ => 1 } @{ $api->keys };
+	my %want = map { $_ => 1 } @$expected;
+	my @missing = grep { !$have{$_} } sort keys %want;
+	my @extra   = grep { !$want{$_} } sort keys %have;
+	my $ok = is(scalar(@missing) + scalar(@extra), 0, $name);
+	unless ($ok)
+	{
+		diag('missing: ' . join(',', @missing[0 .. ($#missing < 20 ? $#missing : 19)])) if @missing;
+		diag('extra: ' . join(',', @extra[0 .. ($#extra < 20 ? $#extra : 19)])) if @extra;
+		diag(scalar(@missing) . ' missing, ' . scalar(@extra) . ' extra');
+	}
+	return $ok;
+}
+
+1;
