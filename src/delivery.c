@@ -36,7 +36,8 @@ MonkClassify(long status)
 /*
  * Delay before retry number "attempt" (1 for the first retry): full jitter,
  * a uniform draw from [0, min(cap, base * 2^(attempt-1))], but never less
- * than the server's Retry-After.
+ * than the server's Retry-After (itself capped at an hour, against absurd
+ * values).
  */
 long
 MonkBackoffMs(int attempt, long retry_after_ms)
@@ -48,7 +49,7 @@ MonkBackoffMs(int attempt, long retry_after_ms)
 		ceiling = monk_retry_max_delay;
 	delay = (long) (pg_prng_double(&pg_global_prng_state) * ceiling);
 	if (retry_after_ms > delay)
-		delay = Min(retry_after_ms, (long) Max(monk_retry_max_delay, 1000));
+		delay = Min(retry_after_ms, MONK_MAX_RETRY_AFTER_MS);
 	return delay;
 }
 

@@ -8,6 +8,9 @@
 
 #include "datatype/timestamp.h"
 
+/* The longest Retry-After honoured. */
+#define MONK_MAX_RETRY_AFTER_MS (3600L * 1000)
+
 typedef enum MonkOutcome
 {
 	MONK_OUTCOME_ACCEPTED,		/* 2xx: the events are in */

@@ -382,7 +382,7 @@ Complete(MonkSender *sender, MonkBatch *batch)
 			if (req->retry_after_ms >= 0)
 				sender->rate_limited_until =
 					Max(sender->rate_limited_until,
-						TimestampTzPlusMilliseconds(now, Min(req->retry_after_ms, (long) monk_retry_max_delay)));
+						TimestampTzPlusMilliseconds(now, Min(req->retry_after_ms, MONK_MAX_RETRY_AFTER_MS)));
 			batch->attempts++;
 			if (batch->attempts > monk_max_retries)
 			{
