@@ -141,6 +141,7 @@ REVOKE ALL ON FUNCTION monk.worker_status() FROM PUBLIC;
 CREATE VIEW monk.status AS
     SELECT pg_catalog.current_database()::text AS database,
            w.pid IS NOT NULL AS worker_running,
+           w.pid AS worker_pid,
            coalesce(w.state, 'not running') AS worker_state,
            o.depth AS outbox_depth,
            pg_catalog.now() - o.oldest AS oldest_event_age,
