@@ -213,46 +213,27 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 
 /*
  * With monk.max_outbox_events set, refuse a new event when the outbox holds
- * that many.  The depth is counted as the span of ids from the oldest queued
- * event to the new one: never less than the true depth, found with one index
- * probe, so that the check stays cheap whatever the backlog.
+ * that many.  The depth is the outbox's live row count from the cumulative
+ * statistics (committed inserts less deletes, a second or so behind): a
+ * shared-memory lookup, so that the check stays cheap whatever the backlog.
  */
 void
-OutboxCheckCapacity(int64 new_id)
+OutboxCheckCapacity(void)
 {
-	Relation	rel;
-	Relation	index;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	int64		oldest = new_id;
+	PgStat_StatTabEntry *stats;
 	int64		depth;
 
 	if (monk_max_outbox_events <= 0)
 		return;
 
 	OutboxLookup();
-	rel = table_open(outbox_relid, AccessShareLock);
-	index = index_open(outbox_pkey, AccessShareLock);
-	scan = systable_beginscan_ordered(rel, index, GetActiveSnapshot(), 0, NULL);
-	tuple = systable_getnext_ordered(scan, ForwardScanDirection);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tuple, OUTBOX_ID + 1, RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
-			oldest = DatumGetInt64(d);
-	}
-	systable_endscan_ordered(scan);
-	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
-
-	depth = new_id - oldest + 1;
-	if (depth > monk_max_outbox_events)
+	stats = pgstat_fetch_stat_tabentry(outbox_relid);
+	depth = stats ? stats->n_live_tuples : 0;
+	if (depth >= monk_max_outbox_events)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("the monk outbox is full"),
-				 errdetail("The outbox spans " INT64_FORMAT " events; monk.max_outbox_events is %d.",
+				 errdetail("The outbox holds about " INT64_FORMAT " events; monk.max_outbox_events is %d.",
 						   depth, monk_max_outbox_events),
 				 errhint("Check monk.status: the worker may be unable to reach the Events API. Raise monk.max_outbox_events to queue more.")));
 }

@@ -11,7 +11,7 @@
 extern int64 OutboxNextId(void);
 extern void OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 						 TimestampTz queued_at);
-extern void OutboxCheckCapacity(int64 new_id);
+extern void OutboxCheckCapacity(void);
 
 #endif
 

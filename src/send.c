@@ -95,8 +95,8 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 	MonkRequirePreload();
 	ValidateEvent(ev, now);
 
+	OutboxCheckCapacity();
 	id = OutboxNextId();
-	OutboxCheckCapacity(id);
 	key = ev->idempotency_key ? ev->idempotency_key
 		: psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
 

@@ -139,6 +139,8 @@ MonkXactCallback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* a prepared transaction's events are found by the worker's 2PC timer */
 			wake_at_commit = false;
 			break;
 		default:

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -32,6 +33,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "event.h"
 #include "outbox.h"
 #include "sender.h"
 #include "settings.h"
@@ -115,6 +117,19 @@ BatchIds(MonkBatch *batch)
 	return batch->chunk->ids + batch->start;
 }
 
+/* The JSON payload of a NOTIFY monk_alert. */
+static char *
+AlertPayload(MonkWorker *w, const char *what, int count, long status)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"event\": \"%s\", \"database\": ", what);
+	MonkEscapeJson(&buf, w->slot->dbname, strlen(w->slot->dbname));
+	appendStringInfo(&buf, ", \"count\": %d, \"status\": %ld}", count, status);
+	return buf.data;
+}
+
 static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
@@ -131,8 +146,7 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 
 	OutboxBegin("monk: dead-lettering a refused event");
 	OutboxDeadLetter(BatchIds(batch)[0], status, error, body, batch->attempts);
-	OutboxNotify(psprintf("{\"event\": \"dead_letter\", \"database\": \"%s\", \"count\": 1, \"status\": %ld}",
-						  w->slot->dbname, status));
+	OutboxNotify(AlertPayload(w, "dead_letter", 1, status));
 	OutboxCommit();
 	ereport(LOG,
 			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
@@ -163,8 +177,7 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
 			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
 	OutboxBegin("monk: reporting an authentication failure");
-	OutboxNotify(psprintf("{\"event\": \"auth_failed\", \"database\": \"%s\", \"count\": %d, \"status\": %ld}",
-						  w->slot->dbname, batch->count, status));
+	OutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
 	OutboxCommit();
 }
 
@@ -405,6 +418,17 @@ MonkWorkerMain(Datum arg)
 			timeout = sender_wake;
 		if (w.need_read && !w.sender->paused && w.nchunks < monk_max_parallel_requests)
 			timeout = 0;
+
+		/*
+		 * COMMIT PREPARED wakes nobody (the session that queued the events
+		 * prepared them): where prepared transactions are enabled, look again
+		 * every 10 s when idle.
+		 */
+		if (timeout < 0 && max_prepared_xacts > 0)
+		{
+			timeout = 10000;
+			w.need_read = true;
+		}
 
 		if (MonkSenderWait(w.sender, timeout, PG_WAIT_EXTENSION))
 			w.need_read = true;

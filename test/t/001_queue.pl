@@ -7,6 +7,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use MonkTest;
 
 my $node = PostgreSQL::Test::Cluster->new('queue');
 $node->init;
@@ -79,6 +80,22 @@ $sessions[2]->query_safe('COMMIT');
 $_->quit for @sessions;
 is($node->safe_psql('postgres', q{SELECT string_agg(idempotency_key, ',' ORDER BY idempotency_key) FROM monk.outbox WHERE idempotency_key LIKE 'conc-%'}),
 	'conc-0,conc-2', 'concurrent transactions: committed events queued, rolled-back ones not');
+
+# monk.max_outbox_events: past it monk_send fails fast with 53400 and a hint
+# (the outbox cannot drain here: monk.base_url points nowhere).  The depth
+# comes from the statistics, which every session above flushed at its exit.
+$node->append_conf('postgresql.conf', 'monk.max_outbox_events = 6');
+$node->reload;
+ok(wait_until('the reload', 30, sub { $node->safe_psql('postgres', 'SHOW monk.max_outbox_events') eq '6' }),
+	'monk.max_outbox_events is set to the depth of the outbox');
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT monk_send('api_call', 'cus_1', idempotency_key => 'over')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  53400: the monk outbox is full/, 'a full outbox refuses new events with 53400');
+like($err, qr/HINT:  Check monk.status/, 'with a hint');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM monk.outbox WHERE idempotency_key = 'over'}), '0',
+	'the refused event was not queued');
+$node->append_conf('postgresql.conf', 'monk.max_outbox_events = 0');
+$node->reload;
 
 # the outbox survives an immediate shutdown (it is a logged table)
 $node->stop('immediate');
