@@ -8,14 +8,14 @@
 
 EXTENSION = monk
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o
 DATA = sql/monk--0.1.sql
 PGFILEDESC = "monk - export usage events to the Monk Events API"
 
 SHLIB_LINK += -lcurl -luuid
 PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-REGRESS = settings validation rendering keys privileges
+REGRESS = settings validation rendering keys privileges export
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
 TAP_TESTS = 1

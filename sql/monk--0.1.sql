@@ -192,3 +192,17 @@ END $$;
 COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
     IS 'queue dead letters of the outbox again with their original keys; returns how many';
 REVOKE ALL ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[]) FROM PUBLIC;
+
+-- Ship the rows of a table or view past a stored cursor (the bulk ingestion
+-- guide, inside the database); typically scheduled with pg_cron.
+CREATE FUNCTION @extschema@.monk_batch_export(
+    source      regclass,
+    batch_size  integer DEFAULT NULL,
+    max_events  bigint  DEFAULT NULL,
+    cursor_name text    DEFAULT NULL)
+RETURNS TABLE (batches integer, events_sent bigint, events_failed bigint, last_id bigint, elapsed interval)
+AS 'MODULE_PATHNAME', 'monk_batch_export'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_batch_export(regclass, integer, bigint, text)
+    IS 'send the rows of a table or view with id past the stored cursor to the Events API';
+REVOKE ALL ON FUNCTION @extschema@.monk_batch_export(regclass, integer, bigint, text) FROM PUBLIC;

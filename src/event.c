@@ -184,12 +184,12 @@ bool
 MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 {
 	/* name the fields as the caller named them */
-	bool		api = ev->api_names;
+	bool		api = ev->naming == MONK_NAMES_API;
 	const char *n_name = api ? F_EVENT_NAME : "event_name";
 	const char *n_ext = api ? F_EXTERNAL_ID : "external_customer_id";
 	const char *n_cust = api ? F_CUSTOMER_ID : "customer_id";
 	const char *n_key = api ? F_KEY : "idempotency_key";
-	const char *n_ts = api ? F_TIMESTAMP : "event_time";
+	const char *n_ts = ev->naming == MONK_NAMES_ARGS ? "event_time" : F_TIMESTAMP;
 
 	if (ev->event_name == NULL)
 		return Fail(err, F_EVENT_NAME, psprintf("%s is required", n_name), NULL,
@@ -357,8 +357,8 @@ ParseIso8601(const char *s, TimestampTz *out, const char **why)
 }
 
 /* Parse a UUID in its usual 8-4-4-4-12 form (or 32 hex digits). */
-static bool
-ParseUuid(const char *s, pg_uuid_t *out)
+bool
+MonkParseUuid(const char *s, pg_uuid_t *out)
 {
 	int			n = 0;
 
@@ -411,7 +411,7 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 	char	   *key = NULL;
 
 	memset(ev, 0, sizeof(*ev));
-	ev->api_names = true;
+	ev->naming = MONK_NAMES_API;
 	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 		return Fail(err, "event", "event must be a JSON object",
 					psprintf("The value is a JSON %s.", JB_ROOT_IS_SCALAR(jb) ? "scalar" : "array"),
@@ -453,7 +453,7 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 			if (s == NULL)
 				continue;
 			uuid = palloc(sizeof(pg_uuid_t));
-			if (!ParseUuid(s, uuid))
+			if (!MonkParseUuid(s, uuid))
 				return Fail(err, F_CUSTOMER_ID, "customerId must be a UUID",
 							psprintf("The value is %s.", Quoted(s)),
 							"customerId is Monk's customer UUID; use externalCustomerId for your own identifier.");

@@ -21,8 +21,16 @@ typedef struct MonkEvent
 	bool		has_timestamp;
 	TimestampTz timestamp;
 	const char *idempotency_key;
-	bool		api_names;		/* name fields as the API does in errors */
+	int			naming;			/* how errors name the fields: MonkNaming */
 } MonkEvent;
+
+/* How error messages name an event's fields. */
+typedef enum MonkNaming
+{
+	MONK_NAMES_ARGS = 0,		/* monk_send's arguments: event_name, event_time */
+	MONK_NAMES_API,				/* the API's fields: eventName, timestamp */
+	MONK_NAMES_COLUMNS			/* an export source's columns: event_name, timestamp */
+} MonkNaming;
 
 /* Why an event is invalid: the field and the message, as for an ERROR. */
 typedef struct MonkEventError
@@ -40,6 +48,7 @@ extern bool MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError 
 extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
 extern void MonkEventRaise(const MonkEventError *err) pg_attribute_noreturn();
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
+extern bool MonkParseUuid(const char *s, pg_uuid_t *out);
 extern void MonkEscapeJson(StringInfo buf, const char *s, int len);
 extern void MonkRenderTimestamp(StringInfo buf, TimestampTz ts);
 

@@ -386,10 +386,14 @@ Complete(MonkSender *sender, MonkBatch *batch)
 			batch->attempts++;
 			if (batch->attempts > monk_max_retries)
 			{
-				/* parked: kept, and tried again after the longest backoff */
-				sender->ops->parked(sender->arg, batch, req->status, sender->last_error);
-				batch->attempts = 0;
-				Requeue(sender, batch, TimestampTzPlusMilliseconds(now, monk_retry_max_delay), false);
+				/* parked: kept and tried again after the longest backoff, or given up */
+				if (sender->ops->parked(sender->arg, batch, req->status, sender->last_error))
+				{
+					batch->attempts = 0;
+					Requeue(sender, batch, TimestampTzPlusMilliseconds(now, monk_retry_max_delay), false);
+				}
+				else
+					Settle(sender, batch);
 			}
 			else
 				Requeue(sender, batch,

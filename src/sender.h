@@ -55,8 +55,11 @@ typedef struct MonkSenderOps
 	void		(*accepted) (void *arg, MonkBatch *batch);
 	/* the API refused this single event for good (400/422/413) */
 	void		(*refused) (void *arg, MonkBatch *batch, long status, const char *body);
-	/* the batch failed monk.max_retries times; it is kept and tried later */
-	void		(*parked) (void *arg, MonkBatch *batch, long status, const char *error);
+	/*
+	 * the batch failed monk.max_retries times: return true to keep it and try
+	 * again after monk.retry_max_delay, false to give it up (it settles)
+	 */
+	bool		(*parked) (void *arg, MonkBatch *batch, long status, const char *error);
 	/* 401/403: sending is paused until MonkSenderResume */
 	void		(*auth_failed) (void *arg, MonkBatch *batch, long status, const char *body);
 	/* every batch of the chunk has been accepted or refused */

@@ -153,7 +153,7 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 					BatchIds(batch)[0], status)));
 }
 
-static void
+static bool
 OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 {
 	TimestampTz next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_retry_max_delay);
@@ -165,6 +165,7 @@ OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
 					batch->count, batch->attempts, monk_retry_max_delay),
 			 errdetail("Last error: %s", error)));
+	return true;
 }
 
 static void

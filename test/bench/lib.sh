@@ -1,0 +1,348 @@
+# test/bench/lib.sh -- what the benchmarks in test/bench/ share (sourced, never run by itself).
+#
+#   bench_init NAME        temporary directory (owned by postgres when run as root), cleanup trap
+#   pg_start [CONF...]     a throwaway PostgreSQL 15 cluster with monk preloaded (extra postgresql.conf
+#                          lines as arguments); sets PGPORT_BENCH; sql / sqlf / pg_set run statements
+#   nginx_start            nginx answering 202 on NGINX_URL and 401 on NGINX_401_URL
+#   api_start              the local Monk API (test/monk_api.py) on API_URL, key $API_KEY
+#   slow_sink_start MS     a Python sink answering 202 after MS ms on SLOW_URL (threads, keep-alive)
+#   queue_events N [SRC]   queue N events in monk.outbox (chunks of 100k, one transaction each)
+#   pause_worker / point_worker URL   park the worker on a 401 / send it to URL (ALTER SYSTEM + reload)
+#   wait_outbox_empty S    poll every 100 ms (at most S seconds) until monk.outbox is empty
+#   now / since T / div A B / pct   timing and arithmetic helpers
+#
+# Everything started here is stopped, and the temporary directory removed, on exit.
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BENCH_SMALL=${BENCH_SMALL:-0}
+API_KEY=bench_key
+
+BENCH_TMP=""
+BENCH_DATA=""
+BENCH_PIDS=()
+NGINX_STARTED=0
+as_user=()
+
+# Debian's python3 has python3-psycopg2 and python3-requests; another python3 first in PATH may not.
+if /usr/bin/python3 -c 'import psycopg2, requests' 2>/dev/null; then
+	PY=/usr/bin/python3
+else
+	PY=python3
+fi
+
+die() { printf '%s: %s\n' "${BENCH_NAME:-bench}" "$*" >&2; exit 1; }
+note() { printf '# %s\n' "$*"; }
+
+# N, or N/10 with BENCH_SMALL=1 (a quick smoke run).
+scaled() { if [ "$BENCH_SMALL" = 1 ]; then echo $(( $1 / 10 )); else echo "$1"; fi; }
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+# A / B with 2 decimals ("n/a" when B is 0).
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# events per second, rounded.
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s + 0 == 0) print "n/a"; else printf "%.0f", n / s }'; }
+
+free_port()
+{
+	"$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+bench_cleanup()
+{
+	local status=$?
+	set +e
+	if [ -n "$BENCH_DATA" ] && [ -f "$BENCH_DATA/postmaster.pid" ]; then
+		(cd "$BENCH_TMP" && "${as_user[@]}" "$PGBIN/pg_ctl" -D "$BENCH_DATA" -m immediate -w -t 30 stop >/dev/null 2>&1)
+	fi
+	if [ "$NGINX_STARTED" = 1 ] && [ -f "$BENCH_TMP/nginx.pid" ]; then
+		kill "$(cat "$BENCH_TMP/nginx.pid")" 2>/dev/null
+		for _ in $(seq 50); do [ -f "$BENCH_TMP/nginx.pid" ] || break; sleep 0.1; done
+	fi
+	for pid in "${BENCH_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+	done
+	if [ -n "$BENCH_TMP" ] && [ "${BENCH_KEEP:-0}" != 1 ]; then
+		rm -rf "$BENCH_TMP"
+	fi
+	exit "$status"
+}
+
+bench_init()
+{
+	BENCH_NAME=$1
+	[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 is not installed in $PGBIN"
+	[ -f "$("$PGBIN/pg_config" --pkglibdir)/monk.so" ] || die "monk is not installed (bash test/setup.sh)"
+	BENCH_TMP=$(mktemp -d "/tmp/monk-bench-$BENCH_NAME.XXXXXX")
+	chmod 755 "$BENCH_TMP"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown postgres: "$BENCH_TMP"
+		as_user=(runuser -u postgres --)
+	fi
+	trap bench_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	cd "$BENCH_TMP"
+	note "$BENCH_NAME: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), temp dir $BENCH_TMP$([ "$BENCH_SMALL" = 1 ] && echo ", BENCH_SMALL=1 (10x fewer rows)")"
+}
+
+# Start a cluster.  Arguments: extra postgresql.conf lines (later lines win).
+pg_start()
+{
+	BENCH_DATA=$BENCH_TMP/data
+	PGPORT_BENCH=$(free_port)
+	"${as_user[@]}" "$PGBIN/initdb" -D "$BENCH_DATA" -U postgres --auth=trust --encoding=UTF8 --no-locale \
+		>"$BENCH_TMP/initdb.log" 2>&1 || { cat "$BENCH_TMP/initdb.log" >&2; die "initdb failed"; }
+	{
+		echo "port = $PGPORT_BENCH"
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$BENCH_TMP'"
+		echo "shared_preload_libraries = 'monk'"
+		echo "shared_buffers = 128MB"
+		echo "max_wal_size = 8GB"
+		echo "checkpoint_timeout = 30min"
+		echo "timezone = 'UTC'"
+		echo "monk.databases = 'postgres'"
+		echo "monk.api_key = '$API_KEY'"
+		echo "monk.base_url = 'http://127.0.0.1:9'"
+		for line in "$@"; do echo "$line"; done
+	} >>"$BENCH_DATA/postgresql.conf"
+	"${as_user[@]}" "$PGBIN/pg_ctl" -D "$BENCH_DATA" -l "$BENCH_TMP/server.log" -w -t 60 start >/dev/null ||
+		{ tail -n 30 "$BENCH_TMP/server.log" >&2; die "the cluster did not start"; }
+	sql -c "CREATE EXTENSION monk" >/dev/null
+}
+
+# psql on the cluster: unaligned, tuples only, stop at the first error.
+sql()
+{
+	"${as_user[@]}" "$PGBIN/psql" -X -q -A -t -h "$BENCH_TMP" -p "$PGPORT_BENCH" -U postgres -d postgres \
+		-v ON_ERROR_STOP=1 "$@"
+}
+
+# ALTER SYSTEM SET name = 'value' and reload.
+pg_set()
+{
+	sql -c "ALTER SYSTEM SET $1 = '$2'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+pg_restart()
+{
+	"${as_user[@]}" "$PGBIN/pg_ctl" -D "$BENCH_DATA" -l "$BENCH_TMP/server.log" -m fast -w -t 60 restart >/dev/null ||
+		{ tail -n 30 "$BENCH_TMP/server.log" >&2; die "the cluster did not restart"; }
+}
+
+# Wait (at most $2 s, default 30) for a port to accept connections.
+wait_port()
+{
+	local deadline=$((SECONDS + ${2:-30}))
+	until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+		[ "$SECONDS" -lt "$deadline" ] || die "nothing listens on port $1 after ${2:-30}s"
+		sleep 0.1
+	done
+}
+
+# nginx (Debian's nginx-light), run as postgres with its files in the temp dir: POST
+# /v1/events/batch answers 202 at once (body read and discarded, never parsed) on NGINX_URL;
+# everything answers 401 on NGINX_401_URL (used to park the worker: a 401 pauses it until reload).
+nginx_start()
+{
+	command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx-light)"
+	local port port401
+	port=$(free_port)
+	port401=$(free_port)
+	mkdir -p "$BENCH_TMP/nginx"
+	cat >"$BENCH_TMP/nginx.conf" <<EOF
+worker_processes 1;
+pid $BENCH_TMP/nginx.pid;
+error_log $BENCH_TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $BENCH_TMP/nginx/body;
+    proxy_temp_path $BENCH_TMP/nginx/proxy;
+    fastcgi_temp_path $BENCH_TMP/nginx/fastcgi;
+    uwsgi_temp_path $BENCH_TMP/nginx/uwsgi;
+    scgi_temp_path $BENCH_TMP/nginx/scgi;
+    client_max_body_size 100m;
+    client_body_buffer_size 16m;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$port;
+        location = /v1/events/batch { return 202 '{"accepted":1}'; }
+        location / { return 404 '{"error":"not_found"}'; }
+    }
+    server {
+        listen 127.0.0.1:$port401;
+        location / { return 401 '{"error":"unauthorized"}'; }
+    }
+}
+EOF
+	chown -R "$(stat -c %U "$BENCH_TMP")" "$BENCH_TMP/nginx" "$BENCH_TMP/nginx.conf"
+	"${as_user[@]}" nginx -e "$BENCH_TMP/nginx/error.log" -p "$BENCH_TMP/nginx" -c "$BENCH_TMP/nginx.conf" ||
+		die "nginx did not start"
+	NGINX_STARTED=1
+	wait_port "$port"
+	wait_port "$port401"
+	NGINX_URL=http://127.0.0.1:$port
+	NGINX_401_URL=http://127.0.0.1:$port401
+}
+
+# The local Monk API (test/monk_api.py).
+api_start()
+{
+	rm -f "$BENCH_TMP/api.port"
+	python3 "$BENCH_ROOT/test/monk_api.py" --port 0 --port-file "$BENCH_TMP/api.port" --api-key "$API_KEY" \
+		>"$BENCH_TMP/api.log" 2>&1 &
+	BENCH_PIDS+=($!)
+	local deadline=$((SECONDS + 30))
+	until [ -s "$BENCH_TMP/api.port" ]; do
+		[ "$SECONDS" -lt "$deadline" ] || { cat "$BENCH_TMP/api.log" >&2; die "the local Monk API did not start"; }
+		sleep 0.1
+	done
+	API_URL=http://127.0.0.1:$(head -n 1 "$BENCH_TMP/api.port")
+}
+
+# A sink that answers every POST with 202 after $1 ms: Python's ThreadingHTTPServer (a thread per
+# connection), HTTP/1.1 keep-alive, the body read in full and not parsed.
+slow_sink_start()
+{
+	local port
+	port=$(free_port)
+	cat >"$BENCH_TMP/slow_sink.py" <<'EOF'
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DELAY = int(sys.argv[2]) / 1000.0
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        while n > 0:
+            got = self.rfile.read(min(n, 1 << 20))
+            if not got:
+                return
+            n -= len(got)
+        time.sleep(DELAY)
+        body = b'{"accepted":1}'
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 128
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+EOF
+	python3 "$BENCH_TMP/slow_sink.py" "$port" "$1" >"$BENCH_TMP/slow_sink.log" 2>&1 &
+	BENCH_PIDS+=($!)
+	wait_port "$port"
+	SLOW_URL=http://127.0.0.1:$port
+}
+
+# Send the worker to $1 (monk.base_url), effective at once: a reload resumes a paused worker.
+point_worker() { pg_set monk.base_url "$1"; }
+
+# Park the worker: the first batch it sends gets a 401 and it pauses, keeping every event queued,
+# until the next reload.  Needs nginx_start.  Call wait_paused once events are queued.
+pause_worker() { pg_set monk.base_url "$NGINX_401_URL"; }
+
+# Wait (at most 30 s) until the worker has sent a batch to the 401 sink and paused.  Only then may
+# it be pointed elsewhere: a 401 that answers a request sent before a reload still pauses it.
+wait_paused()
+{
+	local deadline=$((SECONDS + 30))
+	until [ "$(sql -c "SELECT worker_state LIKE 'paused%' FROM monk.status")" = t ]; do
+		[ "$SECONDS" -lt "$deadline" ] || die "the worker did not pause on the 401 sink within 30 s"
+		sleep 0.1
+	done
+}
+
+# Queue $1 events with monk_send, in transactions of (at most) 100,000.  The events: 1,000
+# customers, 3 properties, an explicit event time; assigned keys (sync_<id>).  With a second
+# argument "billing", they are the rows of billing_events (see make_billing_events) instead.
+queue_events()
+{
+	local n=$1 src=${2:-} lo hi
+	for ((lo = 1; lo <= n; lo += 100000)); do
+		hi=$((lo + 99999 < n ? lo + 99999 : n))
+		if [ "$src" = billing ]; then
+			sql -c "SELECT count(monk_send(event_name, external_customer_id, properties, \"timestamp\", 'sync_' || id))
+			          FROM billing_events WHERE id BETWEEN $lo AND $hi" >/dev/null
+		else
+			sql -c "SELECT count(monk_send('api_call', 'cus_' || (g % 1000),
+			                 jsonb_build_object('tokens', g % 500, 'region', 'eu-west-1', 'model', 'gpt-4o-mini'),
+			                 timestamptz '2026-03-15 10:30:00+00' + g * interval '1 ms'))
+			          FROM generate_series($lo, $hi) g" >/dev/null
+		fi
+	done
+}
+
+# billing_events: the bulk guide's source table, $1 rows with the same content as queue_events.
+make_billing_events()
+{
+	sql -c "CREATE TABLE billing_events (
+	            id                   bigint PRIMARY KEY,
+	            external_customer_id text NOT NULL,
+	            event_name           text NOT NULL,
+	            \"timestamp\"          timestamptz NOT NULL,
+	            properties           jsonb)" \
+	    -c "INSERT INTO billing_events
+	          SELECT g, 'cus_' || (g % 1000), 'api_call',
+	                 timestamptz '2026-03-15 10:30:00+00' + g * interval '1 ms',
+	                 jsonb_build_object('tokens', g % 500, 'region', 'eu-west-1', 'model', 'gpt-4o-mini')
+	            FROM generate_series(1, $1) g" \
+	    -c "VACUUM ANALYZE billing_events" >/dev/null
+}
+
+outbox_depth() { sql -c "SELECT count(*) FROM monk.outbox"; }
+
+# Poll every 100 ms, at most $1 seconds, until monk.outbox is empty ("SELECT EXISTS": the
+# same answer as count(*) = 0 without scanning the whole backlog on every poll).
+wait_outbox_empty()
+{
+	local deadline=$((SECONDS + $1))
+	while [ "$(sql -c "SELECT EXISTS (SELECT 1 FROM monk.outbox)")" != f ]; do
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			note "TIMEOUT: monk.outbox still holds $(outbox_depth) events after $1 s" >&2
+			sql -x -c "SELECT * FROM monk.status" >&2 || true
+			tail -n 20 "$BENCH_TMP/server.log" >&2 || true
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
+# Wait (at most 30 s) for the worker to be running and idle or paused; prints its pid.
+worker_pid()
+{
+	local deadline=$((SECONDS + 30)) pid
+	while :; do
+		pid=$(sql -c "SELECT worker_pid FROM monk.status WHERE worker_running")
+		[ -n "$pid" ] && { echo "$pid"; return 0; }
+		[ "$SECONDS" -lt "$deadline" ] || die "the monk worker is not running"
+		sleep 0.2
+	done
+}
+
+# The outbox's size and dead tuples, once the statistics have caught up with the drain (they are
+# flushed about once a second: wait, at most 10 s, for n_live_tup to reach 0).
+outbox_bloat()
+{
+	local deadline=$((SECONDS + 10))
+	until [ "$(sql -c "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass")" = 0 ]; do
+		[ "$SECONDS" -lt "$deadline" ] || break
+		sleep 0.2
+	done
+	sql -c "SELECT 'size ' || pg_size_pretty(pg_total_relation_size('monk.outbox'))
+	                  || ', n_live_tup ' || n_live_tup || ', n_dead_tup ' || n_dead_tup
+	                  || ', autovacuum runs ' || autovacuum_count
+	                 FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass"
+}
