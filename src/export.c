@@ -445,6 +445,9 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 	SPITupleTable *tt = SPI_tuptable;
 	uint64		n = SPI_processed;
 	ExportSlice *slice = MemoryContextAllocZero(cxt, sizeof(ExportSlice));
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "monk export row",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
 	slice->chunk = MonkChunkCreate(cxt, (int) n);
 	slice->chunk->arg = slice;
@@ -463,6 +466,8 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		bool		valid = true;
 		StringInfoData json;
 
+		/* what a row needs lives until the next row: memory stays flat */
+		MemoryContextReset(rowcxt);
 		memset(&ev, 0, sizeof(ev));
 		ev.naming = MONK_NAMES_COLUMNS;
 		d = SPI_getbinval(tuple, desc, 1, &isnull);
@@ -526,8 +531,9 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		initStringInfo(&json);
 		MonkEventRender(&json, &ev, key);
 		MonkChunkAdd(slice->chunk, id, json.data, json.len, now);
-		pfree(json.data);
 	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(rowcxt);
 	if (slice->chunk->n == 0)
 	{
 		MonkChunkFree(slice->chunk);

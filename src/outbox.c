@@ -262,10 +262,14 @@ Prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 	return *plan;
 }
 
+/* The caller's memory context, restored when the transaction ends. */
+static MemoryContext outbox_caller_cxt = NULL;
+
 /* Open a short transaction with a snapshot and SPI. */
 void
 OutboxBegin(const char *activity)
 {
+	outbox_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -282,6 +286,7 @@ OutboxCommit(void)
 		elog(ERROR, "SPI_finish failed");
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(outbox_caller_cxt);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }

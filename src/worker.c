@@ -324,6 +324,7 @@ MonkWorkerMain(Datum arg)
 {
 	int			slotno = DatumGetInt32(arg);
 	MonkWorker	w;
+	MemoryContext loopcxt;
 
 	memset(&w, 0, sizeof(w));
 	w.slot = &MonkShmem->slots[slotno];
@@ -351,11 +352,15 @@ MonkWorkerMain(Datum arg)
 
 	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
 
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "monk worker loop", ALLOCSET_DEFAULT_SIZES);
 	while (!shutdown_requested)
 	{
 		long		timeout = -1;
 		long		sender_wake;
 
+		/* what one pass allocates lives until the next pass */
+		MemoryContextSwitchTo(loopcxt);
+		MemoryContextReset(loopcxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 			Reload(&w);
