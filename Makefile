@@ -8,7 +8,7 @@
 
 EXTENSION = monk
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o src/query.o
 DATA = sql/monk--0.1.sql
 PGFILEDESC = "monk - export usage events to the Monk Events API"
 

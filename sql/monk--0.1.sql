@@ -206,3 +206,36 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.monk_batch_export(regclass, integer, bigint, text)
     IS 'send the rows of a table or view with id past the stored cursor to the Events API';
 REVOKE ALL ON FUNCTION @extschema@.monk_batch_export(regclass, integer, bigint, text) FROM PUBLIC;
+
+-- Verify from SQL: the events the API lists (GET /v1/events, every page).
+CREATE FUNCTION @extschema@.monk_list_events(
+    customer_id          text        DEFAULT NULL,
+    external_customer_id text        DEFAULT NULL,
+    start                timestamptz DEFAULT NULL,
+    "end"                timestamptz DEFAULT NULL,
+    event_name           text        DEFAULT NULL)
+RETURNS TABLE (event_name text, customer_id text, external_customer_id text,
+               "timestamp" timestamptz, properties jsonb, idempotency_key text)
+AS 'MODULE_PATHNAME', 'monk_list_events'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_list_events(text, text, timestamptz, timestamptz, text)
+    IS 'the events the Events API lists for these filters (start inclusive, end exclusive), every page';
+REVOKE ALL ON FUNCTION @extschema@.monk_list_events(text, text, timestamptz, timestamptz, text) FROM PUBLIC;
+
+-- The aggregated usage cost (POST /v1/usage/cost), request and answer as jsonb.
+CREATE FUNCTION @extschema@.monk_usage_cost(request jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'monk_usage_cost'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_usage_cost(jsonb)
+    IS 'POST /v1/usage/cost with this body; returns the answer';
+REVOKE ALL ON FUNCTION @extschema@.monk_usage_cost(jsonb) FROM PUBLIC;
+
+-- The rows of an export source that the API does not list.
+CREATE FUNCTION @extschema@.monk_verify_export(source regclass, since timestamptz DEFAULT NULL)
+RETURNS TABLE (id bigint, idempotency_key text, event_name text, "timestamp" timestamptz, reason text)
+AS 'MODULE_PATHNAME', 'monk_verify_export'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.monk_verify_export(regclass, timestamptz)
+    IS 'rows of an export source (timestamp >= since) whose idempotency key the Events API does not list';
+REVOKE ALL ON FUNCTION @extschema@.monk_verify_export(regclass, timestamptz) FROM PUBLIC;

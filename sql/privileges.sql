@@ -10,12 +10,12 @@ SELECT p.oid::regprocedure AS function,
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute,
        has_function_privilege('monk_app', p.oid, 'EXECUTE') AS app_may_execute
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
- WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'monk') ORDER BY 1::text;
+ WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'monk') ORDER BY p.oid::regprocedure::text COLLATE "C";
 SELECT has_schema_privilege('public', 'monk', 'USAGE') AS public_uses_schema,
        has_schema_privilege('monk_app', 'monk', 'USAGE') AS app_uses_schema;
 SELECT c.oid::regclass AS relation,
        has_table_privilege('monk_app', c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE') AS app_has_any
-  FROM pg_class c WHERE c.relnamespace = 'monk'::regnamespace AND c.relkind IN ('r', 'v') ORDER BY 1::text;
+  FROM pg_class c WHERE c.relnamespace = 'monk'::regnamespace AND c.relkind IN ('r', 'v') ORDER BY c.relname COLLATE "C";
 
 SET ROLE monk_app;
 SELECT monk_send('api_call', 'cus_app', idempotency_key => 'from-app');

@@ -273,8 +273,8 @@ Digits(const char **p, int n, int *out)
  * YYYY-MM-DDTHH:MM[:SS[.fraction]](Z|+HH:MM|-HH:MM|+HHMM|+HH).
  * A time without an offset is refused: its instant would be ambiguous.
  */
-static bool
-ParseIso8601(const char *s, TimestampTz *out, const char **why)
+bool
+MonkParseIso8601(const char *s, TimestampTz *out, const char **why)
 {
 	const char *p = s;
 	struct pg_tm tm;
@@ -468,7 +468,7 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 				return false;
 			if (s == NULL)
 				continue;
-			if (!ParseIso8601(s, &ev->timestamp, &why))
+			if (!MonkParseIso8601(s, &ev->timestamp, &why))
 				return Fail(err, F_TIMESTAMP, "timestamp must be an ISO 8601 date and time",
 							psprintf("The value is %s.", Quoted(s)), why);
 			ev->has_timestamp = true;

@@ -48,6 +48,7 @@ extern bool MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError 
 extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
 extern void MonkEventRaise(const MonkEventError *err) pg_attribute_noreturn();
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
+extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);
 extern void MonkEscapeJson(StringInfo buf, const char *s, int len);
 extern void MonkRenderTimestamp(StringInfo buf, TimestampTz ts);

@@ -47,19 +47,6 @@
 
 PG_FUNCTION_INFO_V1(monk_batch_export);
 
-/* Columns of a source, by name; the position of each (0: absent). */
-enum
-{
-	COL_ID = 0,
-	COL_EVENT_NAME,
-	COL_EXTERNAL_ID,
-	COL_CUSTOMER_ID,
-	COL_TIMESTAMP,
-	COL_PROPERTIES,
-	COL_KEY,
-	NCOLS
-};
-
 typedef struct SourceColumn
 {
 	const char *name;
@@ -300,10 +287,11 @@ IsTextType(Oid type)
 
 /*
  * Find the columns of the source by name and check their types; build the
- * query that reads it past the cursor.
+ * query that reads it past an id ($1), in id order, one column per
+ * MonkSourceColumn (NULL where the source has none).
  */
-static char *
-SourceQuery(Oid relid, int64 max_events, int *positions)
+char *
+MonkSourceQuery(Oid relid, int64 max_events, int *positions)
 {
 	Relation	rel = relation_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -693,7 +681,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL to use the source's qualified name.")));
 	InitMaterializedSRF(fcinfo, 0);
 
-	query = SourceQuery(source, max_events, positions);
+	query = MonkSourceQuery(source, max_events, positions);
 	ex.monk_owner = MonkOwner();
 	dlist_init(&ex.slices);
 

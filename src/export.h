@@ -7,6 +7,19 @@
 
 #include "fmgr.h"
 
-extern Datum monk_batch_export(PG_FUNCTION_ARGS);
+/* Columns of an export source, by name, in the order MonkSourceQuery selects them. */
+enum MonkSourceColumn
+{
+	COL_ID = 0,
+	COL_EVENT_NAME,
+	COL_EXTERNAL_ID,
+	COL_CUSTOMER_ID,
+	COL_TIMESTAMP,
+	COL_PROPERTIES,
+	COL_KEY,
+	NCOLS
+};
+
+extern char *MonkSourceQuery(Oid relid, int64 max_events, int *positions);
 
 #endif

@@ -88,13 +88,39 @@ TimerCallback(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-/* Keep the beginning of the answer's body (for dead letters and errors). */
+/*
+ * Keep the beginning of the answer's body (for dead letters and errors), or,
+ * for a request that wants it, the whole body up to its limit (malloc: no
+ * palloc, hence no ERROR, inside a curl callback).
+ */
 static size_t
 WriteCallback(char *data, size_t size, size_t nmemb, void *userp)
 {
 	MonkHttpRequest *req = userp;
 	size_t		n = size * nmemb;
 	size_t		room = MONK_RESPONSE_MAX - req->response_len;
+
+	if (req->max_response > 0)
+	{
+		if (req->big_len + n > req->max_response)
+		{
+			req->response_truncated = true;
+			return 0;			/* curl fails the transfer: too large */
+		}
+		if (req->big_len + n + 1 > req->big_cap)
+		{
+			size_t		cap = Max(req->big_cap * 2, req->big_len + n + 1);
+			char	   *grown = realloc(req->big_response, Max(cap, 65536));
+
+			if (grown == NULL)
+				return 0;
+			req->big_response = grown;
+			req->big_cap = Max(cap, 65536);
+		}
+		memcpy(req->big_response + req->big_len, data, n);
+		req->big_len += n;
+		req->big_response[req->big_len] = '\0';
+	}
 
 	if (n > room)
 		req->response_truncated = true;
@@ -205,6 +231,7 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	req->response[0] = '\0';
 	req->response_len = 0;
 	req->response_truncated = false;
+	MonkHttpFreeResponse(req);
 
 	easy = curl_easy_init();
 	if (easy == NULL)
@@ -216,7 +243,8 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", api_key);
 	headers = curl_slist_append(headers, auth);
 	explicit_bzero(auth, sizeof(auth));
-	headers = curl_slist_append(headers, "Content-Type: application/json");
+	if (!(req->method && strcmp(req->method, "GET") == 0))
+		headers = curl_slist_append(headers, "Content-Type: application/json");
 	headers = curl_slist_append(headers, "Accept: application/json");
 	headers = curl_slist_append(headers, "Expect:");
 
@@ -226,9 +254,14 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, MonkHttpUserAgent());
-	curl_easy_setopt(easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+	if (req->method && strcmp(req->method, "GET") == 0)
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+	else
+	{
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+	}
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(timeout_ms, 10000));
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -381,6 +414,17 @@ MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
 	}
 	CollectDone(client);
 	return latch_set;
+}
+
+/* Free the whole body kept for a request with max_response. */
+void
+MonkHttpFreeResponse(MonkHttpRequest *req)
+{
+	if (req->big_response)
+		free(req->big_response);
+	req->big_response = NULL;
+	req->big_len = 0;
+	req->big_cap = 0;
 }
 
 /* Take the next completed request, or NULL. */

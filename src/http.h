@@ -19,8 +19,11 @@ typedef struct MonkHttpRequest
 	void	   *owner;			/* the caller's */
 	void	   *easy;			/* CURL *, private */
 	void	   *headers;		/* struct curl_slist *, private */
-	const char *body;
+	const char *method;			/* NULL: POST */
+	const char *body;			/* NULL with GET */
 	size_t		body_len;
+	size_t		max_response;	/* 0: keep MONK_RESPONSE_MAX bytes; else keep
+								 * up to this many in big_response (malloc'd) */
 
 	/* the outcome, once done */
 	bool		done;
@@ -30,6 +33,9 @@ typedef struct MonkHttpRequest
 	char		response[MONK_RESPONSE_MAX + 1];
 	size_t		response_len;
 	bool		response_truncated;
+	char	   *big_response;	/* with max_response: the whole body, malloc'd */
+	size_t		big_len;
+	size_t		big_cap;
 	dlist_node	node;
 } MonkHttpRequest;
 
@@ -43,5 +49,6 @@ extern bool MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_ev
 extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);
 extern void MonkHttpAbortAll(MonkHttpClient *client);
 extern const char *MonkHttpUserAgent(void);
+extern void MonkHttpFreeResponse(MonkHttpRequest *req);
 
 #endif

@@ -100,12 +100,11 @@ MonkChunkFree(MonkChunk *chunk)
 char *
 MonkBatchUrl(void)
 {
-	const char *base = monk_base_url ? monk_base_url : "";
-	int			len = strlen(base);
+	char	   *base = MonkBaseUrl();
+	char	   *url = psprintf("%s/v1/events/batch", base);
 
-	while (len > 0 && base[len - 1] == '/')
-		len--;
-	return psprintf("%.*s/v1/events/batch", len, base);
+	pfree(base);
+	return url;
 }
 
 MonkSender *

@@ -175,6 +175,18 @@ MonkApiKey(void)
 	return api_key_value;
 }
 
+/* monk.base_url without its trailing slashes (palloc'd). */
+char *
+MonkBaseUrl(void)
+{
+	const char *base = monk_base_url ? monk_base_url : "";
+	int			len = strlen(base);
+
+	while (len > 0 && base[len - 1] == '/')
+		len--;
+	return pnstrdup(base, len);
+}
+
 /* The names listed in monk.databases, as a list of palloc'd strings. */
 List *
 MonkDatabaseList(void)

@@ -26,6 +26,7 @@ extern int	monk_max_outbox_events;
 
 extern void MonkSettingsInit(void);
 extern const char *MonkApiKey(void);
+extern char *MonkBaseUrl(void);
 extern List *MonkDatabaseList(void);
 
 #endif

@@ -12,7 +12,8 @@
 #       (a) nginx (Debian's nginx-light) answering 202 at once without parsing, monk.batch_size 10000
 #           and 5000;
 #       (b) the local Monk API (test/monk_api.py: parses, validates and stores every event), 10000.
-#     monk.max_parallel_requests 4, monk.flush_interval 1s.  Before each timed phase both tables are
+#     The worker is parked by sending event 1 alone to the 401 sink, so it has read none of the
+#     others when the clock starts.  monk.max_parallel_requests 4, monk.flush_interval 1s.  Before each timed phase both tables are
 #     VACUUM ANALYZEd and a CHECKPOINT is taken, so that all phases start alike.
 #   * after each drain: the outbox's size and dead tuples (pg_stat_user_tables).
 # Targets (SPEC §9): >= 100,000 events/s to nginx, and drain time <= 2x the floor.
@@ -36,17 +37,6 @@ pg_start "shared_preload_libraries = '$PRELOAD'" \
 nginx_start
 api_start
 note "events: $N; nginx $NGINX_URL; local API $API_URL"
-
-# Park the worker, queue N events, wait until the worker has paused.
-load()
-{
-	pause_worker
-	local t
-	t=$(now)
-	queue_events "$N"
-	note "queued $N events with monk_send in $(since "$t") s"
-	wait_paused
-}
 
 settle() { sql -c "VACUUM ANALYZE monk.outbox" -c "CHECKPOINT" >/dev/null; }
 
@@ -74,7 +64,7 @@ profile()
 
 # ---- the floor ----------------------------------------------------------------------------------
 pg_set monk.batch_size 10000
-load
+load_parked "$N"
 sql -c "CREATE SCHEMA floor" \
 	-c "CREATE TABLE floor.outbox (LIKE monk.outbox INCLUDING ALL)" \
 	-c "INSERT INTO floor.outbox SELECT * FROM monk.outbox" \
@@ -98,14 +88,14 @@ profile
 
 # ---- (a) nginx, batch 5000 -----------------------------------------------------------------------
 pg_set monk.batch_size 5000
-load
+load_parked "$N"
 drain 5000 "$NGINX_URL"
 NGINX5_S=$DRAIN_S
 NGINX5_BLOAT=$(outbox_bloat)
 
 # ---- (b) the local Monk API, batch 10000 ---------------------------------------------------------
 pg_set monk.batch_size 10000
-load
+load_parked "$N"
 drain 10000 "$API_URL"
 API_S=$DRAIN_S
 API_BLOAT=$(outbox_bloat)

@@ -268,10 +268,11 @@ wait_paused()
 # Queue $1 events with monk_send, in transactions of (at most) 100,000.  The events: 1,000
 # customers, 3 properties, an explicit event time; assigned keys (sync_<id>).  With a second
 # argument "billing", they are the rows of billing_events (see make_billing_events) instead.
+# With a third argument, start at event number $3 instead of 1.
 queue_events()
 {
 	local n=$1 src=${2:-} lo hi
-	for ((lo = 1; lo <= n; lo += 100000)); do
+	for ((lo = ${3:-1}; lo <= n; lo += 100000)); do
 		hi=$((lo + 99999 < n ? lo + 99999 : n))
 		if [ "$src" = billing ]; then
 			sql -c "SELECT count(monk_send(event_name, external_customer_id, properties, \"timestamp\", 'sync_' || id))
@@ -283,6 +284,23 @@ queue_events()
 			          FROM generate_series($lo, $hi) g" >/dev/null
 		fi
 	done
+}
+
+# Park the worker and queue events 1..$1 ($2: as in queue_events) so that, when it is pointed
+# at a sink, it has read none of them but the first: event 1 alone is queued first, read and
+# sent to the 401 sink, which pauses the worker; the others are queued while it is paused.
+load_parked()
+{
+	local t
+	pause_worker
+	t=$(now)
+	queue_events 1 "${2:-}"
+	wait_paused
+	queue_events "$1" "${2:-}" 2
+	note "queued $1 events with monk_send in $(since "$t") s (worker parked)"
+	# A backlog, not a trickle: the worker holds a partial batch back until its oldest event has
+	# waited monk.flush_interval (1 s here), so let every event be that old before any clock starts.
+	sleep 1.2
 }
 
 # billing_events: the bulk guide's source table, $1 rows with the same content as queue_events.
@@ -332,8 +350,9 @@ worker_pid()
 	done
 }
 
-# The outbox's size and dead tuples, once the statistics have caught up with the drain (they are
-# flushed about once a second: wait, at most 10 s, for n_live_tup to reach 0).
+# The outbox's size and dead tuples after a drain: as the statistics see them (pg_stat_user_tables,
+# after waiting at most 10 s for n_live_tup to reach 0: they are flushed about once a second), and
+# as they are (pgstattuple, which reads the table).
 outbox_bloat()
 {
 	local deadline=$((SECONDS + 10))
@@ -341,8 +360,14 @@ outbox_bloat()
 		[ "$SECONDS" -lt "$deadline" ] || break
 		sleep 0.2
 	done
-	sql -c "SELECT 'size ' || pg_size_pretty(pg_total_relation_size('monk.outbox'))
-	                  || ', n_live_tup ' || n_live_tup || ', n_dead_tup ' || n_dead_tup
+	local stats real
+	sql -c "CREATE EXTENSION IF NOT EXISTS pgstattuple" >/dev/null 2>&1 || true
+	stats=$(sql -c "SELECT 'size ' || pg_size_pretty(pg_total_relation_size('monk.outbox'))
+	                  || '; pg_stat_user_tables: n_live_tup ' || n_live_tup || ', n_dead_tup ' || n_dead_tup
 	                  || ', autovacuum runs ' || autovacuum_count
-	                 FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass"
+	                 FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass")
+	real=$(sql -c "SELECT 'pgstattuple: live ' || tuple_count || ', dead ' || dead_tuple_count
+	                  || ', free ' || pg_size_pretty(free_space)
+	                 FROM pgstattuple('monk.outbox')" 2>/dev/null) || real="pgstattuple: not available"
+	echo "$stats; $real"
 }

@@ -1,0 +1,541 @@
+/*
+ * query.c
+ *		Verify from SQL: monk_list_events (GET /v1/events, every page),
+ *		monk_usage_cost (POST /v1/usage/cost) and monk_verify_export (what a
+ *		source holds that the API does not).
+ *
+ * Each request is made with the HTTP client and the delivery policy of the
+ * worker: 429, 5xx, timeouts and connection errors are retried with backoff
+ * up to monk.max_retries, 401/403 and 4xx raise a clear error, and query
+ * cancellation and statement_timeout are honoured while waiting.  The shape
+ * of GET /v1/events's answer is assumed (SPEC §2) and read in one place,
+ * ReadEventsPage, so that it is one small change when the real one is known.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "delivery.h"
+#include "event.h"
+#include "export.h"
+#include "http.h"
+#include "settings.h"
+
+PG_FUNCTION_INFO_V1(monk_list_events);
+PG_FUNCTION_INFO_V1(monk_usage_cost);
+PG_FUNCTION_INFO_V1(monk_verify_export);
+
+#define PAGE_LIMIT 1000
+#define MAX_ANSWER (64 * 1024 * 1024)
+
+/* Wait ms milliseconds, awake to cancellation. */
+static void
+SleepInterruptibly(long ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	for (;;)
+	{
+		long		left = (long) ((until - GetCurrentTimestamp()) / 1000);
+
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, left,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * One call to the Events API with the worker's retry rules.  Returns the
+ * answer's body (2xx); raises on a refused key, a refused request, or when
+ * the API did not answer after monk.max_retries retries.
+ */
+static char *
+ApiCall(const char *method, const char *url, const char *body)
+{
+	MonkHttpClient *client = MonkHttpCreate();
+	MonkHttpRequest req;
+	char	   *result = NULL;
+	int			attempt = 0;
+
+	memset(&req, 0, sizeof(req));
+	req.method = method;
+	req.body = body;
+	req.body_len = body ? strlen(body) : 0;
+	req.max_response = MAX_ANSWER;
+
+	PG_TRY();
+	{
+		while (result == NULL)
+		{
+			MonkOutcome outcome;
+
+			if (MonkHttpStart(client, &req, url, MonkApiKey(), monk_request_timeout))
+			{
+				while (!req.done)
+				{
+					MonkHttpWait(client, -1, PG_WAIT_EXTENSION);
+					CHECK_FOR_INTERRUPTS();
+				}
+				(void) MonkHttpNextDone(client);
+			}
+			outcome = MonkClassify(req.status);
+			if (outcome == MONK_OUTCOME_ACCEPTED)
+			{
+				result = pnstrdup(req.big_response ? req.big_response : "", req.big_len);
+				break;
+			}
+			if (outcome == MONK_OUTCOME_AUTH)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+						 errmsg("the Events API refused the API key (HTTP %ld)", req.status),
+						 errhint("Set monk.api_key to a valid key and reload the configuration.")));
+			if (outcome == MONK_OUTCOME_SPLIT)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("the Events API refused the request (HTTP %ld)", req.status),
+						 errdetail("The answer was: %.500s", req.big_response ? req.big_response : req.response)));
+			if (req.response_truncated)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("the answer of the Events API is larger than %d bytes", MAX_ANSWER)));
+			if (++attempt > monk_max_retries)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("the Events API did not answer successfully after %d attempts", attempt),
+						 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status,
+												req.big_response ? req.big_response : req.response)
+						 : errdetail("The last error was: %s", req.error),
+						 errhint("Check monk.status and monk.base_url; the request can be repeated.")));
+			SleepInterruptibly(MonkBackoffMs(attempt, req.retry_after_ms));
+		}
+	}
+	PG_CATCH();
+	{
+		MonkHttpFreeResponse(&req);
+		MonkHttpDestroy(client);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MonkHttpFreeResponse(&req);
+	MonkHttpDestroy(client);
+	return result;
+}
+
+/* Parse an answer as JSON, with a clear error when it is not. */
+static Jsonb *
+ParseAnswer(const char *body)
+{
+	Jsonb	   *jb = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the answer of the Events API is not JSON"),
+				 errdetail("It begins: %.200s", body)));
+	}
+	PG_END_TRY();
+	return jb;
+}
+
+/* Append a query parameter, percent-encoded. */
+static void
+AddParam(StringInfo url, const char *name, const char *value)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	if (value == NULL)
+		return;
+	appendStringInfo(url, "%c%s=", strchr(url->data, '?') ? '&' : '?', name);
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	{
+		if (isalnum(*p) || *p == '-' || *p == '.' || *p == '_' || *p == '~')
+			appendStringInfoChar(url, *p);
+		else
+		{
+			appendStringInfoChar(url, '%');
+			appendStringInfoChar(url, hex[*p >> 4]);
+			appendStringInfoChar(url, hex[*p & 15]);
+		}
+	}
+}
+
+static char *
+IsoString(TimestampTz ts)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	MonkRenderTimestamp(&buf, ts);
+	return buf.data;
+}
+
+/* A string member of a JSON object, or NULL. */
+static char *
+MemberString(JsonbContainer *obj, const char *key)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* One event of a page, as monk_list_events returns it. */
+typedef struct ListedEvent
+{
+	char	   *event_name;
+	char	   *customer_id;
+	char	   *external_customer_id;
+	bool		has_timestamp;
+	TimestampTz timestamp;
+	Jsonb	   *properties;
+	char	   *idempotency_key;
+} ListedEvent;
+
+typedef void (*ListedEventCallback) (void *arg, ListedEvent *ev);
+
+/*
+ * Read one page of GET /v1/events: {"data": [event, ...], "hasMore": bool,
+ * "nextCursor": string|null}.  Returns the cursor of the next page, or NULL.
+ */
+static char *
+ReadEventsPage(Jsonb *page, ListedEventCallback cb, void *arg)
+{
+	JsonbValue *data = getKeyJsonValueFromContainer(&page->root, "data", 4, NULL);
+	JsonbValue *more = getKeyJsonValueFromContainer(&page->root, "hasMore", 7, NULL);
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!JB_ROOT_IS_OBJECT(page) || data == NULL || data->type != jbvBinary ||
+		!JsonContainerIsArray(data->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the answer of GET /v1/events has no \"data\" array")));
+
+	it = JsonbIteratorInit(data->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		ListedEvent ev;
+		JsonbContainer *obj;
+		JsonbValue *props;
+		char	   *ts;
+		const char *why;
+
+		if (tok != WJB_ELEM || v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+			continue;
+		obj = v.val.binary.data;
+		memset(&ev, 0, sizeof(ev));
+		ev.event_name = MemberString(obj, "eventName");
+		ev.customer_id = MemberString(obj, "customerId");
+		ev.external_customer_id = MemberString(obj, "externalCustomerId");
+		ev.idempotency_key = MemberString(obj, "idempotencyKey");
+		ts = MemberString(obj, "timestamp");
+		if (ts && MonkParseIso8601(ts, &ev.timestamp, &why))
+			ev.has_timestamp = true;
+		props = getKeyJsonValueFromContainer(obj, "properties", 10, NULL);
+		if (props && props->type == jbvBinary)
+			ev.properties = JsonbValueToJsonb(props);
+		cb(arg, &ev);
+	}
+	if (more && more->type == jbvBool && more->val.boolean)
+	{
+		char	   *next = MemberString(&page->root, "nextCursor");
+
+		if (next == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("the answer of GET /v1/events has more pages but no \"nextCursor\"")));
+		return next;
+	}
+	return NULL;
+}
+
+/* Page through GET /v1/events with these filters, event by event. */
+static void
+ListEvents(const char *customer_id, const char *external_customer_id, const char *event_name,
+		   bool has_start, TimestampTz start, bool has_end, TimestampTz end,
+		   ListedEventCallback cb, void *arg)
+{
+	char	   *cursor = NULL;
+	MemoryContext pagecxt = AllocSetContextCreate(CurrentMemoryContext, "monk page",
+												  ALLOCSET_DEFAULT_SIZES);
+
+	do
+	{
+		MemoryContext old = MemoryContextSwitchTo(pagecxt);
+		StringInfoData url;
+		char	   *base = MonkBaseUrl();
+		char	   *next;
+
+		initStringInfo(&url);
+		appendStringInfo(&url, "%s/v1/events", base);
+		AddParam(&url, "limit", CppAsString2(PAGE_LIMIT));
+		AddParam(&url, "customerId", customer_id);
+		AddParam(&url, "externalCustomerId", external_customer_id);
+		AddParam(&url, "eventName", event_name);
+		if (has_start)
+			AddParam(&url, "start", IsoString(start));
+		if (has_end)
+			AddParam(&url, "end", IsoString(end));
+		AddParam(&url, "cursor", cursor);
+		next = ReadEventsPage(ParseAnswer(ApiCall("GET", url.data, NULL)), cb, arg);
+		MemoryContextSwitchTo(old);
+		cursor = next ? pstrdup(next) : NULL;
+		/* one page in memory at a time */
+		MemoryContextReset(pagecxt);
+	} while (cursor != NULL);
+	MemoryContextDelete(pagecxt);
+}
+
+static char *
+TextArgOrNull(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+typedef struct ListState
+{
+	ReturnSetInfo *rsinfo;
+	MemoryContext outcxt;
+} ListState;
+
+static void
+PutListedEvent(void *arg, ListedEvent *ev)
+{
+	ListState  *st = arg;
+	Datum		values[6];
+	bool		nulls[6];
+	MemoryContext old = MemoryContextSwitchTo(st->outcxt);
+
+	memset(nulls, false, sizeof(nulls));
+	values[0] = ev->event_name ? CStringGetTextDatum(ev->event_name) : (nulls[0] = true, (Datum) 0);
+	values[1] = ev->customer_id ? CStringGetTextDatum(ev->customer_id) : (nulls[1] = true, (Datum) 0);
+	values[2] = ev->external_customer_id ? CStringGetTextDatum(ev->external_customer_id) : (nulls[2] = true, (Datum) 0);
+	values[3] = ev->has_timestamp ? TimestampTzGetDatum(ev->timestamp) : (nulls[3] = true, (Datum) 0);
+	values[4] = ev->properties ? JsonbPGetDatum(ev->properties) : (nulls[4] = true, (Datum) 0);
+	values[5] = ev->idempotency_key ? CStringGetTextDatum(ev->idempotency_key) : (nulls[5] = true, (Datum) 0);
+	tuplestore_putvalues(st->rsinfo->setResult, st->rsinfo->setDesc, values, nulls);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * monk_list_events(customer_id, external_customer_id, start, "end", event_name)
+ *   RETURNS TABLE (event_name, customer_id, external_customer_id, "timestamp",
+ *                  properties, idempotency_key)
+ * Rows go to a tuplestore page by page, which spills to disk past work_mem.
+ */
+Datum
+monk_list_events(PG_FUNCTION_ARGS)
+{
+	ListState	st;
+
+	InitMaterializedSRF(fcinfo, 0);
+	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	st.outcxt = CurrentMemoryContext;
+	if (!PG_ARGISNULL(2) && !PG_ARGISNULL(3) && PG_GETARG_TIMESTAMPTZ(3) < PG_GETARG_TIMESTAMPTZ(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"end\" must not be before start"),
+				 errhint("start is inclusive and \"end\" exclusive.")));
+	ListEvents(TextArgOrNull(fcinfo, 0), TextArgOrNull(fcinfo, 1), TextArgOrNull(fcinfo, 4),
+			   !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2),
+			   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3),
+			   PutListedEvent, &st);
+	return (Datum) 0;
+}
+
+/* monk_usage_cost(request jsonb) RETURNS jsonb: POST /v1/usage/cost as is. */
+Datum
+monk_usage_cost(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *request;
+	char	   *body;
+	char	   *url;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("request must not be NULL"),
+				 errhint("Pass the body of POST /v1/usage/cost as jsonb, for example '{\"externalCustomerId\": \"cus_1\"}'.")));
+	request = PG_GETARG_JSONB_P(0);
+	if (!JB_ROOT_IS_OBJECT(request) || JB_ROOT_IS_SCALAR(request))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("request must be a JSON object")));
+	body = JsonbToCString(NULL, &request->root, VARSIZE(request));
+	url = psprintf("%s/v1/usage/cost", MonkBaseUrl());
+	PG_RETURN_JSONB_P(ParseAnswer(ApiCall("POST", url, body)));
+}
+
+/* The keys the API holds, sorted, for monk_verify_export. */
+typedef struct KeySet
+{
+	MemoryContext cxt;			/* outlives the pages */
+	char	  **keys;
+	int			n;
+	int			cap;
+} KeySet;
+
+static void
+CollectKey(void *arg, ListedEvent *ev)
+{
+	KeySet	   *set = arg;
+
+	if (ev->idempotency_key == NULL)
+		return;
+	if (set->n == set->cap)
+	{
+		set->cap = Max(1024, set->cap * 2);
+		set->keys = set->keys ? repalloc_huge(set->keys, sizeof(char *) * set->cap)
+			: MemoryContextAllocExtended(set->cxt, sizeof(char *) * set->cap, MCXT_ALLOC_HUGE);
+	}
+	set->keys[set->n++] = MemoryContextStrdup(set->cxt, ev->idempotency_key);
+}
+
+static int
+CompareKeys(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/*
+ * monk_verify_export(source regclass, since timestamptz)
+ *   RETURNS TABLE (id bigint, idempotency_key text, event_name text,
+ *                  "timestamp" timestamptz, reason text)
+ * The rows of the source (with a timestamp at or after "since", when given)
+ * whose key the API does not list.
+ */
+Datum
+monk_verify_export(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo;
+	Oid			source;
+	bool		has_since = !PG_ARGISNULL(1);
+	TimestampTz since = has_since ? PG_GETARG_TIMESTAMPTZ(1) : 0;
+	KeySet		set = {NULL, NULL, 0, 0};
+	MemoryContext keycxt;
+	MemoryContext old;
+	int			positions[NCOLS];
+	char	   *query;
+	SPIPlanPtr	plan;
+	Portal		portal;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(PG_INT64_MIN)};
+	AclResult	acl;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source must not be NULL")));
+	source = PG_GETARG_OID(0);
+	if (get_rel_relkind(source) == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", source)));
+	acl = pg_class_aclcheck(source, GetUserId(), ACL_SELECT);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, get_relkind_objtype(get_rel_relkind(source)), get_rel_name(source));
+	query = MonkSourceQuery(source, 0, positions);
+	if (has_since && positions[COL_TIMESTAMP] == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("%s has no column \"timestamp\" to compare with since", get_rel_name(source)),
+				 errhint("Pass NULL as since to verify every row.")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	/* what the API holds since then */
+	keycxt = AllocSetContextCreate(CurrentMemoryContext, "monk keys", ALLOCSET_DEFAULT_SIZES);
+	set.cxt = keycxt;
+	ListEvents(NULL, NULL, NULL, has_since, since, false, 0, CollectKey, &set);
+	if (set.n > 1)
+		qsort(set.keys, set.n, sizeof(char *), CompareKeys);
+
+	/* what the source holds, row by row */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = SPI_prepare(query, 1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+			Datum		ts = SPI_getbinval(tuple, desc, 5, &isnull);
+			bool		ts_null = isnull;
+			char	   *key = SPI_getvalue(tuple, desc, 7);
+			char	   *name = SPI_getvalue(tuple, desc, 2);
+			MonkEvent	ev;
+			MonkEventError err;
+			char	   *reason = "missing";
+			Datum		values[5];
+			bool		nulls[5] = {false, false, false, false, false};
+
+			if (has_since && (ts_null || DatumGetTimestampTz(ts) < since))
+				continue;
+			if (key == NULL)
+				key = psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
+			if (set.n > 0 && bsearch(&key, set.keys, set.n, sizeof(char *), CompareKeys))
+				continue;
+
+			/* say when the row could never have been accepted */
+			memset(&ev, 0, sizeof(ev));
+			ev.naming = MONK_NAMES_COLUMNS;
+			ev.event_name = name;
+			ev.external_customer_id = SPI_getvalue(tuple, desc, 3);
+			if (SPI_getvalue(tuple, desc, 4))
+				ev.customer_id = palloc0(sizeof(pg_uuid_t));
+			ev.has_timestamp = !ts_null;
+			ev.timestamp = ts_null ? 0 : DatumGetTimestampTz(ts);
+			if (!MonkEventCheck(&ev, now, &err))
+				reason = psprintf("missing: the row is invalid (%s)", err.message);
+
+			old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+			values[0] = Int64GetDatum(id);
+			values[1] = CStringGetTextDatum(key);
+			values[2] = name ? CStringGetTextDatum(name) : (nulls[2] = true, (Datum) 0);
+			values[3] = ts;
+			nulls[3] = ts_null;
+			values[4] = CStringGetTextDatum(reason);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			MemoryContextSwitchTo(old);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+	MemoryContextDelete(keycxt);
+	return (Datum) 0;
+}
