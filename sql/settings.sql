@@ -36,3 +36,9 @@ RESET monk.idempotency_prefix;
 
 -- The prefix monk. is reserved.
 SET monk.no_such_setting = 1;
+
+-- Files named by settings must be absolute and readable.
+ALTER SYSTEM SET monk.api_key_file = 'relative/key';
+ALTER SYSTEM SET monk.api_key_file = '/nonexistent/monk.key';
+ALTER SYSTEM SET monk.ca_file = '/nonexistent/ca.pem';
+ALTER SYSTEM SET monk.ca_file = 'ca.pem';

@@ -8,6 +8,7 @@
  * statement_timeout are seen at once even while requests are in flight.
  * Nothing here raises an ERROR from inside a curl callback: the callbacks
  * only record, and failures are reported in the request once curl returns.
+ * TLS peers are always verified (the system's CA bundle, or monk.ca_file).
  * This file knows nothing of tables or SPI.
  */
 #include "postgres.h"
@@ -19,6 +20,7 @@
 #include "utils/memutils.h"
 
 #include "http.h"
+#include "settings.h"
 
 #define MONK_VERSION "0.1"
 #define MAX_SOCKETS 256
@@ -268,6 +270,8 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (monk_ca_file && monk_ca_file[0])
+		curl_easy_setopt(easy, CURLOPT_CAINFO, monk_ca_file);
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, WriteCallback);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);

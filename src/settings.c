@@ -12,7 +12,9 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <limits.h>
+#include <unistd.h>
 
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -40,6 +42,11 @@ int			monk_max_outbox_events = 0;
 
 static char *api_key_guc = NULL;	/* always API_KEY_PLACEHOLDER */
 static const char *api_key_value = "";	/* the real key, from the hook's extra */
+static char *api_key_file = NULL;	/* monk.api_key_file: a path */
+static const char *api_key_file_value = "";	/* the key read from it */
+char	   *monk_ca_file = NULL;
+
+#define MAX_KEY_LEN 4096
 
 /*
  * Accept only http:// and https:// URLs with a host, without spaces, query or
@@ -126,6 +133,86 @@ ShowApiKey(void)
 	return api_key_value[0] ? "********" : "";
 }
 
+/*
+ * monk.api_key_file: read the key from the file (at startup and at each
+ * reload), so that it need not sit in postgresql.conf or postgresql.auto.conf.
+ * Trailing white space (a final newline) is not part of the key.
+ */
+static bool
+CheckApiKeyFile(char **newval, void **extra, GucSource source)
+{
+	const char *path = *newval ? *newval : "";
+	char		buf[MAX_KEY_LEN + 2];
+	size_t		n = 0;
+	FILE	   *f;
+	char	   *copy;
+
+	if (path[0] != '\0')
+	{
+		if (!is_absolute_path(path))
+		{
+			GUC_check_errdetail("monk.api_key_file must be an absolute path.");
+			return false;
+		}
+		f = fopen(path, "r");
+		if (f == NULL)
+		{
+			GUC_check_errdetail("could not open monk.api_key_file \"%s\": %m", path);
+			return false;
+		}
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		if (n > MAX_KEY_LEN)
+		{
+			GUC_check_errdetail("monk.api_key_file \"%s\" is longer than %d bytes.", path, MAX_KEY_LEN);
+			return false;
+		}
+		while (n > 0 && isspace((unsigned char) buf[n - 1]))
+			n--;
+		buf[n] = '\0';
+		if (n == 0 || strlen(buf) != n)
+		{
+			GUC_check_errdetail("monk.api_key_file \"%s\" holds no key.", path);
+			return false;
+		}
+	}
+	buf[n] = '\0';
+	copy = malloc(n + 1);
+	if (copy == NULL)
+		return false;
+	memcpy(copy, buf, n + 1);
+	explicit_bzero(buf, sizeof(buf));
+	*extra = copy;
+	return true;
+}
+
+static void
+AssignApiKeyFile(const char *newval, void *extra)
+{
+	api_key_file_value = extra ? (const char *) extra : "";
+}
+
+/* monk.ca_file: a readable file, or empty for the system's CA bundle. */
+static bool
+CheckCaFile(char **newval, void **extra, GucSource source)
+{
+	const char *path = *newval ? *newval : "";
+
+	if (path[0] == '\0')
+		return true;
+	if (!is_absolute_path(path))
+	{
+		GUC_check_errdetail("monk.ca_file must be an absolute path.");
+		return false;
+	}
+	if (access(path, R_OK) != 0)
+	{
+		GUC_check_errdetail("could not read monk.ca_file \"%s\": %m", path);
+		return false;
+	}
+	return true;
+}
+
 /* monk.databases: a comma-separated list of database names. */
 static bool
 CheckDatabases(char **newval, void **extra, GucSource source)
@@ -168,11 +255,11 @@ CheckPrefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* The API key in force, or "" when none is set. */
+/* The API key in force (monk.api_key_file's, else monk.api_key), or "". */
 const char *
 MonkApiKey(void)
 {
-	return api_key_value;
+	return api_key_file_value[0] ? api_key_file_value : api_key_value;
 }
 
 /* monk.base_url without its trailing slashes (palloc'd). */
@@ -316,6 +403,24 @@ MonkSettingsInit(void)
 							0, 0, INT_MAX,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("monk.api_key_file",
+							   "File holding the API key; when set, it takes precedence over monk.api_key.",
+							   "Read at startup and at each reload; trailing white space is ignored.",
+							   &api_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   CheckApiKeyFile, AssignApiKeyFile, NULL);
+
+	DefineCustomStringVariable("monk.ca_file",
+							   "File of CA certificates that verify the Events API's TLS certificate.",
+							   "Empty: the system's CA bundle.",
+							   &monk_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   CheckCaFile, NULL, NULL);
 
 	/* a postmaster setting can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)

@@ -227,7 +227,7 @@ class State:
     """Everything the server remembers.  One lock guards it all."""
 
     FAULT_KEYS = ("fail_rate", "drop_rate", "drop_after_store_rate", "delay_ms", "script",
-                  "retry_after", "forbidden_keys", "paths", "seed")
+                  "retry_after", "forbidden_keys", "paths", "seed", "pad_bytes")
 
     def __init__(self, api_key, customers):
         self.lock = threading.Lock()
@@ -260,6 +260,7 @@ class State:
         self.drop_rate = 0.0
         self.drop_after_store_rate = 0.0
         self.delay_ms = 0
+        self.pad_bytes = 0        # answers of /v1 grow a "padding" member this long (huge bodies)
         self.script = collections.deque()
         self.retry_after = "1"
         self.forbidden_keys = set()
@@ -273,6 +274,7 @@ class State:
             "drop_rate": self.drop_rate,
             "drop_after_store_rate": self.drop_after_store_rate,
             "delay_ms": self.delay_ms,
+            "pad_bytes": self.pad_bytes,
             "script": [str(s) for s in self.script],
             "retry_after": self.retry_after,
             "forbidden_keys": len(self.forbidden_keys),   # a count: keys are never echoed
@@ -301,6 +303,8 @@ class State:
                     new[k] = _fraction(cfg[k], k)
             if "delay_ms" in cfg:
                 new["delay_ms"] = _nonneg(cfg["delay_ms"], "delay_ms")
+            if "pad_bytes" in cfg:
+                new["pad_bytes"] = int(_nonneg(cfg["pad_bytes"], "pad_bytes"))
             if "script" in cfg:
                 sc = cfg["script"] or []
                 if type(sc) is not list:
@@ -424,6 +428,13 @@ def _str_list(v, what):
     if type(v) is not list or any(type(x) is not str for x in v):
         raise ValueError("%s must be a list of strings" % what)
     return [x for x in v if x]
+
+
+def _pad(payload, pad):
+    """An answer grown by a "padding" member of pad bytes (a huge body), or as it is."""
+    if pad and type(payload) is dict:
+        return dict(payload, padding="x" * pad)
+    return payload
 
 
 def _script_step(s):
@@ -717,6 +728,7 @@ class Handler(BaseHTTPRequestHandler):
                 fault = self.fault = state.pick_fault(path)
                 delay = state.delay_ms / 1000.0
                 retry_after = state.retry_after
+                pad = state.pad_bytes
             if fault is not None and fault != "drop_after_store":
                 if delay:
                     time.sleep(delay)
@@ -724,7 +736,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.drop()
                 else:
                     headers = {"Retry-After": retry_after} if fault in (429, 503) else None
-                    self.send(fault, _error(fault, "injected fault"), headers)
+                    self.send(fault, _pad(_error(fault, "injected fault"), pad), headers)
                 return
             try:
                 self.check_auth()
@@ -738,7 +750,7 @@ class Handler(BaseHTTPRequestHandler):
             if fault == "drop_after_store":
                 self.drop()
             else:
-                self.send(status, payload, headers)
+                self.send(status, _pad(payload, pad), headers)
         finally:
             self.record()   # no-op if the answer (or drop) already recorded it
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev uuid-dev
-          libipc-run-perl postgresql-15-cron nginx-light python3 make gcc"
+          libipc-run-perl libio-socket-ssl-perl postgresql-15-cron nginx-light python3 openssl ca-certificates make gcc"
 
 missing=""
 for p in $PACKAGES; do
