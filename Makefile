@@ -15,7 +15,7 @@ PGFILEDESC = "monk - export usage events to the Monk Events API"
 SHLIB_LINK += -lcurl -luuid
 PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-REGRESS = settings validation rendering keys privileges export
+REGRESS = settings validation rendering keys privileges export property
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
 TAP_TESTS = 1

@@ -10,9 +10,15 @@ SELECT monk.event_json('api_call', 'cus_1', NULL, '2026-03-06 14:30:00.000001+00
 SELECT monk.event_json('api_call', 'cus_1', NULL, '2026-03-06 14:30:00+00', 'k',
                        'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
 
--- Numbers are sent exactly as written (jsonb's canonical form of the same value).
-SELECT monk.event_json('n', 'c', '{"i": 9223372036854775808, "d": 0.1, "e": 1.5e3, "neg": -0.000001, "big": 123456789012345678901234567890.123456789}',
+-- Numbers are sent exactly as written (jsonb's canonical form of the same
+-- value), at the edges of what JSON parsers hold exactly: 64-bit integers,
+-- and numbers that survive a double-precision round trip.
+SELECT monk.event_json('n', 'c', '{"i": 9223372036854775808, "d": 0.1, "e": 1.5e3, "neg": -0.000001}',
                        '2026-01-01 00:00:00+00');
+SELECT monk.event_json('n', 'c', '{"u64max": 18446744073709551615, "i64min": -9223372036854775808, "zero": -0}',
+                       '2026-01-01 00:00:00+00');
+SELECT monk.event_json('n', 'c', '{"dblmax": 1.7976931348623157e308, "tiny": 5e-324, "third": 0.3333333333333333}',
+                       '2026-01-01 00:00:00+00')::jsonb->'properties' = '{"dblmax": 1.7976931348623157e308, "tiny": 5e-324, "third": 0.3333333333333333}' AS exact;
 -- Booleans and strings; JSON null values are dropped.
 SELECT monk.event_json('n', 'c', '{"t": true, "f": false, "s": "x", "gone": null}', '2026-01-01 00:00:00+00');
 SELECT monk.event_json('n', 'c', '{"gone": null}', '2026-01-01 00:00:00+00');

@@ -32,6 +32,12 @@ SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '"tokens"')$$);
 SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '42')$$);
 SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"a": 1, "nested": {"b": 2}}')$$);
 SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"list": [1, 2]}')$$);
+-- numbers a JSON parser would change: refused rather than billed wrong
+SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"big": 123456789012345678901234567890.123456789}')$$);
+SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"u64max_plus_1": 18446744073709551616}')$$);
+SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"huge": 1e400}')$$);
+SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"tinier": 1e-400}')$$);
+SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', '{"precise": 0.10000000000000000000000001}')$$);
 -- timestamp
 SELECT * FROM try($$SELECT monk_send('api_call', 'cus_1', event_time => '2999-01-01 00:00:00+00')$$);
 SELECT code, message FROM try($$SELECT monk_send('api_call', 'cus_1', event_time => now() + interval '61 minutes')$$);

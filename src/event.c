@@ -15,7 +15,9 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <math.h>
 
+#include "common/shortest_dec.h"
 #include "datatype/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -129,8 +131,44 @@ MonkJsonbTypeName(enum jbvType type, JsonbContainer *container)
 }
 
 /*
+ * Can a JSON parser of the API hold this number without changing it?  A
+ * 64-bit integer (signed or unsigned), or a number that a double-precision
+ * round trip gives back unchanged (0.1, 1.5e-300): those are what JSON
+ * parsers keep exactly.  Anything else (2^64, 30 significant digits) would
+ * be billed as another number, so it is refused rather than sent.
+ */
+static bool
+NumberFitsApi(Numeric num)
+{
+	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
+	char		shortest[DOUBLE_SHORTEST_DECIMAL_LEN + 1];
+	char	   *end;
+	double		d;
+	Datum		back;
+
+	if (strchr(s, '.') == NULL)
+	{
+		errno = 0;
+		if (s[0] == '-')
+			(void) strtoll(s, &end, 10);
+		else
+			(void) strtoull(s, &end, 10);
+		if (errno == 0 && *end == '\0')
+			return true;
+	}
+	errno = 0;
+	d = strtod(s, &end);
+	if (*end != '\0' || isinf(d))
+		return false;
+	double_to_shortest_decimal_buf(d, shortest);
+	back = DirectFunctionCall3(numeric_in, CStringGetDatum(shortest),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(num), back)) == 0;
+}
+
+/*
  * Check the properties object: each value a string, number, boolean or null
- * (nulls are dropped when rendered).
+ * (nulls are dropped when rendered), numbers the API can hold exactly.
  */
 static bool
 CheckProperties(Jsonb *props, MonkEventError *err)
@@ -158,6 +196,20 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 						psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
 								 MonkJsonbTypeName(v.type, v.val.binary.data)),
 						"Flatten the value into separate properties, or send it as a string.");
+		else if (tok == WJB_VALUE && v.type == jbvNumeric && !NumberFitsApi(v.val.numeric))
+		{
+			char	   *num = DatumGetCString(DirectFunctionCall1(numeric_out,
+																  NumericGetDatum(v.val.numeric)));
+			int			len = strlen(num);
+
+			return Fail(err, F_PROPERTIES,
+						psprintf("property %s of properties is a number the Events API cannot hold exactly",
+								 Quoted(key)),
+						len <= 60 ?
+						psprintf("The value is %s; only 64-bit integers and numbers that survive a double-precision round trip arrive unchanged.", num) :
+						psprintf("The value, %.40s... (%d characters), is neither a 64-bit integer nor a number that survives a double-precision round trip.", num, len),
+						"Round it, or send it as a string.");
+		}
 	}
 	return true;
 }
