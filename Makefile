@@ -15,6 +15,13 @@ PGFILEDESC = "monk - export usage events to the Monk Events API"
 SHLIB_LINK += -lcurl -luuid
 PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
+# make SANITIZE=1: UndefinedBehaviorSanitizer, any report fatal (test/sanitize.sh
+# runs the whole suite against such a build)
+ifdef SANITIZE
+PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SHLIB_LINK += -fsanitize=undefined
+endif
+
 REGRESS = settings validation rendering keys privileges export property
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 

@@ -16,7 +16,14 @@ use Time::HiRes qw(sleep time);
 use MonkApi;
 
 our @EXPORT = qw(monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
-  committed_keys set_monk_conf);
+  committed_keys set_monk_conf monk_extra_conf);
+
+# Lines every test cluster gets besides its own: test/sanitize.sh points
+# dynamic_library_path at a sanitizer build this way.
+sub monk_extra_conf
+{
+	return $ENV{MONK_EXTRA_CONF} ? "$ENV{MONK_EXTRA_CONF}\n" : '';
+}
 
 # Settings that keep the tests quick: short delays, small batches are set by
 # each test where it matters.
@@ -39,7 +46,7 @@ sub monk_node
 	my $node = PostgreSQL::Test::Cluster->new($opts{name} // 'monk');
 	$node->init(%{ $opts{init} // {} });
 	my %conf = (%FAST, %{ $opts{conf} // {} });
-	my $conf = "shared_preload_libraries = 'monk'\n"
+	my $conf = monk_extra_conf() . "shared_preload_libraries = 'monk'\n"
 	  . "monk.databases = '" . join(',', @dbs) . "'\n"
 	  . "monk.base_url = '" . $api->url . "'\n"
 	  . "monk.api_key = '" . ($opts{api_key} // 'test_key') . "'\n";

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up (test/setup.sh) and run all of monk's tests: the local
 # Monk API's own tests, pg_regress (in a temporary instance with monk
-# preloaded) and the TAP tests (clusters, the real worker, the local API).
+# preloaded) and the TAP tests (clusters, the real worker, the local API),
+# then pg_regress and TAP again against an UndefinedBehaviorSanitizer build.
 #
 # PostgreSQL refuses to run as root, so as root the tests run as the
 # "postgres" user in a copy of the tree that user owns.
@@ -39,4 +40,10 @@ if ! (cd "$dir" && "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "
 		tail -n 60 "$log"
 	done
 fi
+# the same suite against an UndefinedBehaviorSanitizer build (MONK_SANITIZE=0 skips it)
+if [ "${MONK_SANITIZE:-1}" != "0" ]; then
+	echo "== pg_regress and TAP tests under -fsanitize=undefined"
+	(cd "$dir" && "${as_user[@]}" env ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} bash test/sanitize.sh) || status=1
+fi
+
 exit $status

@@ -85,7 +85,9 @@ bench_init()
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 	cd "$BENCH_TMP"
-	note "$BENCH_NAME: $(date -u +%FT%TZ), $(nproc) CPUs, $(uname -r), temp dir $BENCH_TMP$([ "$BENCH_SMALL" = 1 ] && echo ", BENCH_SMALL=1 (10x fewer rows)")"
+	local so
+	so=$("$PGBIN/pg_config" --pkglibdir)/monk.so
+	note "$BENCH_NAME: $(date -u +%FT%TZ), $(nproc) CPUs, monk.so of $(date -u -r "$so" +%FT%TZ) (md5 $(md5sum "$so" | cut -c1-12)), $(uname -r), temp dir $BENCH_TMP$([ "$BENCH_SMALL" = 1 ] && echo ", BENCH_SMALL=1 (10x fewer rows)")"
 }
 
 # Start a cluster.  Arguments: extra postgresql.conf lines (later lines win).
@@ -207,33 +209,52 @@ api_start()
 }
 
 # A sink that answers every POST with 202 after $1 ms: Python's ThreadingHTTPServer (a thread per
-# connection), HTTP/1.1 keep-alive, the body read in full and not parsed.
+# connection), HTTP/1.1 keep-alive, the body read in full and not parsed.  GET $SLOW_URL/stats:
+# {"requests", "inflight", "max_concurrent"}.
 slow_sink_start()
 {
 	local port
 	port=$(free_port)
 	cat >"$BENCH_TMP/slow_sink.py" <<'EOF'
-import sys, time
+import json, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DELAY = int(sys.argv[2]) / 1000.0
+lock = threading.Lock()
+stats = {"requests": 0, "inflight": 0, "max_concurrent": 0}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        while n > 0:
-            got = self.rfile.read(min(n, 1 << 20))
-            if not got:
-                return
-            n -= len(got)
-        time.sleep(DELAY)
-        body = b'{"accepted":1}'
-        self.send_response(202)
+
+    def answer(self, status, body):
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self):  # GET /stats: requests, most requests in flight at once
+        with lock:
+            self.answer(200, json.dumps(stats).encode())
+
+    def do_POST(self):
+        with lock:
+            stats["requests"] += 1
+            stats["inflight"] += 1
+            stats["max_concurrent"] = max(stats["max_concurrent"], stats["inflight"])
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+            while n > 0:
+                got = self.rfile.read(min(n, 1 << 20))
+                if not got:
+                    return
+                n -= len(got)
+            time.sleep(DELAY)
+            self.answer(202, b'{"accepted":1}')
+        finally:
+            with lock:
+                stats["inflight"] -= 1
+
     def log_message(self, *args):
         pass
 

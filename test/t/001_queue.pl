@@ -11,7 +11,7 @@ use MonkTest;
 
 my $node = PostgreSQL::Test::Cluster->new('queue');
 $node->init;
-$node->append_conf('postgresql.conf', qq{
+$node->append_conf('postgresql.conf', monk_extra_conf() . qq{
 shared_preload_libraries = 'monk'
 monk.databases = 'postgres'
 monk.base_url = 'http://127.0.0.1:9'

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# memory.sh -- the memory of the monk worker and of monk_batch_export whatever the backlog (SPEC §9).
+#
+# What it measures (shared_buffers = 128MB, monk.batch_size 10000, monk.max_parallel_requests 4):
+#   * the worker draining a backlog of 100,000 and then of 1,000,000 queued events to nginx (202 at
+#     once): its RssAnon (private memory) sampled every 100 ms from /proc/<pid>/status (max taken),
+#     and its VmHWM (peak resident set) at the end.  The worker (pid from monk.status) is restarted
+#     between the two backlogs, so that each peak is its own;
+#   * when monk_batch_export exists: the backend running SELECT * FROM monk_batch_export(
+#     'billing_events') of 100,000 and then 1,000,000 rows (a new session each: pg_backend_pid()
+#     printed first by the same psql), sampled the same way.
+# VmHWM counts the shared memory a process touched (shared_buffers pages: up to 128 MB here), so
+# RssAnon is the figure that shows what the process itself allocates.
+# Target (SPEC §9): flat (the same for both backlogs) and under 64 MB.
+#
+# Run:   bash test/bench/memory.sh                 (as root, or as a user who can run PostgreSQL 15)
+#        BENCH_SMALL=1 bash test/bench/memory.sh   (10,000 and 100,000: a quick smoke run)
+# Needs: postgresql-15, monk installed, nginx-light.  Not run by CI.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+bench_init memory
+BIG=$(scaled 1000000)
+SMALL=$((BIG / 10))
+TIMEOUT=$((BIG / 1000 + 60))
+
+pg_start "monk.batch_size = 10000" "monk.max_parallel_requests = 4" "monk.flush_interval = '1s'"
+nginx_start
+
+# A /proc/<pid>/status field in kB ("" once the process is gone); no fork, so that it can sample often.
+kb()
+{
+	local k v rest
+	{ while read -r k v rest; do [ "$k" = "$2:" ] && { echo "$v"; return 0; }; done <"/proc/$1/status"; } 2>/dev/null
+	return 0
+}
+INTERVAL=0.02		# seconds between samples (20 ms: the smoke run's drains take a fraction of a second)
+mb() { awk -v k="$1" 'BEGIN { if (k == "") print "?"; else printf "%.1f MB", k / 1024 }'; }
+
+# Sample RssAnon of pid $1 every $INTERVAL s into $2 until the file $3 exists or the process is gone.
+sample()
+{
+	local pid=$1 out=$2 stop=$3 v
+	: >"$out"
+	while [ ! -e "$stop" ] && [ -d "/proc/$pid" ]; do
+		v=$(kb "$pid" RssAnon)
+		[ -n "$v" ] && echo "$v" >>"$out"
+		sleep "$INTERVAL"
+	done
+}
+maxof() { sort -n "$1" | tail -n 1; }
+
+# The worker draining a backlog of $1; sets W_BASE, W_ANON, W_HWM, W_SECS.
+worker_run()
+{
+	local n=$1 pid t sampler
+	load_parked "$n"
+	pid=$(worker_pid)
+	W_BASE=$(kb "$pid" RssAnon)
+	rm -f "$BENCH_TMP/stop"
+	sample "$pid" "$BENCH_TMP/anon" "$BENCH_TMP/stop" &
+	sampler=$!
+	t=$(now)
+	point_worker "$NGINX_URL"
+	wait_outbox_empty "$TIMEOUT" || die "the drain did not finish"
+	W_SECS=$(since "$t")
+	W_HWM=$(kb "$pid" VmHWM)
+	touch "$BENCH_TMP/stop"
+	wait "$sampler" || true
+	W_ANON=$(maxof "$BENCH_TMP/anon")
+	note "worker $pid, backlog $n: drained in $W_SECS s; RssAnon idle $(mb "$W_BASE"), max $(mb "$W_ANON") ($(wc -l <"$BENCH_TMP/anon") samples); VmHWM $(mb "$W_HWM")"
+}
+
+# Restart the worker (it is restarted by the postmaster 5 s after it exits).
+worker_restart()
+{
+	local old new deadline=$((SECONDS + 30))
+	old=$(worker_pid)
+	sql -c "SELECT pg_terminate_backend($old)" >/dev/null
+	while :; do
+		new=$(sql -c "SELECT worker_pid FROM monk.status WHERE worker_running")
+		[ -n "$new" ] && [ "$new" != "$old" ] && break
+		[ "$SECONDS" -lt "$deadline" ] || die "the worker did not restart"
+		sleep 0.2
+	done
+}
+
+worker_run "$SMALL"
+S_BASE=$W_BASE S_ANON=$W_ANON S_HWM=$W_HWM
+worker_restart
+worker_run "$BIG"
+B_BASE=$W_BASE B_ANON=$W_ANON B_HWM=$W_HWM
+
+# monk_batch_export of the first $1 rows of billing_events (cursor $2); sets E_ANON, E_HWM.
+export_run()
+{
+	local n=$1 pid="" psql_pid sampler deadline=$((SECONDS + 30)) t
+	t=$(now)
+	"${as_user[@]}" "$PGBIN/psql" -X -q -A -t -h "$BENCH_TMP" -p "$PGPORT_BENCH" -U postgres -d postgres \
+		-v ON_ERROR_STOP=1 -c "SELECT pg_backend_pid()" \
+		-c "SELECT * FROM monk_batch_export('billing_events', max_events => $n, cursor_name => '$2')" \
+		-c "\\! touch $BENCH_TMP/export.done" -c "SELECT pg_sleep(1)" \
+		>"$BENCH_TMP/export.out" 2>&1 &
+	psql_pid=$!
+	rm -f "$BENCH_TMP/export.done"
+	until [ -n "$pid" ]; do
+		pid=$(head -n 1 "$BENCH_TMP/export.out" 2>/dev/null | grep -E '^[0-9]+$' || true)
+		kill -0 "$psql_pid" 2>/dev/null || [ -n "$pid" ] || { cat "$BENCH_TMP/export.out" >&2; die "psql exited early"; }
+		[ "$SECONDS" -lt "$deadline" ] || die "no backend pid from psql"
+		sleep 0.01
+	done
+	# sample while the export runs; its VmHWM once it has returned (the session sleeps 1 s then)
+	sample "$pid" "$BENCH_TMP/anon" "$BENCH_TMP/export.done"
+	E_HWM=$(kb "$pid" VmHWM)
+	wait "$psql_pid" || { cat "$BENCH_TMP/export.out" >&2; die "monk_batch_export failed"; }
+	E_ANON=$(maxof "$BENCH_TMP/anon")
+	note "export backend $pid, $n rows in $(since "$t") s (1 s of it pg_sleep): $(sed -n 2p "$BENCH_TMP/export.out"); RssAnon max $(mb "$E_ANON") ($(wc -l <"$BENCH_TMP/anon") samples); VmHWM $(mb "$E_HWM")"
+}
+
+HAVE_EXPORT=0
+if [ "$(sql -c "SELECT count(*) FROM pg_proc WHERE proname = 'monk_batch_export'")" != 0 ]; then
+	HAVE_EXPORT=1
+	make_billing_events "$BIG"
+	sql -c "CHECKPOINT" >/dev/null
+	export_run "$SMALL" mem_small
+	ES_ANON=$E_ANON ES_HWM=$E_HWM
+	sql -c "DELETE FROM monk.sync_state" >/dev/null
+	export_run "$BIG" mem_big
+	EB_ANON=$E_ANON EB_HWM=$E_HWM
+fi
+
+echo
+echo "peak memory (shared_buffers 128MB; monk.batch_size 10000, monk.max_parallel_requests 4)"
+printf '%-44s %14s %14s %14s\n' "" "RssAnon idle" "RssAnon max" "VmHWM"
+printf '%-44s %14s %14s %14s\n' "worker, draining $SMALL" "$(mb "$S_BASE")" "$(mb "$S_ANON")" "$(mb "$S_HWM")"
+printf '%-44s %14s %14s %14s\n' "worker, draining $BIG" "$(mb "$B_BASE")" "$(mb "$B_ANON")" "$(mb "$B_HWM")"
+if [ "$HAVE_EXPORT" = 1 ]; then
+	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $SMALL rows" "" "$(mb "$ES_ANON")" "$(mb "$ES_HWM")"
+	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $BIG rows" "" "$(mb "$EB_ANON")" "$(mb "$EB_HWM")"
+else
+	echo "monk_batch_export: not available"
+fi
+echo "target: flat, under 64 MB (RssAnon: private memory; VmHWM also counts shared_buffers pages touched)"
