@@ -604,6 +604,38 @@ MonkOwner(void)
 }
 
 /*
+ * Check the source of an export or a verification: given, a table or view,
+ * readable by the caller.  Returns it.
+ */
+Oid
+MonkCheckSource(Oid source)
+{
+	char		relkind;
+	AclResult	acl;
+
+	if (!OidIsValid(source))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source must not be NULL"),
+				 errhint("Name the table or view to export, for example 'billing_events'.")));
+	relkind = get_rel_relkind(source);
+	if (relkind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", source)));
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_VIEW && relkind != RELKIND_MATVIEW &&
+		relkind != RELKIND_FOREIGN_TABLE && relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table or a view", get_rel_name(source)),
+				 errhint("Sources are tables, views, materialized views and foreign tables.")));
+	acl = pg_class_aclcheck(source, GetUserId(), ACL_SELECT);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, get_relkind_objtype(relkind), get_rel_name(source));
+	return source;
+}
+
+/*
  * monk_batch_export(source regclass, batch_size int, max_events bigint,
  *                   cursor_name text)
  *   RETURNS TABLE (batches int, events_sent bigint, events_failed bigint,
@@ -621,8 +653,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	CursorLock	cl;
 	char	   *query;
 	int			positions[NCOLS];
-	char		relkind;
-	AclResult	acl;
 	Portal		portal;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1];
@@ -634,12 +664,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source must not be NULL"),
-				 errhint("Name the table or view to export, for example 'billing_events'.")));
-	source = PG_GETARG_OID(0);
+	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
 	if (batch_size < 1 || batch_size > MONK_MAX_BATCH_SIZE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -652,21 +677,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errmsg("max_events must be at least 1"),
 				 errdetail("The value is " INT64_FORMAT ".", max_events),
 				 errhint("Pass NULL to export everything past the cursor.")));
-
-	relkind = get_rel_relkind(source);
-	if (relkind == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", source)));
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_VIEW && relkind != RELKIND_MATVIEW &&
-		relkind != RELKIND_FOREIGN_TABLE && relkind != RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table or a view", get_rel_name(source)),
-				 errhint("monk_batch_export reads tables, views, materialized views and foreign tables.")));
-	acl = pg_class_aclcheck(source, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, get_relkind_objtype(relkind), get_rel_name(source));
 
 	memset(&ex, 0, sizeof(ex));
 	if (PG_ARGISNULL(3))

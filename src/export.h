@@ -20,6 +20,7 @@ enum MonkSourceColumn
 	NCOLS
 };
 
+extern Oid	MonkCheckSource(Oid source);
 extern char *MonkSourceQuery(Oid relid, int64 max_events, int *positions);
 
 #endif

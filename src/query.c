@@ -443,21 +443,9 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	Portal		portal;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(PG_INT64_MIN)};
-	AclResult	acl;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source must not be NULL")));
-	source = PG_GETARG_OID(0);
-	if (get_rel_relkind(source) == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", source)));
-	acl = pg_class_aclcheck(source, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, get_relkind_objtype(get_rel_relkind(source)), get_rel_name(source));
+	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
 	query = MonkSourceQuery(source, 0, positions);
 	if (has_since && positions[COL_TIMESTAMP] == 0)
 		ereport(ERROR,
