@@ -101,7 +101,7 @@ for c in $cursors; do
 done | sql >/dev/null
 KEYSET_S=$(since "$t")
 [ "$(sql -c "SELECT count(*) FROM floor.keyset")" = 0 ] || die "floor.keyset is not empty"
-note "index floor: $N rows read and deleted in $(echo $cursors | wc -w) transactions in $KEYSET_S s"
+note "index floor: $N rows read and deleted in $(echo "$cursors" | wc -w) transactions in $KEYSET_S s"
 sql -c "SET client_min_messages = warning" -c "DROP SCHEMA floor CASCADE" >/dev/null
 
 # ---- (a) nginx, batch 10000 (the events queued above) --------------------------------------------

@@ -84,7 +84,7 @@ bench_init()
 	trap bench_cleanup EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
-	cd "$BENCH_TMP"
+	cd "$BENCH_TMP" || exit 1
 	local so
 	so=$("$PGBIN/pg_config" --pkglibdir)/monk.so
 	note "$BENCH_NAME: $(date -u +%FT%TZ), $(nproc) CPUs, monk.so of $(date -u -r "$so" +%FT%TZ) (md5 $(md5sum "$so" | cut -c1-12)), $(uname -r), temp dir $BENCH_TMP$([ "$BENCH_SMALL" = 1 ] && echo ", BENCH_SMALL=1 (10x fewer rows)")"

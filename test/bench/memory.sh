@@ -94,7 +94,7 @@ B_BASE=$W_BASE B_ANON=$W_ANON B_HWM=$W_HWM
 # monk_batch_export of the first $1 rows of billing_events (cursor $2); sets E_ANON, E_HWM.
 export_run()
 {
-	local n=$1 pid="" psql_pid sampler deadline=$((SECONDS + 30)) t
+	local n=$1 pid="" psql_pid deadline=$((SECONDS + 30)) t
 	t=$(now)
 	"${as_user[@]}" "$PGBIN/psql" -X -q -A -t -h "$BENCH_TMP" -p "$PGPORT_BENCH" -U postgres -d postgres \
 		-v ON_ERROR_STOP=1 -c "SELECT pg_backend_pid()" \
