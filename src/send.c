@@ -103,7 +103,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 	initStringInfo(&json);
 	MonkEventRender(&json, ev, key);
 	OutboxInsert(id, key, json.data, json.len, now);
-	MonkWakeWorkerAtCommit();
+	MonkWakeWorkerAtCommit(1);
 	pfree(json.data);
 	return cstring_to_text(key);
 }
@@ -217,6 +217,6 @@ Datum
 monk_wake_worker(PG_FUNCTION_ARGS)
 {
 	MonkRequirePreload();
-	MonkWakeWorkerAtCommit();
+	MonkWakeWorkerAtCommit(0);
 	PG_RETURN_VOID();
 }

@@ -235,6 +235,7 @@ MonkSenderDispatch(MonkSender *sender)
 		sender->nwaiting--;
 		BuildBody(batch);
 		batch->req.owner = batch;
+		batch->generation = sender->generation;
 		MonkCircuitStarted(&sender->circuit);
 		sender->inflight++;
 		if (!MonkHttpStart(sender->http, &batch->req, url, MonkApiKey(), monk_request_timeout))
@@ -361,7 +362,8 @@ Complete(MonkSender *sender, MonkBatch *batch)
 
 		case MONK_OUTCOME_AUTH:
 			SetLastError(sender, req);
-			if (!sender->paused)
+			/* an answer to a key replaced since it was sent says nothing of the new one */
+			if (!sender->paused && batch->generation == sender->generation)
 			{
 				sender->paused = true;
 				sender->ops->auth_failed(sender->arg, batch, req->status, req->response);
@@ -419,9 +421,10 @@ MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info)
 	return latch_set;
 }
 
-/* The key was fixed: send again. */
+/* The configuration was reloaded (perhaps a new key): send again. */
 void
-MonkSenderResume(MonkSender *sender)
+MonkSenderConfigChanged(MonkSender *sender)
 {
+	sender->generation++;
 	sender->paused = false;
 }

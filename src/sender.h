@@ -43,6 +43,7 @@ typedef struct MonkBatch
 	int			start;
 	int			count;
 	int			attempts;		/* failed attempts so far */
+	uint32		generation;		/* of the configuration it was sent with */
 	TimestampTz not_before;
 	StringInfoData body;		/* built for slices; the chunk's data otherwise */
 	MonkHttpRequest req;
@@ -78,6 +79,7 @@ typedef struct MonkSender
 	MonkCircuit circuit;
 	TimestampTz rate_limited_until; /* Retry-After applies to every request */
 	bool		paused;			/* authentication failed */
+	uint32		generation;		/* of the configuration: requests remember theirs */
 	bool		draining;		/* shutting down: start nothing new */
 	long		last_status;
 	char		last_error[MONK_ERROR_MAX + 64];
@@ -95,7 +97,7 @@ extern void MonkSenderSubmit(MonkSender *sender, MonkChunk *chunk);
 extern void MonkSenderDispatch(MonkSender *sender);
 extern long MonkSenderNextWakeMs(MonkSender *sender);
 extern bool MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info);
-extern void MonkSenderResume(MonkSender *sender);
+extern void MonkSenderConfigChanged(MonkSender *sender);
 extern char *MonkBatchUrl(void);
 
 #endif

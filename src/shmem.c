@@ -4,10 +4,15 @@
  *		latch and its live figures, and the wake-up of the worker when a
  *		transaction that queued events commits.
  *
- * Backends never poll: monk_send marks the transaction, and an XactCallback
- * sets the worker's latch once the transaction has committed (after it became
- * visible), so the worker finds the new rows on its next read.  A rolled-back
- * transaction wakes nobody.
+ * Backends never poll: monk_send counts the events of the transaction, and
+ * an XactCallback adds them to the database's committed counter once the
+ * transaction has committed (after it became visible).  The worker says from
+ * which count on it wants to be woken -- the next event when it is idle,
+ * enough events to fill its batch while one waits for monk.flush_interval,
+ * none while all its requests are busy -- and the commit that reaches that
+ * count sets its latch, once.  A rolled-back transaction wakes nobody; a
+ * busy stream of commits costs the worker one wake-up per batch, not one per
+ * commit.
  */
 #include "postgres.h"
 
@@ -26,7 +31,8 @@ MonkShared *MonkShmem = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static int	monk_nslots = 0;
-static bool wake_at_commit = false;
+static int64 events_in_xact = 0;	/* events queued by this transaction */
+static bool wake_at_commit = false; /* wake the worker at commit, whatever the count */
 static bool xact_callback_registered = false;
 
 static Size
@@ -71,6 +77,8 @@ MonkShmemStartup(void)
 			SpinLockInit(&slot->mutex);
 			for (int c = 0; c < MONK_NUM_COUNTERS; c++)
 				pg_atomic_init_u64(&slot->counters[c], 0);
+			pg_atomic_init_u64(&slot->committed, 0);
+			pg_atomic_init_u64(&slot->wake_at, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -127,20 +135,33 @@ MonkXactCallback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit)
+			if (events_in_xact > 0 || wake_at_commit)
 			{
 				MonkWorkerSlot *slot = MonkSlotForDatabase(MyDatabaseId);
-				Latch	   *latch = slot ? slot->latch : NULL;
 
-				if (latch)
-					SetLatch(latch);
+				if (slot)
+				{
+					uint64		committed = pg_atomic_add_fetch_u64(&slot->committed, events_in_xact);
+
+					/* the first commit to reach the mark disarms it and wakes the worker */
+					if (wake_at_commit || committed >= pg_atomic_read_u64(&slot->wake_at))
+					{
+						uint64		mark = pg_atomic_exchange_u64(&slot->wake_at, PG_UINT64_MAX);
+						Latch	   *latch = slot->latch;
+
+						if ((wake_at_commit || committed >= mark) && latch)
+							SetLatch(latch);
+					}
+				}
 			}
+			events_in_xact = 0;
 			wake_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction's events are found by the worker's 2PC timer */
+			events_in_xact = 0;
 			wake_at_commit = false;
 			break;
 		default:
@@ -148,16 +169,29 @@ MonkXactCallback(XactEvent event, void *arg)
 	}
 }
 
-/* Wake this database's worker when the current transaction commits. */
+/*
+ * Count nevents queued by the current transaction for its commit; 0 asks
+ * for a wake-up at commit whatever the worker's mark.
+ */
 void
-MonkWakeWorkerAtCommit(void)
+MonkWakeWorkerAtCommit(int nevents)
 {
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(MonkXactCallback, NULL);
 		xact_callback_registered = true;
 	}
-	wake_at_commit = true;
+	if (nevents == 0)
+		wake_at_commit = true;
+	events_in_xact += nevents;
+}
+
+/* The worker: wake me when the committed count reaches wake_at. */
+void
+MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at)
+{
+	pg_atomic_write_u64(&slot->wake_at, wake_at);
+	pg_write_barrier();
 }
 
 /* Record the last error of a worker (no secrets: callers pass plain text). */

@@ -57,6 +57,8 @@ typedef struct MonkWorkerSlot
 	int			state;			/* MonkWorkerState */
 	int			circuit;		/* MonkCircuitState */
 	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];
+	pg_atomic_uint64 committed;	/* events committed into the outbox (about) */
+	pg_atomic_uint64 wake_at;	/* wake the worker once committed reaches this */
 
 	slock_t		mutex;			/* protects what follows */
 	TimestampTz started_at;
@@ -76,7 +78,8 @@ extern MonkShared *MonkShmem;
 extern void MonkShmemInit(void);
 extern void MonkRequirePreload(void);
 extern MonkWorkerSlot *MonkSlotForDatabase(Oid dboid);
-extern void MonkWakeWorkerAtCommit(void);
+extern void MonkWakeWorkerAtCommit(int nevents);
+extern void MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at);
 extern void MonkSlotSetError(MonkWorkerSlot *slot, const char *msg);
 extern void MonkSlotSetSuccess(MonkWorkerSlot *slot);
 extern const char *MonkStateName(int state);

@@ -48,10 +48,20 @@ typedef struct MonkWorker
 	MemoryContext cxt;			/* chunks live under it */
 	dlist_head	chunks;			/* submitted, not yet settled */
 	int			nchunks;
+	dlist_head	settled;		/* settled, their accepted events not yet deleted */
+	int64	   *accepted;		/* ids accepted by the API, to delete */
+	int			naccepted;
+	int			accepted_cap;
 	MonkChunk  *open;			/* being filled */
 	bool		need_read;
-	bool		alerted_auth;
+	uint64		read_base;		/* committed count before the last read */
 } MonkWorker;
+
+/*
+ * Chunks read ahead of the requests: one more than can be in flight, so that
+ * a batch is ready the moment a request slot frees.
+ */
+#define CHUNKS_AHEAD (monk_max_parallel_requests + 1)
 
 static volatile sig_atomic_t shutdown_requested = false;
 
@@ -130,12 +140,47 @@ AlertPayload(MonkWorker *w, const char *what, int count, long status)
 	return buf.data;
 }
 
+/*
+ * Accepted events are deleted together, after the next requests went out
+ * (DeleteAccepted); until then their chunk stays held, so no read sees them.
+ */
 static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
-	OutboxBegin("monk: deleting delivered events");
-	OutboxDelete(BatchIds(batch), batch->count);
-	OutboxCommit();
+	MonkWorker *w = arg;
+
+	if (w->naccepted + batch->count > w->accepted_cap)
+	{
+		w->accepted_cap = Max(w->accepted_cap * 2, w->naccepted + batch->count);
+		w->accepted = w->accepted
+			? repalloc(w->accepted, sizeof(int64) * w->accepted_cap)
+			: MemoryContextAlloc(w->cxt, sizeof(int64) * w->accepted_cap);
+	}
+	memcpy(w->accepted + w->naccepted, BatchIds(batch), sizeof(int64) * batch->count);
+	w->naccepted += batch->count;
+}
+
+/* Delete the accepted events in one transaction, then release their chunks. */
+static void
+DeleteAccepted(MonkWorker *w)
+{
+	dlist_mutable_iter iter;
+
+	if (w->naccepted > 0)
+	{
+		OutboxBegin("monk: deleting delivered events");
+		OutboxDelete(w->accepted, w->naccepted);
+		OutboxCommit();
+		w->naccepted = 0;
+	}
+	dlist_foreach_modify(iter, &w->settled)
+	{
+		MonkChunk  *chunk = dlist_container(MonkChunk, node, iter.cur);
+
+		dlist_delete(&chunk->node);
+		MonkChunkFree(chunk);
+		w->need_read = true;
+	}
 }
 
 static void
@@ -189,8 +234,7 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 
 	dlist_delete(&chunk->node);
 	w->nchunks--;
-	MonkChunkFree(chunk);
-	w->need_read = true;
+	dlist_push_tail(&w->settled, &chunk->node);
 }
 
 static const MonkSenderOps worker_ops = {
@@ -229,17 +273,29 @@ CompareRange(const void *a, const void *b)
 static bool
 ReadEvents(MonkWorker *w)
 {
-	int64	   *ranges = palloc(sizeof(int64) * 2 * (w->nchunks + 1));
+	int64	   *ranges;
 	int			nranges = 0;
 	int64		after = 0;
 	dlist_iter	iter;
 	int			want;
+	int			nheld = w->nchunks + 1;
 
 	if (w->open == NULL)
 		w->open = MonkChunkCreate(w->cxt, monk_batch_size);
 	want = ChunkTarget(w->open) - w->open->n;
 
+	dlist_foreach(iter, &w->settled)
+		nheld++;
+	ranges = palloc(sizeof(int64) * 2 * nheld);
 	dlist_foreach(iter, &w->chunks)
+	{
+		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
+
+		ranges[2 * nranges] = c->min_id;
+		ranges[2 * nranges + 1] = c->max_id;
+		nranges++;
+	}
+	dlist_foreach(iter, &w->settled)
 	{
 		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
 
@@ -255,6 +311,7 @@ ReadEvents(MonkWorker *w)
 	}
 	qsort(ranges, nranges, sizeof(int64) * 2, CompareRange);
 
+	w->read_base = pg_atomic_read_u64(&w->slot->committed);
 	OutboxBegin("monk: reading queued events");
 	for (int i = 0; i <= nranges && want > 0; i++)
 	{
@@ -284,12 +341,14 @@ SubmitOpen(MonkWorker *w)
 static void
 Reload(MonkWorker *w)
 {
+	bool		was_paused = w->sender->paused;
+
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
-	if (w->sender->paused)
+	MonkSenderConfigChanged(w->sender);
+	if (was_paused)
 	{
 		ereport(LOG, (errmsg("monk: configuration reloaded; sending resumes")));
-		MonkSenderResume(w->sender);
 		SetState(w, MONK_STATE_IDLE);
 	}
 }
@@ -316,6 +375,7 @@ Drain(MonkWorker *w)
 		MonkSenderWait(w->sender, left, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
 	}
+	DeleteAccepted(w);
 }
 
 /* Entry point of a monk worker; arg is its slot number. */
@@ -347,6 +407,7 @@ MonkWorkerMain(Datum arg)
 
 	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
 	dlist_init(&w.chunks);
+	dlist_init(&w.settled);
 	w.sender = MonkSenderCreate(&worker_ops, &w, w.slot);
 	w.need_read = true;
 
@@ -357,6 +418,8 @@ MonkWorkerMain(Datum arg)
 	{
 		long		timeout = -1;
 		long		sender_wake;
+		bool		room;
+		uint64		wake_at = PG_UINT64_MAX;
 
 		/* what one pass allocates lives until the next pass */
 		MemoryContextSwitchTo(loopcxt);
@@ -366,7 +429,7 @@ MonkWorkerMain(Datum arg)
 			Reload(&w);
 
 		/* without the extension there is nothing to read: sleep until woken */
-		if (w.need_read && w.nchunks == 0 && w.open == NULL)
+		if (w.need_read && w.nchunks == 0 && w.open == NULL && dlist_is_empty(&w.settled))
 		{
 			bool		exists;
 
@@ -376,21 +439,21 @@ MonkWorkerMain(Datum arg)
 			if (!exists)
 			{
 				SetState(&w, MONK_STATE_IDLE);
-				w.need_read = false;
+				MonkSlotWakeAt(w.slot, 0);
 				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1, PG_WAIT_EXTENSION);
 				ResetLatch(MyLatch);
-				w.need_read = true;
 				continue;
 			}
 		}
 
-		/* read while there is room for another chunk */
-		if (w.need_read && !w.sender->paused && w.nchunks < monk_max_parallel_requests)
-		{
-			bool		full = ReadEvents(&w);
+		/* requests first: what is ready goes out before the bookkeeping */
+		MonkSenderDispatch(w.sender);
+		DeleteAccepted(&w);
 
-			w.need_read = full;
-		}
+		/* read while there is room for another chunk */
+		room = !w.sender->paused && w.nchunks < CHUNKS_AHEAD;
+		if (w.need_read && room)
+			w.need_read = ReadEvents(&w);
 
 		/* flush a full chunk, or one whose oldest event waited long enough */
 		if (w.open && w.open->n > 0)
@@ -401,13 +464,13 @@ MonkWorkerMain(Datum arg)
 			if (w.open->n >= ChunkTarget(w.open) || now >= due)
 			{
 				SubmitOpen(&w);
+				MonkSenderDispatch(w.sender);
 				w.need_read = true;
 			}
 			else
 				timeout = (long) ((due - now + 999) / 1000);
 		}
 
-		MonkSenderDispatch(w.sender);
 		if (w.sender->paused)
 			SetState(&w, MONK_STATE_PAUSED_AUTH);
 		else if (w.sender->circuit.state == MONK_CIRCUIT_OPEN)
@@ -422,8 +485,27 @@ MonkWorkerMain(Datum arg)
 		sender_wake = MonkSenderNextWakeMs(w.sender);
 		if (sender_wake >= 0 && (timeout < 0 || sender_wake < timeout))
 			timeout = sender_wake;
-		if (w.need_read && !w.sender->paused && w.nchunks < monk_max_parallel_requests)
+
+		/*
+		 * Which commits should wake us: with room for a chunk, the next event
+		 * (or, while a partial chunk waits for its flush, enough to fill it);
+		 * without room, none -- a settled chunk makes room and wakes us.
+		 */
+		room = !w.sender->paused && w.nchunks < CHUNKS_AHEAD;
+		if (w.need_read && room)
 			timeout = 0;
+		else if (room)
+		{
+			int			missing = (w.open && w.open->n > 0) ? ChunkTarget(w.open) - w.open->n : 1;
+
+			wake_at = w.read_base + Max(missing, 1);
+		}
+		MonkSlotWakeAt(w.slot, wake_at);
+		if (wake_at != PG_UINT64_MAX && pg_atomic_read_u64(&w.slot->committed) >= wake_at)
+		{
+			w.need_read = true;
+			timeout = 0;
+		}
 
 		/*
 		 * COMMIT PREPARED wakes nobody (the session that queued the events
@@ -435,6 +517,10 @@ MonkWorkerMain(Datum arg)
 			timeout = 10000;
 			w.need_read = true;
 		}
+
+		/* going to sleep for good: let autovacuum and the statistics see our deletes */
+		if (timeout < 0 || timeout > 1000)
+			pgstat_report_stat(true);
 
 		if (MonkSenderWait(w.sender, timeout, PG_WAIT_EXTENSION))
 			w.need_read = true;
