@@ -29,6 +29,7 @@
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "executor/spi.h"
+#include "utils/fmgrprotos.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -241,6 +242,7 @@ OutboxCheckCapacity(void)
 /* Saved plans of the worker's statements. */
 static SPIPlanPtr plan_read = NULL;
 static SPIPlanPtr plan_delete = NULL;
+static SPIPlanPtr plan_delete_tid = NULL;
 static SPIPlanPtr plan_dead_letter = NULL;
 static SPIPlanPtr plan_park = NULL;
 static SPIPlanPtr plan_notify = NULL;
@@ -313,7 +315,7 @@ OutboxRead(int64 after, int64 before, int limit, OutboxRowCallback cb, void *arg
 	uint64		n;
 
 	Prepare(&plan_read,
-			"SELECT id, event, queued_at FROM monk.outbox"
+			"SELECT id, event, queued_at, ctid FROM monk.outbox"
 			" WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
 			3, types);
 	values[0] = Int64GetDatum(after);
@@ -332,8 +334,9 @@ OutboxRead(int64 after, int64 before, int limit, OutboxRowCallback cb, void *arg
 		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 		text	   *event = DatumGetTextPP(SPI_getbinval(tuple, desc, 2, &isnull));
 		TimestampTz queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
+		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 4, &isnull));
 
-		cb(arg, id, VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event), queued_at);
+		cb(arg, id, tid, VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event), queued_at);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return (int) n;
@@ -364,6 +367,33 @@ OutboxDelete(const int64 *ids, int n)
 	Prepare(&plan_delete, "DELETE FROM monk.outbox WHERE id = ANY ($1)", 1, types);
 	values[0] = IdArray(ids, n);
 	ret = SPI_execute_plan(plan_delete, values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "deleting from monk.outbox failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Delete accepted events by where their rows are (a TID scan per row, no
+ * index descent), each checked by its id: a row that moved since it was read
+ * is simply not found (and sent again later, with its key).
+ */
+void
+OutboxDeleteByTid(const ItemPointerData *tids, const int64 *ids, int n)
+{
+	Oid			types[2] = {TIDARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	int			ret;
+
+	Prepare(&plan_delete_tid,
+			"DELETE FROM monk.outbox o USING unnest($1::pg_catalog.tid[], $2::pg_catalog.int8[]) AS d(t, i)"
+			" WHERE o.ctid = d.t AND o.id = d.i",
+			2, types);
+	for (int i = 0; i < n; i++)
+		elems[i] = PointerGetDatum(&tids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, TIDOID, sizeof(ItemPointerData), false,
+												TYPALIGN_SHORT));
+	values[1] = IdArray(ids, n);
+	ret = SPI_execute_plan(plan_delete_tid, values, NULL, false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "deleting from monk.outbox failed: %s", SPI_result_code_string(ret));
 }

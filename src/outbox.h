@@ -7,6 +7,7 @@
 #define MONK_OUTBOX_H
 
 #include "datatype/timestamp.h"
+#include "storage/itemptr.h"
 
 extern int64 OutboxNextId(void);
 extern void OutboxInsert(int64 id, const char *key, const char *event, int event_len,
@@ -16,14 +17,15 @@ extern void OutboxCheckCapacity(void);
 #endif
 
 /* The worker's side: short transactions around SPI. */
-typedef void (*OutboxRowCallback) (void *arg, int64 id, const char *event, int len,
-								   TimestampTz queued_at);
+typedef void (*OutboxRowCallback) (void *arg, int64 id, ItemPointer tid, const char *event,
+								   int len, TimestampTz queued_at);
 
 extern void OutboxBegin(const char *activity);
 extern void OutboxCommit(void);
 extern bool OutboxExists(void);
 extern int	OutboxRead(int64 after, int64 before, int limit, OutboxRowCallback cb, void *arg);
 extern void OutboxDelete(const int64 *ids, int n);
+extern void OutboxDeleteByTid(const ItemPointerData *tids, const int64 *ids, int n);
 extern void OutboxDeadLetter(int64 id, long status, const char *error, const char *response,
 							 int attempts);
 extern void OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,

@@ -79,6 +79,15 @@ MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len, TimestampTz
 	MemoryContextSwitchTo(old);
 }
 
+/* Record where the row of the event just added is (for deleting it fast). */
+void
+MonkChunkSetTid(MonkChunk *chunk, ItemPointer tid)
+{
+	if (chunk->tids == NULL)
+		chunk->tids = MemoryContextAllocZero(chunk->cxt, sizeof(ItemPointerData) * chunk->cap);
+	ItemPointerCopy(tid, &chunk->tids[chunk->n - 1]);
+}
+
 /* Close the body: no event can be added afterwards. */
 void
 MonkChunkFinish(MonkChunk *chunk)

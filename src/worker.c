@@ -50,8 +50,12 @@ typedef struct MonkWorker
 	int			nchunks;
 	dlist_head	settled;		/* settled, their accepted events not yet deleted */
 	int64	   *accepted;		/* ids accepted by the API, to delete */
+	ItemPointerData *accepted_tids; /* and their rows, while known */
 	int			naccepted;
 	int			accepted_cap;
+	int64	   *moved;			/* accepted, their rows updated since read: by id */
+	int			nmoved;
+	int			moved_cap;
 	MonkChunk  *open;			/* being filled */
 	bool		need_read;
 	uint64		read_base;		/* committed count before the last read */
@@ -148,15 +152,33 @@ static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
 	MonkWorker *w = arg;
+	MonkChunk  *chunk = batch->chunk;
 
+	if (chunk->tids == NULL || chunk->tids_stale)
+	{
+		if (w->nmoved + batch->count > w->moved_cap)
+		{
+			w->moved_cap = Max(w->moved_cap * 2, w->nmoved + batch->count);
+			w->moved = w->moved ? repalloc(w->moved, sizeof(int64) * w->moved_cap)
+				: MemoryContextAlloc(w->cxt, sizeof(int64) * w->moved_cap);
+		}
+		memcpy(w->moved + w->nmoved, BatchIds(batch), sizeof(int64) * batch->count);
+		w->nmoved += batch->count;
+		return;
+	}
 	if (w->naccepted + batch->count > w->accepted_cap)
 	{
 		w->accepted_cap = Max(w->accepted_cap * 2, w->naccepted + batch->count);
 		w->accepted = w->accepted
 			? repalloc(w->accepted, sizeof(int64) * w->accepted_cap)
 			: MemoryContextAlloc(w->cxt, sizeof(int64) * w->accepted_cap);
+		w->accepted_tids = w->accepted_tids
+			? repalloc(w->accepted_tids, sizeof(ItemPointerData) * w->accepted_cap)
+			: MemoryContextAlloc(w->cxt, sizeof(ItemPointerData) * w->accepted_cap);
 	}
 	memcpy(w->accepted + w->naccepted, BatchIds(batch), sizeof(int64) * batch->count);
+	memcpy(w->accepted_tids + w->naccepted, chunk->tids + batch->start,
+		   sizeof(ItemPointerData) * batch->count);
 	w->naccepted += batch->count;
 }
 
@@ -166,12 +188,16 @@ DeleteAccepted(MonkWorker *w)
 {
 	dlist_mutable_iter iter;
 
-	if (w->naccepted > 0)
+	if (w->naccepted > 0 || w->nmoved > 0)
 	{
 		OutboxBegin("monk: deleting delivered events");
-		OutboxDelete(w->accepted, w->naccepted);
+		if (w->naccepted > 0)
+			OutboxDeleteByTid(w->accepted_tids, w->accepted, w->naccepted);
+		if (w->nmoved > 0)
+			OutboxDelete(w->moved, w->nmoved);
 		OutboxCommit();
 		w->naccepted = 0;
+		w->nmoved = 0;
 	}
 	dlist_foreach_modify(iter, &w->settled)
 	{
@@ -206,6 +232,8 @@ OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 	OutboxBegin("monk: parking a failing batch");
 	OutboxPark(BatchIds(batch), batch->count, batch->attempts, status, error, next);
 	OutboxCommit();
+	/* the update moved the rows: delete them by id from now on */
+	batch->chunk->tids_stale = true;
 	ereport(WARNING,
 			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
 					batch->count, batch->attempts, monk_retry_max_delay),
@@ -242,11 +270,12 @@ static const MonkSenderOps worker_ops = {
 };
 
 static void
-AddRow(void *arg, int64 id, const char *event, int len, TimestampTz queued_at)
+AddRow(void *arg, int64 id, ItemPointer tid, const char *event, int len, TimestampTz queued_at)
 {
 	MonkWorker *w = arg;
 
 	MonkChunkAdd(w->open, id, event, len, queued_at);
+	MonkChunkSetTid(w->open, tid);
 }
 
 /* How many events make the chunk full: monk.batch_size may have changed. */
