@@ -294,6 +294,23 @@ CompareRange(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Append the id range of each chunk of the list; returns the new count. */
+static int
+AddRanges(dlist_head *list, int64 *ranges, int nranges)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, list)
+	{
+		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
+
+		ranges[2 * nranges] = c->min_id;
+		ranges[2 * nranges + 1] = c->max_id;
+		nranges++;
+	}
+	return nranges;
+}
+
 /*
  * Read queued events into the open chunk, outside the id ranges of the
  * chunks in memory.  Returns true when the chunk was filled up (more may
@@ -316,22 +333,8 @@ ReadEvents(MonkWorker *w)
 	dlist_foreach(iter, &w->settled)
 		nheld++;
 	ranges = palloc(sizeof(int64) * 2 * nheld);
-	dlist_foreach(iter, &w->chunks)
-	{
-		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
-
-		ranges[2 * nranges] = c->min_id;
-		ranges[2 * nranges + 1] = c->max_id;
-		nranges++;
-	}
-	dlist_foreach(iter, &w->settled)
-	{
-		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
-
-		ranges[2 * nranges] = c->min_id;
-		ranges[2 * nranges + 1] = c->max_id;
-		nranges++;
-	}
+	nranges = AddRanges(&w->chunks, ranges, nranges);
+	nranges = AddRanges(&w->settled, ranges, nranges);
 	if (w->open->n > 0)
 	{
 		ranges[2 * nranges] = w->open->min_id;
