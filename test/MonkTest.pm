@@ -16,7 +16,7 @@ use Time::HiRes qw(sleep time);
 use MonkApi;
 
 our @EXPORT = qw(monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
-  committed_keys set_monk_conf monk_extra_conf);
+  committed_keys set_monk_conf monk_extra_conf billed_table);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
 # dynamic_library_path at a sanitizer build this way.
@@ -59,6 +59,24 @@ sub monk_node
 		$node->safe_psql($db, 'CREATE EXTENSION monk');
 	}
 	return $node;
+}
+
+# A table whose inserts are billed, as a user would write it: (id, customer,
+# tokens) and an AFTER INSERT trigger queueing one event per row, keyed
+# $key_prefix || id.
+sub billed_table
+{
+	my ($node, $table, $event, $key_prefix) = @_;
+	$node->safe_psql('postgres', qq{
+CREATE TABLE $table (id bigserial PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
+CREATE FUNCTION ${table}_bill() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    PERFORM monk_send('$event', NEW.customer, jsonb_build_object('tokens', NEW.tokens),
+                      idempotency_key => '$key_prefix' || NEW.id);
+    RETURN NEW;
+END \$\$;
+CREATE TRIGGER ${table}_bill AFTER INSERT ON $table FOR EACH ROW EXECUTE FUNCTION ${table}_bill();
+});
 }
 
 # Change settings by ALTER SYSTEM and reload.

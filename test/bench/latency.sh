@@ -63,7 +63,6 @@ print("%8.0f %8.0f %8.0f %8.0f %8.0f   %d of %d over" % (pick(50), pick(90), pic
 declare -A RESULT
 for flush in 1000 100; do
 	pg_set monk.flush_interval "${flush}ms"
-	sleep 0.5
 	steady "$flush"
 	wait_outbox_empty 60 || die "the outbox did not drain"
 	RESULT[$flush]=$(percentiles "$flush" $((flush + 100)))

@@ -127,7 +127,16 @@ sql()
 # ALTER SYSTEM SET name = 'value' and reload.
 pg_set()
 {
+	local before
+	before=$(sql -c "SELECT pg_conf_load_time()")
 	sql -c "ALTER SYSTEM SET $1 = '$2'" -c "SELECT pg_reload_conf()" >/dev/null
+	# bounded wait until the postmaster has reloaded (new sessions inherit its load time); the
+	# worker, signalled by the postmaster, reloads at the same moment
+	local deadline=$((SECONDS + 10))
+	until [ "$(sql -c "SELECT pg_conf_load_time() > '$before'")" = t ]; do
+		[ "$SECONDS" -lt "$deadline" ] || die "the reload for $1 did not happen"
+		sleep 0.05
+	done
 }
 
 pg_restart()
@@ -341,7 +350,11 @@ load_parked()
 	note "queued $1 events with monk_send in $(since "$t") s (worker parked)"
 	# A backlog, not a trickle: the worker holds a partial batch back until its oldest event has
 	# waited monk.flush_interval (1 s here), so let every event be that old before any clock starts.
-	sleep 1.2
+	local deadline=$((SECONDS + 30))
+	until [ "$(sql -c "SELECT coalesce(max(queued_at) < clock_timestamp() - interval '1.1 s', true) FROM monk.outbox")" = t ]; do
+		[ "$SECONDS" -lt "$deadline" ] || die "the queued events did not age"
+		sleep 0.1
+	done
 }
 
 # billing_events: the bulk guide's source table, $1 rows with the same content as queue_events.

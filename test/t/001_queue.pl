@@ -17,17 +17,8 @@ monk.databases = 'postgres'
 monk.base_url = 'http://127.0.0.1:9'
 });
 $node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION monk;
-CREATE TABLE api_calls (id bigserial PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
-CREATE FUNCTION api_calls_bill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM monk_send('api_call', NEW.customer, jsonb_build_object('tokens', NEW.tokens),
-                      idempotency_key => 'call_' || NEW.id);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER api_calls_bill AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION api_calls_bill();
-});
+$node->safe_psql('postgres', 'CREATE EXTENSION monk');
+billed_table($node, 'api_calls', 'api_call', 'call_');
 
 sub keys_queued
 {

@@ -25,16 +25,7 @@ is($node->safe_psql('postgres', q{SELECT worker_running, worker_state FROM monk.
 	't|idle', 'monk.status shows it running and idle');
 
 # committed events arrive, a rolled-back one never does; the trigger path too
-$node->safe_psql('postgres', q{
-CREATE TABLE api_calls (id bigserial PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
-CREATE FUNCTION api_calls_bill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM monk_send('api_call', NEW.customer, jsonb_build_object('tokens', NEW.tokens),
-                      idempotency_key => 'call_' || NEW.id);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER api_calls_bill AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION api_calls_bill();
-});
+billed_table($node, 'api_calls', 'api_call', 'call_');
 $node->safe_psql('postgres', q{INSERT INTO api_calls (customer, tokens) SELECT 'cus_' || i, i FROM generate_series(1, 3) i});
 $node->safe_psql('postgres', q{BEGIN; INSERT INTO api_calls (customer, tokens) VALUES ('cus_x', 99); ROLLBACK;});
 $node->safe_psql('postgres', q{BEGIN; SELECT monk_send('api_call', 'cus_y', idempotency_key => 'never'); ROLLBACK;});

@@ -21,16 +21,7 @@ my $node = monk_node(api => $api,
 		'monk.circuit_open_time'     => '200ms',
 		'restart_after_crash'        => 'on',
 	});
-$node->safe_psql('postgres', q{
-CREATE TABLE ledger (id bigserial PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
-CREATE FUNCTION ledger_bill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM monk_send('usage', NEW.customer, jsonb_build_object('tokens', NEW.tokens),
-                      idempotency_key => 'soak_' || NEW.id);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER ledger_bill AFTER INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_bill();
-});
+billed_table($node, 'ledger', 'usage', 'soak_');
 
 $api->faults({ fail_rate => { 500 => 0.1, 502 => 0.05, 503 => 0.05, 429 => 0.1 },
 	drop_rate => 0.05, retry_after => 0, seed => 42, delay_ms => 300 });
