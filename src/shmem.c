@@ -142,15 +142,23 @@ MonkXactCallback(XactEvent event, void *arg)
 				if (slot)
 				{
 					uint64		committed = pg_atomic_add_fetch_u64(&slot->committed, events_in_xact);
+					uint64		mark = pg_atomic_read_u64(&slot->wake_at);
 
-					/* the first commit to reach the mark disarms it and wakes the worker */
-					if (wake_at_commit || committed >= pg_atomic_read_u64(&slot->wake_at))
+					/*
+					 * The first commit to reach the mark disarms it and wakes the
+					 * worker; a compare-and-exchange, so that a mark the worker
+					 * has just re-armed is never overwritten.
+					 */
+					while (wake_at_commit || committed >= mark)
 					{
-						uint64		mark = pg_atomic_exchange_u64(&slot->wake_at, PG_UINT64_MAX);
-						Latch	   *latch = slot->latch;
+						if (pg_atomic_compare_exchange_u64(&slot->wake_at, &mark, PG_UINT64_MAX))
+						{
+							Latch	   *latch = slot->latch;
 
-						if ((wake_at_commit || committed >= mark) && latch)
-							SetLatch(latch);
+							if (latch)
+								SetLatch(latch);
+							break;
+						}
 					}
 				}
 			}
@@ -190,8 +198,8 @@ MonkWakeWorkerAtCommit(int nevents)
 void
 MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at)
 {
-	pg_atomic_write_u64(&slot->wake_at, wake_at);
-	pg_write_barrier();
+	/* a full barrier: the caller reads the committed count next */
+	(void) pg_atomic_exchange_u64(&slot->wake_at, wake_at);
 }
 
 /* Record the last error of a worker (no secrets: callers pass plain text). */
