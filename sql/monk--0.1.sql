@@ -135,7 +135,6 @@ CREATE FUNCTION monk.worker_status(
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'monk_worker_status'
 LANGUAGE C VOLATILE;
-REVOKE ALL ON FUNCTION monk.worker_status() FROM PUBLIC;
 
 -- One row for the current database: the worker and its outbox.
 CREATE VIEW monk.status AS
@@ -155,6 +154,10 @@ CREATE VIEW monk.status AS
               FROM monk.outbox) o
       CROSS JOIN (SELECT pg_catalog.count(*) AS dead_letters FROM monk.dead_letter) d
       LEFT JOIN monk.worker_status() w ON w.database = pg_catalog.current_database();
+
+-- Monitoring roles may read the status (no secrets in it), and nothing else.
+GRANT USAGE ON SCHEMA monk TO pg_monitor;
+GRANT SELECT ON monk.status TO pg_monitor;
 
 -- Wake this database's worker when the current transaction commits.
 CREATE FUNCTION monk.wake_worker() RETURNS void

@@ -33,6 +33,15 @@ SET monk.idempotency_prefix = 'mine_';
 SET monk.base_url = 'http://attacker.example';
 RESET ROLE;
 
+-- A member of pg_monitor reads monk.status, and nothing else of monk.
+CREATE ROLE monk_watcher IN ROLE pg_monitor;
+SET ROLE monk_watcher;
+SELECT database, outbox_depth FROM monk.status;
+SELECT * FROM monk.outbox;
+SELECT * FROM monk.dead_letter;
+RESET ROLE;
+DROP ROLE monk_watcher;
+
 -- A role without the grant cannot queue events.
 SET ROLE monk_nobody;
 SELECT monk_send('api_call', 'cus_x');
