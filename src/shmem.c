@@ -241,8 +241,6 @@ MonkStateName(int state)
 			return "circuit open";
 		case MONK_STATE_PAUSED_AUTH:
 			return "paused: authentication failed";
-		case MONK_STATE_STANDBY:
-			return "standby";
 		case MONK_STATE_STOPPING:
 			return "stopping";
 	}
