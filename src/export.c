@@ -90,7 +90,6 @@ typedef struct Export
 	long		auth_status;
 	char		auth_body[MONK_RESPONSE_MAX + 1];
 	SPIPlanPtr	plan_dead_letter;
-	SPIPlanPtr	plan_cursor;
 } Export;
 
 /* Run fn(arg) as the owner of monk's tables. */
@@ -166,15 +165,6 @@ SaveCursor(Export *ex, void *arg)
 	const char *error = arg;
 	int			ret;
 
-	if (ex->plan_cursor == NULL)
-	{
-		ex->plan_cursor =
-			SPI_prepare("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
-						" events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
-						" updated_at = now() WHERE cursor_name = $1", 5, types);
-		if (ex->plan_cursor == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	}
 	values[0] = CStringGetTextDatum(ex->cursor_name);
 	values[1] = Int64GetDatum(ex->cursor);
 	values[2] = Int64GetDatum(ex->sent);
@@ -183,7 +173,10 @@ SaveCursor(Export *ex, void *arg)
 		values[4] = CStringGetTextDatum(error);
 	else
 		nulls[4] = 'n';
-	ret = SPI_execute_plan(ex->plan_cursor, values, nulls, false, 0);
+	ret = SPI_execute_with_args("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
+								" events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
+								" updated_at = now() WHERE cursor_name = $1",
+								5, types, values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "updating monk.sync_state failed: %s", SPI_result_code_string(ret));
 }
