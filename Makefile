@@ -15,10 +15,11 @@ PGFILEDESC = "monk - export usage events to the Monk Events API"
 SHLIB_LINK += -lcurl -luuid
 PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
-# make SANITIZE=1: UndefinedBehaviorSanitizer, any report fatal (test/sanitize.sh
-# runs the whole suite against such a build)
+# make SANITIZE=1: UndefinedBehaviorSanitizer (any report fatal) and assertions
+# (Assert) enabled in monk's code; test/sanitize.sh runs the whole suite
+# against such a build
 ifdef SANITIZE
-PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DUSE_ASSERT_CHECKING
 SHLIB_LINK += -fsanitize=undefined
 endif
 

@@ -2,7 +2,8 @@
 # Set everything up (test/setup.sh) and run all of monk's tests: the local
 # Monk API's own tests, pg_regress (in a temporary instance with monk
 # preloaded) and the TAP tests (clusters, the real worker, the local API),
-# then pg_regress and TAP again against an UndefinedBehaviorSanitizer build.
+# then pg_regress and TAP again against an UndefinedBehaviorSanitizer build
+# with assertions enabled.
 #
 # PostgreSQL refuses to run as root, so as root the tests run as the
 # "postgres" user in a copy of the tree that user owns.
@@ -42,7 +43,7 @@ if ! (cd "$dir" && "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "
 fi
 # the same suite against an UndefinedBehaviorSanitizer build (MONK_SANITIZE=0 skips it)
 if [ "${MONK_SANITIZE:-1}" != "0" ]; then
-	echo "== pg_regress and TAP tests under -fsanitize=undefined"
+	echo "== pg_regress and TAP tests under -fsanitize=undefined, with assertions"
 	(cd "$dir" && "${as_user[@]}" env ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} bash test/sanitize.sh) || status=1
 fi
 

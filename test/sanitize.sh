@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run monk's tests against a build under UndefinedBehaviorSanitizer (integer
 # overflow, misaligned or null pointers, out-of-bounds array indexes, invalid
-# shifts, ...); any report aborts the process and fails the run.
+# shifts, ...) with assertions enabled (-DUSE_ASSERT_CHECKING: monk's Assert()s
+# and those of PostgreSQL's inline functions it uses); any report or failed
+# assertion aborts the process and fails the run.
 #
 # The sanitized monk.so is built in a scratch copy and found through
 # dynamic_library_path, so the installed library is left alone.  (Debian's
@@ -16,7 +18,7 @@ PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
 san=$(mktemp -d "${TMPDIR:-/tmp}/monk-sanitize.XXXXXX")
 mkdir -p "$san/lib" "$san/reports"
-echo "== building monk with -fsanitize=undefined in $san"
+echo "== building monk with -fsanitize=undefined and assertions in $san"
 tar --exclude=./tmp_check --exclude=./tmp_regress --exclude=./results -cf - . | (mkdir "$san/src" && tar -xf - -C "$san/src")
 make -s -C "$san/src" PG_CONFIG="$PG_CONFIG" clean >/dev/null
 make -s -C "$san/src" PG_CONFIG="$PG_CONFIG" SANITIZE=1
