@@ -40,7 +40,6 @@ struct MonkHttpClient
 	MonkSocket	sockets[MAX_SOCKETS];
 	dlist_head	inflight;		/* requests started, not completed */
 	dlist_head	done;			/* completed requests not yet taken */
-	bool		socket_overflow;
 };
 
 static bool curl_initialised = false;
@@ -70,10 +69,7 @@ SocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
 	if (i == client->nsockets)
 	{
 		if (client->nsockets == MAX_SOCKETS)
-		{
-			client->socket_overflow = true;
-			return -1;
-		}
+			return -1;			/* curl fails the transfer */
 		client->nsockets++;
 	}
 	client->sockets[i].fd = fd;
@@ -288,13 +284,6 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	client->running++;
 	dlist_push_tail(&client->inflight, &req->node);
 	return true;
-}
-
-/* Requests started and not yet completed. */
-int
-MonkHttpRunning(MonkHttpClient *client)
-{
-	return client->running;
 }
 
 /* Milliseconds until curl needs to be called again, -1 when never. */

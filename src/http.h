@@ -43,7 +43,6 @@ extern MonkHttpClient *MonkHttpCreate(void);
 extern void MonkHttpDestroy(MonkHttpClient *client);
 extern bool MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 						  const char *url, const char *api_key, int timeout_ms);
-extern int	MonkHttpRunning(MonkHttpClient *client);
 extern long MonkHttpTimeout(MonkHttpClient *client);
 extern bool MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info);
 extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);

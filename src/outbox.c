@@ -468,15 +468,3 @@ OutboxNotify(const char *payload)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "pg_notify failed: %s", SPI_result_code_string(ret));
 }
-
-/* Number of queued events. */
-int64
-OutboxCount(void)
-{
-	bool		isnull;
-	int			ret = SPI_execute("SELECT count(*) FROM monk.outbox", true, 0);
-
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "counting monk.outbox failed");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}

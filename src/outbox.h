@@ -31,4 +31,3 @@ extern void OutboxDeadLetter(int64 id, long status, const char *error, const cha
 extern void OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
 					   TimestampTz next_attempt_at);
 extern void OutboxNotify(const char *payload);
-extern int64 OutboxCount(void);

@@ -308,7 +308,6 @@ Requeue(MonkSender *sender, MonkBatch *batch, TimestampTz not_before, bool front
 static void
 SetLastError(MonkSender *sender, MonkHttpRequest *req)
 {
-	sender->last_status = req->status;
 	if (req->status == 0)
 		snprintf(sender->last_error, sizeof(sender->last_error), "no answer: %s", req->error);
 	else

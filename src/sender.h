@@ -84,7 +84,6 @@ typedef struct MonkSender
 	bool		paused;			/* authentication failed */
 	uint32		generation;		/* of the configuration: requests remember theirs */
 	bool		draining;		/* shutting down: start nothing new */
-	long		last_status;
 	char		last_error[MONK_ERROR_MAX + 64];
 } MonkSender;
 

@@ -148,33 +148,37 @@ AlertPayload(MonkWorker *w, const char *what, int count, long status)
  * Accepted events are deleted together, after the next requests went out
  * (DeleteAccepted); until then their chunk stays held, so no read sees them.
  */
+/* Room for "need" elements of "size" bytes in an array of capacity *cap. */
+static void *
+Grow(MemoryContext cxt, void *array, Size size, int *cap, int need)
+{
+	if (need <= *cap)
+		return array;
+	*cap = Max(*cap * 2, need);
+	return array ? repalloc(array, size * *cap) : MemoryContextAlloc(cxt, size * *cap);
+}
+
 static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
 	MonkWorker *w = arg;
 	MonkChunk  *chunk = batch->chunk;
+	int			need;
 
 	if (chunk->tids == NULL || chunk->tids_stale)
 	{
-		if (w->nmoved + batch->count > w->moved_cap)
-		{
-			w->moved_cap = Max(w->moved_cap * 2, w->nmoved + batch->count);
-			w->moved = w->moved ? repalloc(w->moved, sizeof(int64) * w->moved_cap)
-				: MemoryContextAlloc(w->cxt, sizeof(int64) * w->moved_cap);
-		}
+		w->moved = Grow(w->cxt, w->moved, sizeof(int64), &w->moved_cap, w->nmoved + batch->count);
 		memcpy(w->moved + w->nmoved, BatchIds(batch), sizeof(int64) * batch->count);
 		w->nmoved += batch->count;
 		return;
 	}
-	if (w->naccepted + batch->count > w->accepted_cap)
+	need = w->naccepted + batch->count;
+	if (need > w->accepted_cap)
 	{
-		w->accepted_cap = Max(w->accepted_cap * 2, w->naccepted + batch->count);
-		w->accepted = w->accepted
-			? repalloc(w->accepted, sizeof(int64) * w->accepted_cap)
-			: MemoryContextAlloc(w->cxt, sizeof(int64) * w->accepted_cap);
-		w->accepted_tids = w->accepted_tids
-			? repalloc(w->accepted_tids, sizeof(ItemPointerData) * w->accepted_cap)
-			: MemoryContextAlloc(w->cxt, sizeof(ItemPointerData) * w->accepted_cap);
+		int			cap = w->accepted_cap;
+
+		w->accepted_tids = Grow(w->cxt, w->accepted_tids, sizeof(ItemPointerData), &cap, need);
+		w->accepted = Grow(w->cxt, w->accepted, sizeof(int64), &w->accepted_cap, need);
 	}
 	memcpy(w->accepted + w->naccepted, BatchIds(batch), sizeof(int64) * batch->count);
 	memcpy(w->accepted_tids + w->naccepted, chunk->tids + batch->start,
