@@ -7,13 +7,17 @@
 # Run installcheck as an unprivileged user: PostgreSQL refuses to run as root (see test/run-tests.sh).
 
 EXTENSION = monk
+# the one definition of the version: monk.control's default_version names the
+# install script and goes into the User-Agent
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
 OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o src/query.o
-DATA = sql/monk--0.1.sql
+DATA = sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*--*.sql)
 PGFILEDESC = "monk - export usage events to the Monk Events API"
 
+PG_CPPFLAGS += -DMONK_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK += -lcurl -luuid
-PG_CFLAGS += -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+PG_CFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 # make SANITIZE=1: UndefinedBehaviorSanitizer (any report fatal) and assertions
 # (Assert) enabled in monk's code; test/sanitize.sh runs the whole suite
@@ -24,6 +28,9 @@ SHLIB_LINK += -fsanitize=undefined
 endif
 
 REGRESS = settings validation rendering keys privileges export property
+# UTF-8 whatever the environment's locale (a new machine may have none)
+ENCODING = UTF8
+NO_LOCALE = 1
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
 TAP_TESTS = 1

@@ -11,6 +11,8 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "compat.h"
+
 /* A usage event as given by a caller; NULL pointers are absent fields. */
 typedef struct MonkEvent
 {
@@ -46,7 +48,7 @@ typedef struct MonkEventError
 
 extern bool MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err);
 extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
-extern void MonkEventRaise(const MonkEventError *err) pg_attribute_noreturn();
+pg_noreturn extern void MonkEventRaise(const MonkEventError *err);
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);

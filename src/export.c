@@ -39,6 +39,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "event.h"
 #include "export.h"
@@ -78,6 +79,7 @@ typedef struct ExportSlice
 typedef struct Export
 {
 	const char *cursor_name;
+	int			batch_size;		/* rows per slice */
 	Oid			monk_owner;		/* owner of monk's tables */
 	MonkSender *sender;
 	dlist_head	slices;			/* in id order, not yet behind the cursor */
@@ -629,6 +631,66 @@ MonkCheckSource(Oid source)
 }
 
 /*
+ * Read the source slice by slice, keeping up to monk.max_parallel_requests
+ * slices in flight, until the source is exhausted, a batch fails for good or
+ * the API refuses the key.
+ */
+static void
+ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
+{
+	TimestampTz last_notice = GetCurrentTimestamp();
+	bool		source_done = false;
+	int64		read = 0;
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+
+		/* read the next slice while there is room for it */
+		while (!source_done && !ex->delivery_failed && ex->auth_status == 0 &&
+			   ex->nslices_inflight < monk_max_parallel_requests)
+		{
+			ExportSlice *slice;
+
+			SPI_cursor_fetch(portal, true, ex->batch_size);
+			if (SPI_processed == 0)
+			{
+				source_done = true;
+				break;
+			}
+			read += SPI_processed;
+			slice = MakeSlice(ex, cxt, GetCurrentTimestamp());
+			SPI_freetuptable(SPI_tuptable);
+			dlist_push_tail(&ex->slices, &slice->node);
+			if (slice->chunk)
+			{
+				ex->nslices_inflight++;
+				ex->batches++;
+				MonkSenderSubmit(ex->sender, slice->chunk);
+			}
+			AdvanceCursor(ex);
+		}
+
+		if (ex->nslices_inflight == 0 &&
+			(source_done || ex->delivery_failed || ex->auth_status != 0))
+			break;
+		if (ex->auth_status != 0 && ex->sender->inflight == 0)
+			break;
+
+		MonkSenderDispatch(ex->sender);
+		MonkSenderWait(ex->sender, MonkSenderNextWakeMs(ex->sender), PG_WAIT_EXTENSION);
+
+		if (TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(), 10000))
+		{
+			last_notice = GetCurrentTimestamp();
+			ereport(NOTICE,
+					(errmsg("monk_batch_export: " INT64_FORMAT " rows read, " INT64_FORMAT " events sent, " INT64_FORMAT " failed, cursor at " INT64_FORMAT,
+							read, ex->sent, ex->failed, ex->cursor)));
+		}
+	}
+}
+
+/*
  * monk_batch_export(source regclass, batch_size int, max_events bigint,
  *                   cursor_name text)
  *   RETURNS TABLE (batches int, events_sent bigint, events_failed bigint,
@@ -641,7 +703,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	int			batch_size = PG_ARGISNULL(1) ? monk_batch_size : PG_GETARG_INT32(1);
 	int64		max_events = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
 	TimestampTz started = GetCurrentTimestamp();
-	TimestampTz last_notice = started;
 	Export		ex;
 	CursorLock	cl;
 	char	   *query;
@@ -651,8 +712,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	SPIPlanPtr	plan;
 	MemoryContext cxt;
-	bool		source_done = false;
-	int64		read = 0;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
@@ -672,6 +731,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL to export everything past the cursor.")));
 
 	memset(&ex, 0, sizeof(ex));
+	ex.batch_size = batch_size;
 	if (PG_ARGISNULL(3))
 		ex.cursor_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)),
 													get_rel_name(source));
@@ -706,52 +766,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 
 	PG_TRY();
 	{
-		for (;;)
-		{
-			CHECK_FOR_INTERRUPTS();
-
-			/* read the next slice while there is room for it */
-			while (!source_done && !ex.delivery_failed && ex.auth_status == 0 &&
-				   ex.nslices_inflight < monk_max_parallel_requests)
-			{
-				ExportSlice *slice;
-
-				SPI_cursor_fetch(portal, true, batch_size);
-				if (SPI_processed == 0)
-				{
-					source_done = true;
-					break;
-				}
-				read += SPI_processed;
-				slice = MakeSlice(&ex, cxt, GetCurrentTimestamp());
-				SPI_freetuptable(SPI_tuptable);
-				dlist_push_tail(&ex.slices, &slice->node);
-				if (slice->chunk)
-				{
-					ex.nslices_inflight++;
-					ex.batches++;
-					MonkSenderSubmit(ex.sender, slice->chunk);
-				}
-				AdvanceCursor(&ex);
-			}
-
-			if (ex.nslices_inflight == 0 &&
-				(source_done || ex.delivery_failed || ex.auth_status != 0))
-				break;
-			if (ex.auth_status != 0 && ex.sender->inflight == 0)
-				break;
-
-			MonkSenderDispatch(ex.sender);
-			MonkSenderWait(ex.sender, MonkSenderNextWakeMs(ex.sender), PG_WAIT_EXTENSION);
-
-			if (TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(), 10000))
-			{
-				last_notice = GetCurrentTimestamp();
-				ereport(NOTICE,
-						(errmsg("monk_batch_export: " INT64_FORMAT " rows read, " INT64_FORMAT " events sent, " INT64_FORMAT " failed, cursor at " INT64_FORMAT,
-								read, ex.sent, ex.failed, ex.cursor)));
-			}
-		}
+		ExportLoop(&ex, portal, cxt);
 	}
 	PG_CATCH();
 	{

@@ -19,10 +19,10 @@
 #include "storage/latch.h"
 #include "utils/memutils.h"
 
+#include "compat.h"
 #include "http.h"
 #include "settings.h"
 
-#define MONK_VERSION "0.1"
 #define MAX_SOCKETS 256
 
 typedef struct MonkSocket
@@ -356,7 +356,7 @@ MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
 
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "monk wait", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(tmp);
-	set = CreateWaitEventSet(tmp, client->nsockets + 2);
+	set = MonkCreateWaitEventSet(client->nsockets + 2);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	for (int i = 0; i < client->nsockets; i++)

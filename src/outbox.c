@@ -40,6 +40,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "compat.h"
 #include "outbox.h"
 #include "settings.h"
 
@@ -229,7 +230,7 @@ OutboxCheckCapacity(void)
 
 	OutboxLookup();
 	stats = pgstat_fetch_stat_tabentry(outbox_relid);
-	depth = stats ? stats->n_live_tuples : 0;
+	depth = stats ? MonkStatLiveTuples(stats) : 0;
 	if (depth >= monk_max_outbox_events)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

@@ -20,6 +20,7 @@
 #include "utils/guc.h"
 #include "utils/varlena.h"
 
+#include "compat.h"
 #include "settings.h"
 
 char	   *monk_base_url = NULL;
@@ -101,7 +102,7 @@ CheckApiKey(char **newval, void **extra, GucSource source)
 	if (strcmp(key, API_KEY_PLACEHOLDER) == 0)
 		key = api_key_value;
 
-	copy = malloc(strlen(key) + 1);
+	copy = MonkGucMalloc(strlen(key) + 1);
 	if (copy == NULL)
 		return false;
 	strcpy(copy, key);
@@ -109,12 +110,12 @@ CheckApiKey(char **newval, void **extra, GucSource source)
 
 	if (strcmp(*newval ? *newval : "", API_KEY_PLACEHOLDER) != 0)
 	{
-		char	   *placeholder = malloc(sizeof(API_KEY_PLACEHOLDER));
+		char	   *placeholder = MonkGucMalloc(sizeof(API_KEY_PLACEHOLDER));
 
 		if (placeholder == NULL)
 			return false;
 		strcpy(placeholder, API_KEY_PLACEHOLDER);
-		free(*newval);
+		MonkGucFree(*newval);
 		*newval = placeholder;
 	}
 	return true;
@@ -177,7 +178,7 @@ CheckApiKeyFile(char **newval, void **extra, GucSource source)
 		}
 	}
 	buf[n] = '\0';
-	copy = malloc(n + 1);
+	copy = MonkGucMalloc(n + 1);
 	if (copy == NULL)
 		return false;
 	memcpy(copy, buf, n + 1);

@@ -15,7 +15,7 @@ use Time::HiRes qw(sleep time);
 
 use MonkApi;
 
-our @EXPORT = qw(monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
+our @EXPORT = qw(monk_cluster monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
   committed_keys set_monk_conf monk_extra_conf billed_table);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
@@ -36,6 +36,17 @@ my %FAST = (
 	'monk.shutdown_timeout'          => '5s',
 );
 
+# A new cluster, initialised in UTF-8 whatever the environment's locale (a
+# brand-new machine has none: initdb would choose SQL_ASCII).  %init goes to
+# PostgreSQL::Test::Cluster's init.
+sub monk_cluster
+{
+	my ($name, %init) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%init, extra => [ '--encoding=UTF8', '--no-locale', @{ $init{extra} // [] } ]);
+	return $node;
+}
+
 # A started cluster with monk preloaded for the given databases, exporting to
 # $api; the extension is created in each database.
 sub monk_node
@@ -43,8 +54,7 @@ sub monk_node
 	my (%opts) = @_;
 	my $api = $opts{api};
 	my @dbs = @{ $opts{databases} // ['postgres'] };
-	my $node = PostgreSQL::Test::Cluster->new($opts{name} // 'monk');
-	$node->init(%{ $opts{init} // {} });
+	my $node = monk_cluster($opts{name} // 'monk', %{ $opts{init} // {} });
 	my %conf = (%FAST, %{ $opts{conf} // {} });
 	my $conf = monk_extra_conf() . "shared_preload_libraries = 'monk'\n"
 	  . "monk.databases = '" . join(',', @dbs) . "'\n"

@@ -6,45 +6,56 @@
 # with assertions enabled.
 #
 # PostgreSQL refuses to run as root, so as root the tests run as the
-# "postgres" user in a copy of the tree that user owns.
-#   test/run-tests.sh                      everything
-#   PROVE_TESTS=test/t/001_queue.pl test/run-tests.sh   one TAP test
+# "postgres" user in a copy of the tree that user owns; the copy is removed
+# after a passing run.  On a failure only the failing tests' diffs and logs
+# are printed.
+#   bash test/run-tests.sh                                  everything
+#   PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config bash test/run-tests.sh
+#   PROVE_TESTS=test/t/001_queue.pl bash test/run-tests.sh  one TAP test
+#   MONK_SANITIZE=0 bash test/run-tests.sh                  without the sanitizer run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash test/setup.sh
+. test/pgconfig.sh
+. test/failures.sh
 
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 if [ "$(id -u)" -eq 0 ]; then
 	work=$(mktemp -d /tmp/monk-tests.XXXXXX)
-	cp -a . "$work/monk"
+	tar --exclude=./.git --exclude=./tmp_check --exclude=./tmp_regress --exclude=./results -cf - . |
+		tar -xf - -C "$work"
 	chown -R postgres: "$work"
 	as_user=(runuser -u postgres --)
-	dir="$work/monk"
+	dir=$work
 else
+	work=""
 	as_user=()
 	dir=$PWD
 fi
+cd "$dir"
 
 status=0
 echo "== local Monk API: its own tests"
-(cd "$dir" && "${as_user[@]}" python3 test/monk_api_test.py 2>&1 | tail -n 5) || status=1
+"${as_user[@]}" python3 test/monk_api_test.py > api-tests.out 2>&1 || { status=1; cat api-tests.out; }
+tail -n 3 api-tests.out
 
-echo "== pg_regress and TAP tests"
+echo "== pg_regress and TAP tests (PostgreSQL $PG_MAJOR)"
 prove_tests=()
 [ -n "${PROVE_TESTS:-}" ] && prove_tests=(PROVE_TESTS="$PROVE_TESTS")
-if ! (cd "$dir" && "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "${prove_tests[@]}"); then
+if ! "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "${prove_tests[@]}" 2>&1 | tee installcheck.out; then
 	status=1
-	[ -f "$dir/regression.diffs" ] && cat "$dir/regression.diffs"
-	for log in "$dir"/tmp_check/log/regress_log_*; do
-		[ -f "$log" ] || continue
-		echo "---- $log (last 60 lines)"
-		tail -n 60 "$log"
-	done
+	monk_show_failures installcheck.out
 fi
 # the same suite against an UndefinedBehaviorSanitizer build (MONK_SANITIZE=0 skips it)
 if [ "${MONK_SANITIZE:-1}" != "0" ]; then
-	echo "== pg_regress and TAP tests under -fsanitize=undefined, with assertions"
-	(cd "$dir" && "${as_user[@]}" env ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} bash test/sanitize.sh) || status=1
+	echo "== pg_regress and TAP tests under -fsanitize=undefined, with assertions (PostgreSQL $PG_MAJOR)"
+	"${as_user[@]}" env ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} bash test/sanitize.sh || status=1
 fi
 
+if [ -n "$work" ]; then
+	if [ $status -eq 0 ]; then
+		cd / && rm -rf "$work"
+	else
+		echo "== the failed run's files are kept in $work"
+	fi
+fi
 exit $status

@@ -14,7 +14,8 @@
 #   PROVE_TESTS=test/t/020_faults.pl bash test/sanitize.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+. test/pgconfig.sh
+. test/failures.sh
 
 san=$(mktemp -d "${TMPDIR:-/tmp}/monk-sanitize.XXXXXX")
 mkdir -p "$san/lib" "$san/reports"
@@ -34,7 +35,7 @@ status=0
 	make -s PG_CONFIG="$PG_CONFIG" installcheck \
 		REGRESS_OPTS="--temp-instance=./tmp_regress --temp-config=$san/regress.conf --dbname=contrib_regression" \
 		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
-) || status=1
+) 2>&1 | tee "$san/installcheck.out" || { status=1; monk_show_failures "$san/installcheck.out"; }
 
 # any report fails the run
 reports=$(ls "$san"/reports/* 2>/dev/null || true)

@@ -9,8 +9,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use MonkTest;
 
-my $node = PostgreSQL::Test::Cluster->new('queue');
-$node->init;
+my $node = monk_cluster('queue');
 $node->append_conf('postgresql.conf', monk_extra_conf() . qq{
 shared_preload_libraries = 'monk'
 monk.databases = 'postgres'

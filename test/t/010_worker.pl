@@ -36,7 +36,8 @@ is_deeply($ev, { eventName => 'api_call', externalCustomerId => 'cus_2', idempot
 		properties => { tokens => 2 }, timestamp => $ev->{timestamp} },
 	'the event arrives as rendered');
 my ($req) = grep { $_->{path} eq '/v1/events/batch' } @{ $api->requests(10) };
-is($req->{user_agent}, 'monk-postgres/0.1', 'User-Agent names monk');
+is($req->{user_agent}, 'monk-postgres/' . $node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}),
+	'User-Agent names monk and its version');
 
 # batching by size: 250 events in one transaction -> batches of at most 100
 $api->reset;

@@ -1,0 +1,20 @@
+# Sourced by test/run-tests.sh and test/sanitize.sh: after a failed
+# `make installcheck` whose output is in $1, print what a person needs to see
+# and nothing else: pg_regress's diffs, then for each failed TAP test its own
+# log and the server logs of its clusters (their last lines).
+monk_show_failures()
+{
+	local output=$1 t name log
+	if [ -s regression.diffs ]; then
+		echo "---- regression.diffs"
+		cat regression.diffs
+	fi
+	for t in $(sed -nE 's/^(test\/t\/[^ ]+\.pl) +\(Wstat.*/\1/p' "$output" | sort -u); do
+		name=$(basename "$t" .pl)
+		for log in tmp_check/log/regress_log_"$name" tmp_check/log/"$name"_*.log; do
+			[ -f "$log" ] || continue
+			echo "---- $log (last 80 lines)"
+			tail -n 80 "$log"
+		done
+	done
+}
