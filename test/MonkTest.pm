@@ -16,7 +16,7 @@ use Time::HiRes qw(sleep time);
 use MonkApi;
 
 our @EXPORT = qw(monk_cluster monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
-  committed_keys set_monk_conf monk_extra_conf billed_table);
+  committed_keys set_monk_conf monk_extra_conf billed_table has_library);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
 # dynamic_library_path at a sanitizer build this way.
@@ -87,6 +87,16 @@ BEGIN
 END \$\$;
 CREATE TRIGGER ${table}_bill AFTER INSERT ON $table FOR EACH ROW EXECUTE FUNCTION ${table}_bill();
 });
+}
+
+# Is this shared library installed for the PostgreSQL under test (pg_cron is
+# not packaged for every major)?
+sub has_library
+{
+	my ($name) = @_;
+	my $libdir = `pg_config --pkglibdir`;
+	chomp $libdir;
+	return -f "$libdir/$name.so";
 }
 
 # Change settings by ALTER SYSTEM and reload.

@@ -3,7 +3,7 @@
 #
 #   1. test/setup.sh installs the Debian packages and builds and installs monk (as root);
 #   2. the local Monk Events API (test/monk_api.py) starts on a free port;
-#   3. a throwaway PostgreSQL 15 cluster starts in a temporary directory with monk preloaded,
+#   3. a throwaway PostgreSQL cluster (PG_CONFIG's, test/pgconfig.sh) starts in a temporary directory with monk preloaded,
 #      pointed at that API;
 #   4. a table gets an AFTER INSERT trigger that calls monk_send(); rows are inserted in a
 #      committed transaction and in a rolled-back one;
@@ -17,8 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PGBIN=/usr/lib/postgresql/15/bin
+. test/pgconfig.sh
 API_KEY=demo_key
 WAIT_SECONDS=30
 
@@ -58,7 +57,7 @@ if [ "$(id -u)" -eq 0 ]; then
 elif [ -x "$PG_CONFIG" ] && [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then
 	bash test/setup.sh
 else
-	[ -x "$PG_CONFIG" ] || die "PostgreSQL 15 is not installed; run 'bash test/demo.sh' as root"
+	[ -x "$PG_CONFIG" ] || die "PostgreSQL $PG_MAJOR is not installed; run 'bash test/demo.sh' as root"
 	if [ ! -f "$("$PG_CONFIG" --pkglibdir)/monk.so" ] ||
 		[ ! -f "$("$PG_CONFIG" --sharedir)/extension/monk.control" ]; then
 		die "monk is not installed; run 'bash test/setup.sh' (or this script) as root"

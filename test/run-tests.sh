@@ -41,7 +41,7 @@ tail -n 3 api-tests.out
 echo "== pg_regress and TAP tests (PostgreSQL $PG_MAJOR)"
 prove_tests=()
 [ -n "${PROVE_TESTS:-}" ] && prove_tests=(PROVE_TESTS="$PROVE_TESTS")
-if ! "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "${prove_tests[@]}" 2>&1 | tee installcheck.out; then
+if ! "${as_user[@]}" make -s -k PG_CONFIG="$PG_CONFIG" installcheck "${prove_tests[@]}" 2>&1 | tee installcheck.out; then
 	status=1
 	monk_show_failures installcheck.out
 fi

@@ -32,7 +32,7 @@ status=0
 (
 	export MONK_EXTRA_CONF="$extra"
 	export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$san/reports/ubsan"
-	make -s PG_CONFIG="$PG_CONFIG" installcheck \
+	make -s -k PG_CONFIG="$PG_CONFIG" installcheck \
 		REGRESS_OPTS="--temp-instance=./tmp_regress --temp-config=$san/regress.conf --dbname=contrib_regression" \
 		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
 ) 2>&1 | tee "$san/installcheck.out" || { status=1; monk_show_failures "$san/installcheck.out"; }

@@ -20,10 +20,10 @@
 #   * after each drain: the outbox's size and dead tuples (pg_stat_user_tables).
 # Targets (SPEC §9): >= 100,000 events/s to nginx, and drain time <= 2x the floor.
 #
-# Run:   bash test/bench/drain.sh                 (as root, or as a user who can run PostgreSQL 15)
+# Run:   bash test/bench/drain.sh                 (as root, or as a user who can run PostgreSQL; PG_CONFIG picks which)
 #        BENCH_SMALL=1 bash test/bench/drain.sh   (100,000 events: a quick smoke run)
 #        BENCH_PROFILE=1 ...                      (also the worker's statements from pg_stat_statements)
-# Needs: postgresql-15, monk installed, nginx-light, python3.  Not run by CI.
+# Needs: PostgreSQL, monk installed, nginx-light, python3.  Not run by CI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

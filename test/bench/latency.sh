@@ -9,9 +9,9 @@
 # precision); latency = receivedAt - sent_at.  Run with monk.flush_interval = 1s and 100ms.
 # Prints p50, p90, p99 and max per setting, against the bound flush_interval + 100 ms.
 #
-# Run:   bash test/bench/latency.sh                 (as root, or as a user who can run PostgreSQL 15)
+# Run:   bash test/bench/latency.sh                 (as root, or as a user who can run PostgreSQL; PG_CONFIG picks which)
 #        BENCH_SMALL=1 bash test/bench/latency.sh   (3 s per setting: a quick smoke run)
-# Needs: postgresql-15, monk installed, python3.  Not run by CI.
+# Needs: PostgreSQL, monk installed, python3.  Not run by CI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

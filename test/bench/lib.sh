@@ -1,7 +1,7 @@
 # test/bench/lib.sh -- what the benchmarks in test/bench/ share (sourced, never run by itself).
 #
 #   bench_init NAME        temporary directory (owned by postgres when run as root), cleanup trap
-#   pg_start [CONF...]     a throwaway PostgreSQL 15 cluster with monk preloaded (extra postgresql.conf
+#   pg_start [CONF...]     a throwaway PostgreSQL cluster (PG_CONFIG's) with monk preloaded (extra postgresql.conf
 #                          lines as arguments); sets PGPORT_BENCH; sql / sqlf / pg_set run statements
 #   nginx_start            nginx answering 202 on NGINX_URL and 401 on NGINX_401_URL
 #   api_start              the local Monk API (test/monk_api.py) on API_URL, key $API_KEY
@@ -14,7 +14,7 @@
 #
 # Everything started here is stopped, and the temporary directory removed, on exit.
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+. "$(dirname "${BASH_SOURCE[0]}")/../pgconfig.sh"
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH_SMALL=${BENCH_SMALL:-0}
 API_KEY=bench_key
@@ -74,7 +74,7 @@ bench_cleanup()
 bench_init()
 {
 	BENCH_NAME=$1
-	[ -x "$PGBIN/postgres" ] || die "PostgreSQL 15 is not installed in $PGBIN"
+	[ -x "$PGBIN/postgres" ] || die "PostgreSQL $PG_MAJOR is not installed in $PGBIN"
 	[ -f "$("$PGBIN/pg_config" --pkglibdir)/monk.so" ] || die "monk is not installed (bash test/setup.sh)"
 	BENCH_TMP=$(mktemp -d "/tmp/monk-bench-$BENCH_NAME.XXXXXX")
 	chmod 755 "$BENCH_TMP"

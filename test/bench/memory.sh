@@ -13,9 +13,9 @@
 # RssAnon is the figure that shows what the process itself allocates.
 # Target (SPEC §9): flat (the same for both backlogs) and under 64 MB.
 #
-# Run:   bash test/bench/memory.sh                 (as root, or as a user who can run PostgreSQL 15)
+# Run:   bash test/bench/memory.sh                 (as root, or as a user who can run PostgreSQL; PG_CONFIG picks which)
 #        BENCH_SMALL=1 bash test/bench/memory.sh   (10,000 and 100,000: a quick smoke run)
-# Needs: postgresql-15, monk installed, nginx-light.  Not run by CI.
+# Needs: PostgreSQL, monk installed, nginx-light.  Not run by CI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -18,7 +18,7 @@
 #
 # Run:   bash test/bench/python_loop.sh                 (as root, or with the packages installed)
 #        BENCH_SMALL=1 bash test/bench/python_loop.sh   (100,000 rows: a quick smoke run)
-# Needs: postgresql-15, monk installed, nginx-light, python3-psycopg2, python3-requests.  Not run by CI.
+# Needs: PostgreSQL, monk installed, nginx-light, python3-psycopg2, python3-requests.  Not run by CI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

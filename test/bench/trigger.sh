@@ -16,10 +16,10 @@
 # during the runs and the events just accumulate.
 # Targets (SPEC §9): (c)/(a) >= 0.67 and (c)/(b) >= 0.95.
 #
-# Run:   bash test/bench/trigger.sh                 (as root, or as a user who can run PostgreSQL 15)
+# Run:   bash test/bench/trigger.sh                 (as root, or as a user who can run PostgreSQL; PG_CONFIG picks which)
 #        BENCH_SMALL=1 bash test/bench/trigger.sh   (3 s per run: a quick smoke run)
 #        BENCH_SECONDS=30 ...                       (another duration per run)
-# Needs: postgresql-15 (pgbench), monk installed.  Not run by CI.
+# Needs: PostgreSQL (pgbench), monk installed.  Not run by CI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -10,12 +10,15 @@ use Test::More;
 use MonkApi;
 use MonkTest;
 
+# Debian packages no pg_cron for every major (none yet for 19): its part is then skipped
+my $has_cron = has_library('pg_cron');
 my $api = MonkApi->new(api_key => 'test_key', customers => [ map { "cus_$_" } 0 .. 9 ]);
 my $node = monk_node(api => $api,
 	conf => {
-		'shared_preload_libraries'   => 'monk,pg_cron',
-		'cron.database_name'         => 'postgres',
-		'cron.use_background_workers' => 'on',
+		$has_cron ? (
+			'shared_preload_libraries'    => 'monk,pg_cron',
+			'cron.database_name'          => 'postgres',
+			'cron.use_background_workers' => 'on') : (),
 		'max_worker_processes'       => '16',
 		'monk.max_parallel_requests' => 4,
 		'monk.idempotency_prefix'    => 'sync_',
@@ -175,15 +178,20 @@ $first->quit;
 is($node->safe_psql('postgres', q{SELECT last_id FROM monk.sync_state WHERE cursor_name = 'public.slow'}), '700', 'the first export finished');
 
 # pg_cron runs the export on its schedule and advances the cursor
-$node->safe_psql('postgres', q{
+SKIP:
+{
+	my $major = $node->safe_psql('postgres', q{SELECT current_setting('server_version_num')::int / 10000});
+	skip("pg_cron is not installed: Debian packages no postgresql-$major-cron", 2) unless $has_cron;
+	$node->safe_psql('postgres', q{
 CREATE EXTENSION pg_cron;
 INSERT INTO billing_events (external_customer_id, event_type) SELECT 'cus_2', 'cron' FROM generate_series(1, 20);
 SELECT cron.schedule('monk-sync', '* * * * *', $$SELECT * FROM monk_batch_export('billing_export')$$);
 });
-ok(wait_until('pg_cron to run the export', 90, sub {
-		$node->safe_psql('postgres', q{SELECT last_id FROM monk.sync_state WHERE cursor_name = 'public.billing_export'}) eq '100030' }),
-	'pg_cron ran the scheduled export and the cursor advanced');
-is($node->safe_psql('postgres', q{SELECT status FROM cron.job_run_details ORDER BY runid DESC LIMIT 1}), 'succeeded', 'the job succeeded');
+	ok(wait_until('pg_cron to run the export', 90, sub {
+			$node->safe_psql('postgres', q{SELECT last_id FROM monk.sync_state WHERE cursor_name = 'public.billing_export'}) eq '100030' }),
+		'pg_cron ran the scheduled export and the cursor advanced');
+	is($node->safe_psql('postgres', q{SELECT status FROM cron.job_run_details ORDER BY runid DESC LIMIT 1}), 'succeeded', 'the job succeeded');
+}
 
 $node->stop;
 $api->stop;
