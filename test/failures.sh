@@ -1,7 +1,7 @@
 # Sourced by test/run-tests.sh and test/sanitize.sh: after a failed
 # `make installcheck` whose output is in $1, print what a person needs to see
 # and nothing else: pg_regress's diffs, then for each failed TAP test its own
-# log and the server logs of its clusters (their last lines).
+# log and what went wrong in the server logs of its clusters.
 monk_show_failures()
 {
 	local output=$1 t name log
@@ -11,10 +11,16 @@ monk_show_failures()
 	fi
 	for t in $(sed -nE 's/^(test\/t\/[^ ]+\.pl) +\(Wstat.*/\1/p' "$output" | sort -u); do
 		name=$(basename "$t" .pl)
-		for log in tmp_check/log/regress_log_"$name" tmp_check/log/"$name"_*.log; do
-			[ -f "$log" ] || continue
+		log=tmp_check/log/regress_log_$name
+		if [ -f "$log" ]; then
 			echo "---- $log (last 80 lines)"
 			tail -n 80 "$log"
+		fi
+		# the servers' logs may be at debug5: only what went wrong
+		for log in tmp_check/log/"$name"_*.log; do
+			[ -f "$log" ] || continue
+			echo "---- $log (errors, last 40)"
+			grep -E 'ERROR|FATAL|PANIC|TRAP|WARNING|terminated by signal|runtime error' "$log" | tail -n 40
 		done
 	done
 }
