@@ -29,13 +29,16 @@ extra="dynamic_library_path = '$san/lib:\$libdir'"
 { cat test/regress.conf; echo "$extra"; } > "$san/regress.conf"
 
 status=0
-(
-	export MONK_EXTRA_CONF="$extra"
-	export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$san/reports/ubsan"
-	make -s -k PG_CONFIG="$PG_CONFIG" installcheck \
+export MONK_EXTRA_CONF="$extra"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$san/reports/ubsan"
+: > "$san/installcheck.out"
+# pg_regress, then the TAP tests: each runs whatever the other's outcome
+for part in "TAP_TESTS=" "REGRESS="; do
+	make -s PG_CONFIG="$PG_CONFIG" installcheck "$part" \
 		REGRESS_OPTS="--temp-instance=./tmp_regress --temp-config=$san/regress.conf --dbname=contrib_regression" \
-		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
-) 2>&1 | tee "$san/installcheck.out" || { status=1; monk_show_failures "$san/installcheck.out"; }
+		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} 2>&1 | tee -a "$san/installcheck.out" || status=1
+done
+[ $status -eq 0 ] || monk_show_failures "$san/installcheck.out"
 
 # any report fails the run
 reports=$(ls "$san"/reports/* 2>/dev/null || true)
