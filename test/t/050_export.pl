@@ -181,7 +181,11 @@ is($node->safe_psql('postgres', q{SELECT last_id FROM monk.sync_state WHERE curs
 SKIP:
 {
 	my $major = $node->safe_psql('postgres', q{SELECT current_setting('server_version_num')::int / 10000});
-	skip("pg_cron is not installed: Debian packages no postgresql-$major-cron", 2) unless $has_cron;
+	unless ($has_cron)
+	{
+		diag("pg_cron part skipped: pg_cron is not installed (Debian packages no postgresql-$major-cron)");
+		skip("pg_cron is not installed: Debian packages no postgresql-$major-cron", 2);
+	}
 	$node->safe_psql('postgres', q{
 CREATE EXTENSION pg_cron;
 INSERT INTO billing_events (external_customer_id, event_type) SELECT 'cus_2', 'cron' FROM generate_series(1, 20);
