@@ -12,7 +12,8 @@ EXTENSION = monk
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
 OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o src/query.o
-DATA = sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*--*.sql)
+# every install and upgrade script (0.1's too: the upgrade test installs it)
+DATA = $(sort sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*.sql))
 PGFILEDESC = "monk - export usage events to the Monk Events API"
 
 PG_CPPFLAGS += -DMONK_VERSION='"$(EXTVERSION)"'

@@ -1,93 +1,121 @@
 /*
  * outbox.c
- *		Access to monk's tables: queueing events into monk.outbox.
+ *		Access to monk's outbox: a log of segments.
+ *
+ * The outbox is stored as an ordered log.  monk_send appends each event to
+ * the current segment (a partition of monk.log) with the full id of the
+ * transaction that wrote it; no event is ever updated or deleted one by one.
+ * The worker reads the events that became visible between two snapshots of
+ * its own (a window): the transactions in progress at the earlier snapshot
+ * that have committed since ("late" ones, each an index lookup), then the
+ * transaction ids from the earlier snapshot's xmax to the later one's, in
+ * (txid, id) order through the index on those columns.  So a read never
+ * revisits a settled event, whatever vacuum can or cannot remove, and its
+ * cost does not depend on how old the oldest open transaction is.
+ *
+ * The snapshot up to which every event is settled (accepted or dead-
+ * lettered), the frontier, is kept in monk.queue_state.  A segment that is
+ * not the current one and holds no unsettled event is truncated -- after
+ * monk.retention -- under a lock taken only if nobody holds any, so that a
+ * truncation never waits behind a reader such as pg_dump and never blocks
+ * monk_send: an insert in progress holds its lock until it commits, and a
+ * late insert into a truncated segment is found like any other by its
+ * transaction id.
  *
  * monk_send runs in the caller's transaction, often inside a trigger, so
  * queueing must cost little and must not depend on the caller's privileges:
- * a role with EXECUTE on monk_send may queue events but has no privilege on
- * the outbox.  The row is therefore inserted directly into the heap and its
- * indexes, as the catalogs do, without the executor or SPI.  The insert is
- * WAL-logged like any other: the outbox survives crashes and reaches
- * replicas.
+ * the row is inserted directly into the heap and index of the segment, as the
+ * catalogs do, without the executor or SPI, and WAL-logged like any other.
+ * The worker's statements are parameterised SPI with kept plans, each in a
+ * short transaction of its own.  This file knows nothing of HTTP.
  *
- * The worker reads, deletes and dead-letters events with parameterised SPI
- * statements whose plans are kept, each in a short transaction of its own:
- * nothing is held open while a request is on the network.  This file knows
- * nothing of HTTP.
+ * A database still on the 0.1 schema (the library was updated, ALTER
+ * EXTENSION monk UPDATE not yet run) keeps queueing into 0.1's monk.outbox
+ * table; its worker waits for the update.
  */
 #include "postgres.h"
 
 #include "access/genam.h"
 #include "access/heapam.h"
-#include "access/relscan.h"
+#include "access/htup_details.h"
 #include "access/table.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
-#include "executor/tuptable.h"
 #include "executor/spi.h"
-#include "utils/fmgrprotos.h"
+#include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
-#include "utils/timestamp.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "compat.h"
 #include "outbox.h"
 #include "settings.h"
+#include "shmem.h"
 
-/* The columns of monk.outbox, in order. */
+/* The columns of a segment (monk.log_N), in order. */
 enum
 {
-	OUTBOX_ID = 0,
-	OUTBOX_KEY,
-	OUTBOX_EVENT,
-	OUTBOX_QUEUED_AT,
-	OUTBOX_ATTEMPTS,
-	OUTBOX_NEXT_ATTEMPT_AT,
-	OUTBOX_LAST_STATUS,
-	OUTBOX_LAST_ERROR,
-	OUTBOX_NATTS
+	LOG_SEGMENT = 0,
+	LOG_TXID,
+	LOG_ID,
+	LOG_KEY,
+	LOG_EVENT,
+	LOG_QUEUED_AT,
+	LOG_NATTS
 };
 
-static const char *const outbox_columns[OUTBOX_NATTS] = {
+static const char *const log_columns[LOG_NATTS] = {
+	"segment", "txid", "id", "idempotency_key", "event", "queued_at"
+};
+
+/* The columns of 0.1's monk.outbox table, in order. */
+static const char *const legacy_columns[] = {
 	"id", "idempotency_key", "event", "queued_at",
 	"attempts", "next_attempt_at", "last_status", "last_error"
 };
+#define LEGACY_NATTS lengthof(legacy_columns)
 
-/* Cached OIDs, forgotten on any invalidation of the outbox or its sequence. */
-static Oid	outbox_relid = InvalidOid;
+/* Cached OIDs, forgotten on any relcache invalidation that may concern them. */
 static Oid	outbox_seqid = InvalidOid;
-static Oid	outbox_pkey = InvalidOid;
+static Oid	segment_relid[MONK_SEGMENTS];
+static Oid	state_relid = InvalidOid;
+static Oid	legacy_relid = InvalidOid;	/* 0.1's monk.outbox table */
 static bool inval_registered = false;
 
 static void
 OutboxInvalidate(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == outbox_relid || relid == outbox_seqid ||
-		relid == outbox_pkey)
-	{
-		outbox_relid = InvalidOid;
-		outbox_seqid = InvalidOid;
-		outbox_pkey = InvalidOid;
-	}
+	outbox_seqid = InvalidOid;
+	state_relid = InvalidOid;
+	legacy_relid = InvalidOid;
+	for (int i = 0; i < MONK_SEGMENTS; i++)
+		segment_relid[i] = InvalidOid;
 }
 
-/* Look up (once) the outbox, its sequence and its primary key. */
+/*
+ * Look up (once) the sequence, the segments and the state of the outbox, or
+ * 0.1's table.  Raises when the extension is not installed here.
+ */
 static void
 OutboxLookup(void)
 {
 	Oid			nsp;
 
-	if (OidIsValid(outbox_relid))
+	if (OidIsValid(outbox_seqid))
 		return;
 	if (!inval_registered)
 	{
@@ -97,13 +125,25 @@ OutboxLookup(void)
 	nsp = get_namespace_oid("monk", true);
 	if (OidIsValid(nsp))
 	{
+		state_relid = get_relname_relid("queue_state", nsp);
+		for (int i = 0; i < MONK_SEGMENTS; i++)
+		{
+			char		name[NAMEDATALEN];
+
+			snprintf(name, sizeof(name), "log_%d", i);
+			segment_relid[i] = get_relname_relid(name, nsp);
+		}
+		if (!OidIsValid(state_relid))
+		{
+			legacy_relid = get_relname_relid("outbox", nsp);
+			if (OidIsValid(legacy_relid) && get_rel_relkind(legacy_relid) != RELKIND_RELATION)
+				legacy_relid = InvalidOid;
+		}
 		outbox_seqid = get_relname_relid("outbox_id_seq", nsp);
-		outbox_pkey = get_relname_relid("outbox_pkey", nsp);
-		outbox_relid = get_relname_relid("outbox", nsp);
 	}
-	if (!OidIsValid(outbox_relid) || !OidIsValid(outbox_seqid) || !OidIsValid(outbox_pkey))
+	if (!OidIsValid(outbox_seqid) || (!OidIsValid(state_relid) && !OidIsValid(legacy_relid)))
 	{
-		outbox_relid = InvalidOid;
+		outbox_seqid = InvalidOid;
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the monk outbox does not exist in database \"%s\"",
@@ -112,23 +152,23 @@ OutboxLookup(void)
 	}
 }
 
-/* Check that monk.outbox still has the columns this code writes. */
+/* Check that a relation still has the columns this code writes. */
 static void
-OutboxCheckShape(Relation rel)
+CheckShape(Relation rel, const char *const *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	bool		ok = desc->natts == OUTBOX_NATTS;
+	bool		ok = desc->natts == ncolumns;
 
-	for (int i = 0; ok && i < OUTBOX_NATTS; i++)
+	for (int i = 0; ok && i < ncolumns; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		ok = !att->attisdropped && strcmp(NameStr(att->attname), outbox_columns[i]) == 0;
+		ok = !att->attisdropped && strcmp(NameStr(att->attname), columns[i]) == 0;
 	}
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table monk.outbox has been altered"),
+				 errmsg("table monk.%s has been altered", RelationGetRelationName(rel)),
 				 errhint("Recreate the extension, or restore the table's columns as monk created them.")));
 }
 
@@ -148,39 +188,52 @@ OutboxNextId(void)
 }
 
 /*
- * Insert one event into the outbox in the current transaction.  The caller
- * has validated and rendered it.
+ * The segment new events go to: the worker publishes it in shared memory;
+ * before it has (it is starting, or this database has none), the one
+ * recorded in monk.queue_state.
  */
-void
-OutboxInsert(int64 id, const char *key, const char *event, int event_len,
-			 TimestampTz queued_at)
+static int
+CurrentSegment(void)
 {
+	MonkWorkerSlot *slot = MonkSlotForDatabase(MyDatabaseId);
 	Relation	rel;
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
+	TableScanDesc scan;
 	HeapTuple	tuple;
+	int			segment = 0;
+
+	if (slot)
+	{
+		uint32		published = pg_atomic_read_u32(&slot->segment);
+
+		if (published < MONK_SEGMENTS)
+			return (int) published;
+	}
+	rel = table_open(state_relid, AccessShareLock);
+	scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+	if ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, 4, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			segment = DatumGetInt16(d);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (segment < 0 || segment >= MONK_SEGMENTS)
+		segment = 0;
+	return segment;
+}
+
+/* Insert a tuple into a relation's heap and its (plain column) indexes. */
+static void
+InsertTuple(Relation rel, HeapTuple tuple)
+{
 	List	   *indexes;
 	ListCell   *lc;
 	TupleTableSlot *slot = NULL;
 
-	OutboxLookup();
-	rel = table_open(outbox_relid, RowExclusiveLock);
-	OutboxCheckShape(rel);
-
-	memset(nulls, false, sizeof(nulls));
-	values[OUTBOX_ID] = Int64GetDatum(id);
-	values[OUTBOX_KEY] = CStringGetTextDatum(key);
-	values[OUTBOX_EVENT] = PointerGetDatum(cstring_to_text_with_len(event, event_len));
-	values[OUTBOX_QUEUED_AT] = TimestampTzGetDatum(queued_at);
-	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
-	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
-	nulls[OUTBOX_LAST_STATUS] = true;
-	nulls[OUTBOX_LAST_ERROR] = true;
-
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tuple);
-
-	/* maintain every index of the outbox (plain column indexes only) */
 	indexes = RelationGetIndexList(rel);
 	foreach(lc, indexes)
 	{
@@ -192,9 +245,9 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL || !info->ii_ReadyForInserts)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("index \"%s\" on monk.outbox is not supported",
-							RelationGetRelationName(index)),
-					 errhint("Indexes on monk.outbox must be plain column indexes; drop this one.")));
+					 errmsg("index \"%s\" on monk.%s is not supported",
+							RelationGetRelationName(index), RelationGetRelationName(rel)),
+					 errhint("Indexes on monk's outbox must be plain column indexes; drop this one.")));
 		if (slot == NULL)
 		{
 			slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
@@ -209,28 +262,112 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 	if (slot)
 		ExecDropSingleTupleTableSlot(slot);
 	list_free(indexes);
+}
+
+/* 0.1's schema: insert into its monk.outbox table. */
+static void
+LegacyInsert(int64 id, Datum key, Datum event, TimestampTz queued_at)
+{
+	Relation	rel = table_open(legacy_relid, RowExclusiveLock);
+	Datum		values[LEGACY_NATTS];
+	bool		nulls[LEGACY_NATTS] = {false, false, false, false, false, true, true, true};
+	HeapTuple	tuple;
+
+	CheckShape(rel, legacy_columns, LEGACY_NATTS);
+	values[0] = Int64GetDatum(id);
+	values[1] = key;
+	values[2] = event;
+	values[3] = TimestampTzGetDatum(queued_at);
+	values[4] = Int32GetDatum(0);
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	InsertTuple(rel, tuple);
+	heap_freetuple(tuple);
+	table_close(rel, NoLock);
+}
+
+/*
+ * Append one event to the outbox in the current transaction.  The caller
+ * has validated and rendered it.  The segment's lock is held until the
+ * transaction ends, so that the segment cannot be truncated under it.
+ */
+void
+OutboxInsert(int64 id, const char *key, const char *event, int event_len,
+			 TimestampTz queued_at)
+{
+	Datum		keyd = CStringGetTextDatum(key);
+	Datum		eventd = PointerGetDatum(cstring_to_text_with_len(event, event_len));
+	Datum		values[LOG_NATTS];
+	bool		nulls[LOG_NATTS] = {false, false, false, false, false, false};
+	FullTransactionId txid;
+	Relation	rel;
+	HeapTuple	tuple;
+	int			segment;
+
+	OutboxLookup();
+	if (OidIsValid(legacy_relid))
+	{
+		LegacyInsert(id, keyd, eventd, queued_at);
+		return;
+	}
+
+	/* the transaction id first: a segment read after it is the current one */
+	txid = GetTopFullTransactionId();
+	pg_memory_barrier();
+	segment = CurrentSegment();
+	if (!OidIsValid(segment_relid[segment]))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("segment monk.log_%d of the outbox does not exist", segment),
+				 errhint("Recreate the extension.")));
+	rel = table_open(segment_relid[segment], RowExclusiveLock);
+	CheckShape(rel, log_columns, LOG_NATTS);
+
+	values[LOG_SEGMENT] = Int16GetDatum(segment);
+	values[LOG_TXID] = Int64GetDatum((int64) U64FromFullTransactionId(txid));
+	values[LOG_ID] = Int64GetDatum(id);
+	values[LOG_KEY] = keyd;
+	values[LOG_EVENT] = eventd;
+	values[LOG_QUEUED_AT] = TimestampTzGetDatum(queued_at);
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	InsertTuple(rel, tuple);
 	heap_freetuple(tuple);
 	table_close(rel, NoLock);
 }
 
 /*
  * With monk.max_outbox_events set, refuse a new event when the outbox holds
- * that many.  The depth is the outbox's live row count from the cumulative
- * statistics (committed inserts less deletes, a second or so behind): a
- * shared-memory lookup, so that the check stays cheap whatever the backlog.
+ * that many.  The depth comes from the worker's figures in shared memory
+ * (events queued when it started, committed since, settled since): a
+ * lookup, so that the check stays cheap whatever the backlog.  Before the
+ * worker has counted, the segments' live row counts from the statistics
+ * stand in for it.
  */
 void
 OutboxCheckCapacity(void)
 {
-	PgStat_StatTabEntry *stats;
-	int64		depth;
+	MonkWorkerSlot *slot;
+	int64		depth = -1;
 
 	if (monk_max_outbox_events <= 0)
 		return;
 
 	OutboxLookup();
-	stats = pgstat_fetch_stat_tabentry(outbox_relid);
-	depth = stats ? MonkStatLiveTuples(stats) : 0;
+	slot = MonkSlotForDatabase(MyDatabaseId);
+	if (slot)
+		depth = MonkSlotDepth(slot);
+	if (depth < 0)
+	{
+		depth = 0;
+		for (int i = 0; i < MONK_SEGMENTS; i++)
+		{
+			Oid			relid = OidIsValid(legacy_relid) ? legacy_relid : segment_relid[i];
+			PgStat_StatTabEntry *stats = OidIsValid(relid) ? pgstat_fetch_stat_tabentry(relid) : NULL;
+
+			depth += stats ? MonkStatLiveTuples(stats) : 0;
+			if (OidIsValid(legacy_relid))
+				break;
+		}
+	}
 	if (depth >= monk_max_outbox_events)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -240,13 +377,23 @@ OutboxCheckCapacity(void)
 				 errhint("Check monk.status: the worker may be unable to reach the Events API. Raise monk.max_outbox_events to queue more.")));
 }
 
+/* ------------------------------------------------------------------------
+ * The worker's side: short transactions around SPI.
+ * ------------------------------------------------------------------------
+ */
+
 /* Saved plans of the worker's statements. */
-static SPIPlanPtr plan_read = NULL;
-static SPIPlanPtr plan_delete = NULL;
-static SPIPlanPtr plan_delete_tid = NULL;
+static SPIPlanPtr plan_read_txid = NULL;
+static SPIPlanPtr plan_read_range = NULL;
+static SPIPlanPtr plan_state = NULL;
+static SPIPlanPtr plan_save = NULL;
 static SPIPlanPtr plan_dead_letter = NULL;
 static SPIPlanPtr plan_park = NULL;
+static SPIPlanPtr plan_unpark = NULL;
+static SPIPlanPtr plan_sent = NULL;
 static SPIPlanPtr plan_notify = NULL;
+static SPIPlanPtr plan_unsettled = NULL;
+static SPIPlanPtr plan_count = NULL;
 
 /* Prepare a statement once and keep its plan. */
 static SPIPlanPtr
@@ -263,6 +410,17 @@ Prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/* Run a kept plan and check its result. */
+static void
+Execute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only, int expected,
+		const char *what)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, 0);
+
+	if (ret != expected)
+		elog(ERROR, "%s failed: %s", what, SPI_result_code_string(ret));
 }
 
 /* The caller's memory context, restored when the transaction ends. */
@@ -294,142 +452,417 @@ OutboxCommit(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* Does this database have monk's outbox (CREATE EXTENSION monk)? */
-bool
-OutboxExists(void)
+/*
+ * Which outbox this database has: none (no CREATE EXTENSION monk), 0.1's
+ * table (waiting for ALTER EXTENSION monk UPDATE), or the log.
+ */
+OutboxSchema
+OutboxFindSchema(void)
 {
 	Oid			nsp = get_namespace_oid("monk", true);
 
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("outbox", nsp));
+	if (!OidIsValid(nsp))
+		return OUTBOX_NONE;
+	if (OidIsValid(get_relname_relid("queue_state", nsp)))
+		return OUTBOX_LOG;
+	if (OidIsValid(get_relname_relid("outbox", nsp)))
+		return OUTBOX_LEGACY;
+	return OUTBOX_NONE;
 }
 
-/*
- * Read up to "limit" queued events with after < id < before, in id order,
- * handing each to cb.  Returns how many were read.
- */
-int
-OutboxRead(int64 after, int64 before, int limit, OutboxRowCallback cb, void *arg)
-{
-	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
-	Datum		values[3];
-	int			ret;
-	uint64		n;
-
-	Prepare(&plan_read,
-			"SELECT id, event, queued_at, ctid FROM monk.outbox"
-			" WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
-			3, types);
-	values[0] = Int64GetDatum(after);
-	values[1] = Int64GetDatum(before);
-	values[2] = Int64GetDatum(limit);
-	ret = SPI_execute_plan(plan_read, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "reading monk.outbox failed: %s", SPI_result_code_string(ret));
-
-	n = SPI_processed;
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		text	   *event = DatumGetTextPP(SPI_getbinval(tuple, desc, 2, &isnull));
-		TimestampTz queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
-		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 4, &isnull));
-
-		cb(arg, id, tid, VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event), queued_at);
-	}
-	SPI_freetuptable(SPI_tuptable);
-	return (int) n;
-}
-
-/* An int8[] of the given ids. */
+/* An int8[] of the given values. */
 static Datum
-IdArray(const int64 *ids, int n)
+Int8Array(const int64 *values, int n)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * n);
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
 	ArrayType  *arr;
 
 	for (int i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
+		elems[i] = Int64GetDatum(values[i]);
 	arr = construct_array(elems, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	pfree(elems);
 	return PointerGetDatum(arr);
 }
 
-/* Delete the events the API accepted. */
-void
-OutboxDelete(const int64 *ids, int n)
+/* The elements of an int8[] as a palloc'd array; *n gets their count. */
+static uint64 *
+Int8ArrayValues(Datum d, int *n)
 {
-	Oid			types[1] = {INT8ARRAYOID};
-	Datum		values[1];
-	int			ret;
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *nulls;
+	uint64	   *out;
 
-	Prepare(&plan_delete, "DELETE FROM monk.outbox WHERE id = ANY ($1)", 1, types);
-	values[0] = IdArray(ids, n);
-	ret = SPI_execute_plan(plan_delete, values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "deleting from monk.outbox failed: %s", SPI_result_code_string(ret));
+	deconstruct_array(arr, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, n);
+	out = palloc(sizeof(uint64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		out[i] = (uint64) DatumGetInt64(elems[i]);
+	return out;
+}
+
+static int
+CompareU64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return (x > y) - (x < y);
 }
 
 /*
- * Delete accepted events by where their rows are (a TID scan per row, no
- * index descent), each checked by its id: a row that moved since it was read
- * is simply not found (and sent again later, with its key).
+ * The full id of a transaction id of a current snapshot: it is at most one
+ * epoch behind the next transaction id (as pg_current_snapshot() does).
+ */
+static uint64
+WidenXid(FullTransactionId next, TransactionId xid)
+{
+	uint64		epoch = EpochFromFullTransactionId(next);
+
+	if (!TransactionIdIsNormal(xid))
+		return (uint64) xid;
+	if (xid > XidFromFullTransactionId(next))
+		epoch--;
+	return (epoch << 32) | xid;
+}
+
+/* The current transaction's snapshot, with full transaction ids. */
+void
+OutboxTakeSnapshot(OutboxSnapshot *snap, MemoryContext cxt)
+{
+	Snapshot	s = GetActiveSnapshot();
+	FullTransactionId next = ReadNextFullTransactionId();
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	snap->xmin = WidenXid(next, s->xmin);
+	snap->xmax = WidenXid(next, s->xmax);
+	snap->nxip = s->xcnt;
+	snap->xip = palloc(sizeof(uint64) * Max(s->xcnt, 1));
+	for (uint32 i = 0; i < s->xcnt; i++)
+		snap->xip[i] = WidenXid(next, s->xip[i]);
+	qsort(snap->xip, snap->nxip, sizeof(uint64), CompareU64);
+	MemoryContextSwitchTo(old);
+}
+
+/* Is the transaction txid visible (finished) in snap? */
+bool
+OutboxSnapshotSees(const OutboxSnapshot *snap, uint64 txid)
+{
+	if (txid < snap->xmin)
+		return true;
+	if (txid >= snap->xmax)
+		return false;
+	return bsearch(&txid, snap->xip, snap->nxip, sizeof(uint64), CompareU64) == NULL;
+}
+
+/* Hand each row of the last SPI result to cb. */
+static int
+ForEachRow(OutboxRowCallback cb, void *arg)
+{
+	uint64		n = SPI_processed;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		OutboxRow	row;
+		text	   *key;
+		text	   *event;
+
+		row.segment = DatumGetInt16(SPI_getbinval(tuple, desc, 1, &isnull));
+		row.txid = (uint64) DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+		row.id = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
+		key = DatumGetTextPP(SPI_getbinval(tuple, desc, 4, &isnull));
+		event = DatumGetTextPP(SPI_getbinval(tuple, desc, 5, &isnull));
+		row.queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
+		row.key = VARDATA_ANY(key);
+		row.key_len = VARSIZE_ANY_EXHDR(key);
+		row.event = VARDATA_ANY(event);
+		row.event_len = VARSIZE_ANY_EXHDR(event);
+		cb(arg, &row);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return (int) n;
+}
+
+/*
+ * Read up to "limit" events of transaction txid with id > after_id, in id
+ * order (the events of a transaction that committed late).
+ */
+int
+OutboxReadTxid(uint64 txid, int64 after_id, int limit, OutboxRowCallback cb, void *arg)
+{
+	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
+	Datum		values[3];
+
+	Prepare(&plan_read_txid,
+			"SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+			" WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
+			3, types);
+	values[0] = Int64GetDatum((int64) txid);
+	values[1] = Int64GetDatum(after_id);
+	values[2] = Int64GetDatum(limit);
+	Execute(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	return ForEachRow(cb, arg);
+}
+
+/*
+ * Read up to "limit" events with from <= txid < to, past (after_txid,
+ * after_id), in (txid, id) order, leaving out the given transactions (those
+ * in progress at the window's end).
+ */
+int
+OutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
+				const uint64 *exclude, int nexclude, int limit,
+				OutboxRowCallback cb, void *arg)
+{
+	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
+	Datum		values[6];
+
+	Prepare(&plan_read_range,
+			"SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+			" WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
+			" ORDER BY txid, id LIMIT $6",
+			6, types);
+	values[0] = Int64GetDatum((int64) from);
+	values[1] = Int64GetDatum((int64) to);
+	values[2] = Int64GetDatum((int64) after_txid);
+	values[3] = Int64GetDatum(after_id);
+	values[4] = Int8Array((const int64 *) exclude, nexclude);
+	values[5] = Int64GetDatum(limit);
+	Execute(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	return ForEachRow(cb, arg);
+}
+
+/*
+ * Load the frontier, the current segment and the segments' history from
+ * monk.queue_state and monk.segment.
  */
 void
-OutboxDeleteByTid(const ItemPointerData *tids, const int64 *ids, int n)
+OutboxLoadState(OutboxState *state, MemoryContext cxt)
 {
-	Oid			types[2] = {TIDARRAYOID, INT8ARRAYOID};
-	Datum		values[2];
-	Datum	   *elems = palloc(sizeof(Datum) * n);
-	int			ret;
+	bool		isnull;
+	MemoryContext old;
 
-	Prepare(&plan_delete_tid,
-			"DELETE FROM monk.outbox o USING unnest($1::pg_catalog.tid[], $2::pg_catalog.int8[]) AS d(t, i)"
-			" WHERE o.ctid = d.t AND o.id = d.i",
-			2, types);
-	for (int i = 0; i < n; i++)
-		elems[i] = PointerGetDatum(&tids[i]);
-	values[0] = PointerGetDatum(construct_array(elems, n, TIDOID, sizeof(ItemPointerData), false,
-												TYPALIGN_SHORT));
-	values[1] = IdArray(ids, n);
-	ret = SPI_execute_plan(plan_delete_tid, values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "deleting from monk.outbox failed: %s", SPI_result_code_string(ret));
+	Prepare(&plan_state,
+			"SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
+			"       s.segment, s.rotated_at, s.settled_at, s.truncated_at"
+			"  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
+			0, NULL);
+	Execute(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
+	if (SPI_processed != MONK_SEGMENTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("monk.queue_state or monk.segment has been altered"),
+				 errhint("Recreate the extension.")));
+	old = MemoryContextSwitchTo(cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		OutboxSegment *seg = &state->segments[i];
+		Datum		v;
+
+		if (i == 0)
+		{
+			state->frontier.xmin = (uint64) DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+			state->frontier.xmax = (uint64) DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+			state->frontier.xip = Int8ArrayValues(SPI_getbinval(t, d, 3, &isnull), &state->frontier.nxip);
+			qsort(state->frontier.xip, state->frontier.nxip, sizeof(uint64), CompareU64);
+			state->cur_segment = DatumGetInt16(SPI_getbinval(t, d, 4, &isnull));
+			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(t, d, 5, &isnull)), &state->ctid);
+		}
+		v = SPI_getbinval(t, d, 7, &isnull);
+		seg->rotated_at = isnull ? 0 : DatumGetTimestampTz(v);
+		v = SPI_getbinval(t, d, 8, &isnull);
+		seg->settled_at = isnull ? 0 : DatumGetTimestampTz(v);
+		v = SPI_getbinval(t, d, 9, &isnull);
+		seg->truncated_at = isnull ? 0 : DatumGetTimestampTz(v);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+	if (state->cur_segment < 0 || state->cur_segment >= MONK_SEGMENTS)
+		state->cur_segment = 0;
 }
 
-/* Move an event the API refused to monk.dead_letter, with the API's answer. */
+/*
+ * Record the frontier and the current segment.  The row is updated where it
+ * was last seen (a TID scan: its dead versions, which a held snapshot keeps,
+ * are never walked), and found again by a scan only when it moved.
+ */
 void
-OutboxDeadLetter(int64 id, long status, const char *error, const char *response, int attempts)
+OutboxSaveState(OutboxState *state)
 {
-	Oid			types[5] = {INT8OID, INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Oid			types[5] = {TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID};
 	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	int			ret;
+	bool		isnull;
+
+	Prepare(&plan_save,
+			"UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
+			"       cur_segment = $5, updated_at = pg_catalog.now()"
+			" WHERE ctid = $1 RETURNING ctid",
+			5, types);
+	values[0] = PointerGetDatum(&state->ctid);
+	values[1] = Int64GetDatum((int64) state->frontier.xmin);
+	values[2] = Int64GetDatum((int64) state->frontier.xmax);
+	values[3] = Int8Array((const int64 *) state->frontier.xip, state->frontier.nxip);
+	values[4] = Int16GetDatum((int16) state->cur_segment);
+	Execute(plan_save, values, NULL, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+	if (SPI_processed != 1)
+	{
+		/* the row moved (it was updated by hand): find it once */
+		int			ret = SPI_execute("SELECT ctid FROM monk.queue_state LIMIT 1", false, 1);
+
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("monk.queue_state has no row"),
+					 errhint("Recreate the extension.")));
+		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+																	SPI_tuptable->tupdesc, 1, &isnull)),
+						&state->ctid);
+		SPI_freetuptable(SPI_tuptable);
+		values[0] = PointerGetDatum(&state->ctid);
+		Execute(plan_save, values, NULL, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+	}
+	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1, &isnull)),
+					&state->ctid);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* How many events are not settled (at the worker's start). */
+int64
+OutboxCountUnsettled(const OutboxSnapshot *frontier)
+{
+	Oid			types[2] = {INT8OID, INT8ARRAYOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		n;
+
+	Prepare(&plan_count,
+			"SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
+			2, types);
+	values[0] = Int64GetDatum((int64) frontier->xmax);
+	values[1] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
+	Execute(plan_count, values, NULL, true, SPI_OK_SELECT, "counting queued events");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return n;
+}
+
+/* Make "segment" the one new events go to. */
+void
+OutboxRotate(OutboxState *state, int segment)
+{
+	char		sql[128];
+
+	state->cur_segment = segment;
+	OutboxSaveState(state);
+	snprintf(sql, sizeof(sql),
+			 "UPDATE monk.segment SET rotated_at = pg_catalog.now() WHERE segment = %d", segment);
+	if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "updating monk.segment failed");
+	state->segments[segment].rotated_at = GetCurrentTimestamp();
+}
+
+/*
+ * Truncate a segment that is not the current one if every event in it is
+ * settled and has been for retention_s seconds (monk.retention).  The lock is taken only if nobody
+ * holds any (an insert in progress, pg_dump, a reader): otherwise nothing
+ * happens and the caller tries again later.  Returns true if truncated.
+ */
+bool
+OutboxTryTruncate(OutboxState *state, int segment, int retention_s)
+{
+	Oid			types[2] = {INT8OID, INT8ARRAYOID};
+	Datum		values[2];
+	OutboxSegment *seg = &state->segments[segment];
+	TimestampTz now = GetCurrentTimestamp();
+	char		sql[256];
+	bool		unsettled;
+
+	Assert(segment != state->cur_segment);
+	OutboxLookup();
+	if (!ConditionalLockRelationOid(segment_relid[segment], AccessExclusiveLock))
+		return false;
+
+	/* under the lock nothing can be added: is everything in it settled? */
+	snprintf(sql, sizeof(sql),
+			 "SELECT 1 WHERE EXISTS (SELECT FROM monk.log_%d WHERE txid >= $1)"
+			 " OR EXISTS (SELECT FROM monk.log_%d WHERE txid = ANY ($2))",
+			 segment, segment);
+	plan_unsettled = NULL;
+	Prepare(&plan_unsettled, sql, 2, types);
+	values[0] = Int64GetDatum((int64) state->frontier.xmax);
+	values[1] = Int8Array((const int64 *) state->frontier.xip, state->frontier.nxip);
+	Execute(plan_unsettled, values, NULL, true, SPI_OK_SELECT, "checking a segment");
+	unsettled = SPI_processed > 0;
+	SPI_freetuptable(SPI_tuptable);
+	SPI_freeplan(plan_unsettled);
+	plan_unsettled = NULL;
+	if (unsettled)
+		return false;
+
+	if (seg->settled_at == 0)
+	{
+		seg->settled_at = now;
+		snprintf(sql, sizeof(sql),
+				 "UPDATE monk.segment SET settled_at = pg_catalog.now() WHERE segment = %d", segment);
+		if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "updating monk.segment failed");
+	}
+	if (retention_s > 0 && now - seg->settled_at < (TimestampTz) retention_s * USECS_PER_SEC)
+		return false;
+
+	snprintf(sql, sizeof(sql), "TRUNCATE monk.log_%d", segment);
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "truncating monk.log_%d failed", segment);
+	snprintf(sql, sizeof(sql),
+			 "UPDATE monk.segment SET truncated_at = pg_catalog.now(), settled_at = NULL WHERE segment = %d;"
+			 "DELETE FROM monk.sent_batch WHERE segment = %d",
+			 segment, segment);
+	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "updating monk.segment failed");
+	seg->truncated_at = now;
+	seg->settled_at = 0;
+	return true;
+}
+
+/*
+ * Record an event the API refused in monk.dead_letter, with the API's answer
+ * (once: a refusal seen again after a restart adds nothing).
+ */
+void
+OutboxDeadLetter(const OutboxRow *row, long status, const char *error, const char *response,
+				 int attempts)
+{
+	Oid			types[8] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	Prepare(&plan_dead_letter,
-			"WITH moved AS (DELETE FROM monk.outbox WHERE id = $1"
-			"               RETURNING id, idempotency_key, event, queued_at, attempts)"
-			" INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event,"
-			"        http_status, error, response_body, attempts, queued_at)"
-			" SELECT 'outbox', id, idempotency_key, event, $2, $3, $4, attempts + $5, queued_at"
-			"   FROM moved",
-			5, types);
-	values[0] = Int64GetDatum(id);
-	values[1] = Int32GetDatum((int32) status);
-	values[2] = CStringGetTextDatum(error);
+			"INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
+			"        http_status, error, response_body, attempts)"
+			" SELECT 'outbox', $1, $2, $3, $4, $5, $6, $7, $8 + coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $1), 0)"
+			" ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
+			8, types);
+	values[0] = Int64GetDatum(row->id);
+	values[1] = PointerGetDatum(cstring_to_text_with_len(row->key, row->key_len));
+	values[2] = PointerGetDatum(cstring_to_text_with_len(row->event, row->event_len));
+	values[3] = TimestampTzGetDatum(row->queued_at);
+	values[4] = Int32GetDatum((int32) status);
+	values[5] = CStringGetTextDatum(error);
 	if (response && response[0])
-		values[3] = CStringGetTextDatum(response);
+		values[6] = CStringGetTextDatum(response);
 	else
-		nulls[3] = 'n';
-	values[4] = Int32GetDatum(attempts + 1);
-	ret = SPI_execute_plan(plan_dead_letter, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "dead-lettering an event failed: %s", SPI_result_code_string(ret));
+		nulls[6] = 'n';
+	values[7] = Int32GetDatum(attempts + 1);
+	Execute(plan_dead_letter, values, nulls, false, SPI_OK_INSERT, "dead-lettering an event");
 }
 
-/* Record on the events of a parked batch why it waits, and until when. */
+/* Record on the events of a parked batch why they wait, and until when. */
 void
 OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
 		   TimestampTz next_attempt_at)
@@ -437,22 +870,94 @@ OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error
 	Oid			types[5] = {INT8ARRAYOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	int			ret;
 
 	Prepare(&plan_park,
-			"UPDATE monk.outbox SET attempts = attempts + $2, last_status = $3,"
-			"       last_error = $4, next_attempt_at = $5 WHERE id = ANY ($1)",
+			"INSERT INTO monk.outbox_attempts AS a (id, attempts, last_status, last_error, next_attempt_at)"
+			" SELECT i, $2, $3, $4, $5 FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i"
+			" ON CONFLICT (id) DO UPDATE SET attempts = a.attempts + excluded.attempts,"
+			"    last_status = excluded.last_status, last_error = excluded.last_error,"
+			"    next_attempt_at = excluded.next_attempt_at",
 			5, types);
-	values[0] = IdArray(ids, n);
+	values[0] = Int8Array(ids, n);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = Int32GetDatum((int32) status);
 	if (status == 0)
 		nulls[2] = 'n';
 	values[3] = CStringGetTextDatum(error);
 	values[4] = TimestampTzGetDatum(next_attempt_at);
-	ret = SPI_execute_plan(plan_park, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "updating monk.outbox failed: %s", SPI_result_code_string(ret));
+	Execute(plan_park, values, nulls, false, SPI_OK_INSERT, "recording a parked batch");
+}
+
+/* Forget the retry state of events that were parked once and are settled. */
+void
+OutboxUnpark(const int64 *ids, int n)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	Prepare(&plan_unpark, "DELETE FROM monk.outbox_attempts WHERE id = ANY ($1)", 1, types);
+	values[0] = Int8Array(ids, n);
+	Execute(plan_unpark, values, NULL, false, SPI_OK_DELETE, "updating monk.outbox_attempts");
+}
+
+/*
+ * Keep what an accepted batch was (one row per batch and segment): for
+ * monk.sent, and so that its events, settled though the frontier may not
+ * have passed them yet, are neither listed as queued nor sent again.
+ */
+void
+OutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, long status,
+				 int attempts)
+{
+	Oid			types[6] = {INT2OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT4OID, INT4OID};
+	Datum		values[6];
+	uint64		max_txid = 0;
+
+	Prepare(&plan_sent,
+			"INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts)"
+			" VALUES ($1, $2, $3, $4, $5, $6)",
+			6, types);
+	for (int i = 0; i < n; i++)
+		max_txid = Max(max_txid, txids[i]);
+	values[0] = Int16GetDatum((int16) segment);
+	values[1] = Int64GetDatum((int64) max_txid);
+	values[2] = Int8Array((const int64 *) txids, n);
+	values[3] = Int8Array(ids, n);
+	values[4] = Int32GetDatum((int32) status);
+	values[5] = Int32GetDatum(attempts);
+	Execute(plan_sent, values, NULL, false, SPI_OK_INSERT, "recording a sent batch");
+}
+
+/*
+ * Hand to cb each event accepted past the frontier (recorded by
+ * OutboxRecordSent): at start, so that they are not sent again.
+ */
+void
+OutboxForEachAccepted(const OutboxSnapshot *frontier,
+					  void (*cb) (void *arg, uint64 txid, int64 id), void *arg)
+{
+	Datum		values[3];
+	Oid			types[3] = {INT8OID, INT8OID, INT8ARRAYOID};
+	int			ret;
+
+	values[0] = Int64GetDatum((int64) frontier->xmin);
+	values[1] = Int64GetDatum((int64) frontier->xmax);
+	values[2] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
+	ret = SPI_execute_with_args("SELECT s.txid, s.id FROM monk.sent_batch b"
+								" CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(b.txids), pg_catalog.unnest(b.ids)) AS s(txid, id)"
+								" WHERE b.max_txid >= $1 AND (s.txid >= $2 OR s.txid = ANY ($3))",
+								3, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading monk.sent_batch failed: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		HeapTuple	t = SPI_tuptable->vals[i];
+
+		cb(arg, (uint64) DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)),
+		   DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /* NOTIFY monk_alert, delivered when the current transaction commits. */
@@ -461,11 +966,8 @@ OutboxNotify(const char *payload)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
-	int			ret;
 
 	Prepare(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
 	values[0] = CStringGetTextDatum(payload);
-	ret = SPI_execute_plan(plan_notify, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "pg_notify failed: %s", SPI_result_code_string(ret));
+	Execute(plan_notify, values, NULL, false, SPI_OK_SELECT, "pg_notify");
 }

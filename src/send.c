@@ -26,6 +26,7 @@ PG_FUNCTION_INFO_V1(monk_event_json);
 PG_FUNCTION_INFO_V1(monk_event_json_jsonb);
 PG_FUNCTION_INFO_V1(monk_worker_status);
 PG_FUNCTION_INFO_V1(monk_wake_worker);
+PG_FUNCTION_INFO_V1(monk_requeue);
 
 /* Read the arguments of the six-argument form into an event. */
 static void
@@ -219,5 +220,22 @@ monk_wake_worker(PG_FUNCTION_ARGS)
 {
 	MonkRequirePreload();
 	MonkWakeWorkerAtCommit(0);
+	PG_RETURN_VOID();
+}
+
+/*
+ * monk.requeue(id, idempotency_key, event, queued_at): queue again an event
+ * already rendered (a dead letter), with its id and key.
+ */
+Datum
+monk_requeue(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(1);
+	text	   *event = PG_GETARG_TEXT_PP(2);
+
+	MonkRequirePreload();
+	OutboxInsert(PG_GETARG_INT64(0), text_to_cstring(key), VARDATA_ANY(event),
+				 VARSIZE_ANY_EXHDR(event), PG_GETARG_TIMESTAMPTZ(3));
+	MonkWakeWorkerAtCommit(1);
 	PG_RETURN_VOID();
 }

@@ -79,13 +79,13 @@ MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len, TimestampTz
 	MemoryContextSwitchTo(old);
 }
 
-/* Record where the row of the event just added is (for deleting it fast). */
+/* Attach the owner's record to the event just added. */
 void
-MonkChunkSetTid(MonkChunk *chunk, ItemPointer tid)
+MonkChunkSetItem(MonkChunk *chunk, void *item)
 {
-	if (chunk->tids == NULL)
-		chunk->tids = MemoryContextAllocZero(chunk->cxt, sizeof(ItemPointerData) * chunk->cap);
-	ItemPointerCopy(tid, &chunk->tids[chunk->n - 1]);
+	if (chunk->items == NULL)
+		chunk->items = MemoryContextAllocZero(chunk->cxt, sizeof(void *) * chunk->cap);
+	chunk->items[chunk->n - 1] = item;
 }
 
 /* Close the body: no event can be added afterwards. */

@@ -9,7 +9,6 @@
 #include "datatype/timestamp.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
-#include "storage/itemptr.h"
 
 #include "delivery.h"
 #include "http.h"
@@ -33,8 +32,7 @@ typedef struct MonkChunk
 	TimestampTz oldest;			/* queued_at of the oldest event */
 	bool		finished;
 	int			refs;			/* batches not yet settled */
-	ItemPointerData *tids;		/* where each event's row is, when the owner knows */
-	bool		tids_stale;		/* the rows were updated since they were read */
+	void	  **items;			/* the owner's record of each event, when it keeps one */
 	void	   *arg;			/* the caller's */
 	dlist_node	node;			/* in the caller's list */
 } MonkChunk;
@@ -90,7 +88,7 @@ typedef struct MonkSender
 extern MonkChunk *MonkChunkCreate(MemoryContext parent, int capacity);
 extern void MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len,
 						 TimestampTz queued_at);
-extern void MonkChunkSetTid(MonkChunk *chunk, ItemPointer tid);
+extern void MonkChunkSetItem(MonkChunk *chunk, void *item);
 extern void MonkChunkFinish(MonkChunk *chunk);
 extern void MonkChunkFree(MonkChunk *chunk);
 

@@ -37,6 +37,7 @@ int			monk_circuit_open_time = 30000;
 int			monk_shutdown_timeout = 10000;
 char	   *monk_idempotency_prefix = NULL;
 int			monk_max_outbox_events = 0;
+int			monk_retention = 0;
 
 /* The placeholder the monk.api_key variable always holds. */
 #define API_KEY_PLACEHOLDER "(hidden)"
@@ -403,6 +404,14 @@ MonkSettingsInit(void)
 							&monk_max_outbox_events,
 							0, 0, INT_MAX,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.retention",
+							"How long the segments of delivered events are kept, for monk.sent (0: truncated as soon as settled).",
+							NULL,
+							&monk_retention,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("monk.api_key_file",

@@ -23,6 +23,7 @@ extern int	monk_circuit_open_time;
 extern int	monk_shutdown_timeout;
 extern char *monk_idempotency_prefix;
 extern int	monk_max_outbox_events;
+extern int	monk_retention;
 extern char *monk_ca_file;
 
 extern void MonkSettingsInit(void);

@@ -79,6 +79,8 @@ MonkShmemStartup(void)
 				pg_atomic_init_u64(&slot->counters[c], 0);
 			pg_atomic_init_u64(&slot->committed, 0);
 			pg_atomic_init_u64(&slot->wake_at, 0);
+			pg_atomic_init_u32(&slot->segment, PG_UINT32_MAX);
+			pg_atomic_init_u64(&slot->settled, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -200,6 +202,23 @@ MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at)
 {
 	/* a full barrier: the caller reads the committed count next */
 	(void) pg_atomic_exchange_u64(&slot->wake_at, wake_at);
+}
+
+/*
+ * About how many events wait in this database's outbox, from the worker's
+ * figures; -1 until its worker has counted them.
+ */
+int64
+MonkSlotDepth(MonkWorkerSlot *slot)
+{
+	int64		depth;
+
+	if (!slot->depth_known)
+		return -1;
+	pg_read_barrier();
+	depth = slot->depth_base + (int64) pg_atomic_read_u64(&slot->committed) -
+		(int64) pg_atomic_read_u64(&slot->settled);
+	return Max(depth, 0);
 }
 
 /* Record the last error of a worker (no secrets: callers pass plain text). */

@@ -58,6 +58,10 @@ typedef struct MonkWorkerSlot
 	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];
 	pg_atomic_uint64 committed;	/* events committed into the outbox (about) */
 	pg_atomic_uint64 wake_at;	/* wake the worker once committed reaches this */
+	pg_atomic_uint32 segment;	/* where new events go; >= MONK_SEGMENTS: ask the table */
+	pg_atomic_uint64 settled;	/* events settled since the worker started */
+	int64		depth_base;		/* queued at the worker's start less committed then */
+	bool		depth_known;	/* depth_base is set */
 
 	slock_t		mutex;			/* protects what follows */
 	TimestampTz started_at;
@@ -79,6 +83,7 @@ extern void MonkRequirePreload(void);
 extern MonkWorkerSlot *MonkSlotForDatabase(Oid dboid);
 extern void MonkWakeWorkerAtCommit(int nevents);
 extern void MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at);
+extern int64 MonkSlotDepth(MonkWorkerSlot *slot);
 extern void MonkSlotSetError(MonkWorkerSlot *slot, const char *msg);
 extern void MonkSlotSetSuccess(MonkWorkerSlot *slot);
 extern const char *MonkStateName(int state);

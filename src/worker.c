@@ -3,25 +3,36 @@
  *		The background worker: one per database of monk.databases, draining its
  *		outbox to the Events API.
  *
- * The loop: read queued events into a chunk (short transaction), hand the
- * chunk to the sender once monk.batch_size events wait or the oldest has
- * waited monk.flush_interval, wait on the latch and the network together,
- * and record each outcome in a new short transaction: accepted events are
- * deleted, refused ones moved to the dead letters.  Nothing is held open
- * while requests are on the network.  The worker sleeps on its latch when
- * there is nothing to do; backends set it when a transaction that queued
- * events commits.
+ * The outbox is a log (outbox.c).  The worker reads it in windows: the
+ * events whose transactions became visible between the end of the previous
+ * window and a new snapshot of its own, in commit order, a window being read
+ * in slices as there is room.  Events read wait in memory (pending) until
+ * monk.batch_size of them can go, or the oldest has waited
+ * monk.flush_interval; then they are handed to the sender as one chunk.
+ * Every outcome is recorded in a short transaction of its own: nothing is
+ * held open while requests are on the network.  Backends set the worker's
+ * latch when transactions that queued events commit.
  *
- * Events being sent stay in the outbox until the API accepted them, so a
- * crash at any point resends them, with the same idempotency keys.  The
- * worker knows which outbox rows it holds in memory by the id ranges of its
- * chunks, and reads only outside them, so that an event committed late
- * with a smaller id than rows already read is still found.
+ * Per-key order: the versions of one idempotency key reach the API in the
+ * order they were read.  A key whose version is in flight, backing off or
+ * parked is busy: a newer version waits in pending until it settles, and a
+ * version that a newer one replaces while both wait is settled unsent, so a
+ * batch never carries two versions of a key and an older version can never
+ * arrive after a newer one.
+ *
+ * Each window is a tick; a tick is settled when every event read in it is
+ * (accepted, dead-lettered or replaced).  The frontier -- the snapshot of the
+ * last tick before the first unsettled one -- is kept in monk.queue_state:
+ * after a crash everything past it is read and sent again, in the same order
+ * and with the same keys, so the API still ends with the newest version of
+ * each key.  Segments whose events are all settled are truncated, and the
+ * current segment moves on every few seconds.
  */
 #include "postgres.h"
 
 #include "access/twophase.h"
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -30,6 +41,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -40,25 +52,91 @@
 #include "shmem.h"
 #include "worker.h"
 
+/* How long a segment stays the current one (when the next one is free). */
+#define SEGMENT_ROTATE_MS 5000
+/* How often segments are looked at for truncation and rotation. */
+#define MAINTAIN_MS 1000
+/* The frontier is saved at most this often while requests are in flight. */
+#define SAVE_STATE_MS 200
+
+/* A window of the log, read or being read. */
+typedef struct Tick
+{
+	OutboxSnapshot snap;		/* the window's end */
+	int64		unsettled;		/* events read in it and not settled */
+	bool		complete;		/* every event of the window has been read */
+	dlist_node	node;
+} Tick;
+
+/* The versions in memory of the keys with one hash. */
+typedef struct KeyEntry
+{
+	uint64		hash;			/* the hash table's key */
+	int			busy;			/* versions handed to the sender, not settled */
+	dlist_head	pending;		/* versions waiting, oldest first */
+} KeyEntry;
+
+/* One event in memory, from its read until it settles. */
+typedef struct Queued
+{
+	OutboxRow	row;			/* key and event point into this item's own copies */
+	Tick	   *tick;
+	KeyEntry   *entry;
+	bool		parked;			/* its batch was parked once */
+	dlist_node	node;			/* in the worker's pending list */
+	dlist_node	enode;			/* in its entry's pending list */
+} Queued;
+
+/* An accepted batch to keep in monk.sent_batch. */
+typedef struct SentBatch
+{
+	int			segment;
+	int			n;
+	uint64	   *txids;
+	int64	   *ids;
+	long		status;
+	int			attempts;
+	dlist_node	node;
+} SentBatch;
+
 /* The state of one worker. */
 typedef struct MonkWorker
 {
 	MonkWorkerSlot *slot;
 	MonkSender *sender;
-	MemoryContext cxt;			/* chunks live under it */
-	dlist_head	chunks;			/* submitted, not yet settled */
-	int			nchunks;
-	dlist_head	settled;		/* settled, their accepted events not yet deleted */
-	int64	   *accepted;		/* ids accepted by the API, to delete */
-	ItemPointerData *accepted_tids; /* and their rows, while known */
-	int			naccepted;
-	int			accepted_cap;
-	int64	   *moved;			/* accepted, their rows updated since read: by id */
-	int			nmoved;
-	int			moved_cap;
-	MonkChunk  *open;			/* being filled */
+	MemoryContext cxt;			/* items, ticks, chunks */
+	bool		ready;			/* the log's state is loaded */
+
+	/* reading */
+	OutboxSnapshot prev;		/* the end of the last window read whole */
+	Tick	   *window;			/* the window being read, or NULL */
+	uint64	   *late;			/* prev's in-progress transactions finished by its end */
+	int			nlate;
+	int			late_pos;		/* the late transaction being read; nlate: the range */
+	uint64		pos_txid;		/* the last event read in this window */
+	int64		pos_id;
+	dlist_head	ticks;			/* oldest first */
 	bool		need_read;
 	uint64		read_base;		/* committed count before the last read */
+
+	/* waiting and sending */
+	HTAB	   *keys;			/* KeyEntry by hash of the key */
+	dlist_head	pending;		/* items read, not yet in a chunk */
+	int			npending;
+	dlist_head	chunks;			/* submitted, not yet settled */
+	int			nchunks;
+
+	/* recording */
+	OutboxState state;
+	bool		state_dirty;	/* the frontier moved since it was saved */
+	TimestampTz saved_at;
+	TimestampTz maintained_at;
+	bool		seen_in_cur;	/* events were read from the current segment */
+	dlist_head	sent;			/* SentBatch to record */
+	HTAB	   *accepted;		/* at start: events accepted past the frontier */
+	int64	   *unpark;			/* settled ids that were parked once */
+	int			nunpark;
+	int			unpark_cap;
 } MonkWorker;
 
 /*
@@ -121,14 +199,8 @@ WorkerExit(int code, Datum arg)
 
 	slot->latch = NULL;
 	slot->pid = 0;
+	slot->depth_known = false;
 	slot->state = MONK_STATE_STOPPED;
-}
-
-/* The ids of a batch, for the SQL statements. */
-static int64 *
-BatchIds(MonkBatch *batch)
-{
-	return batch->chunk->ids + batch->start;
 }
 
 /* The JSON payload of a NOTIFY monk_alert. */
@@ -144,10 +216,6 @@ AlertPayload(MonkWorker *w, const char *what, int count, long status)
 	return buf.data;
 }
 
-/*
- * Accepted events are deleted together, after the next requests went out
- * (DeleteAccepted); until then their chunk stays held, so no read sees them.
- */
 /* Room for "need" elements of "size" bytes in an array of capacity *cap. */
 static void *
 Grow(MemoryContext cxt, void *array, Size size, int *cap, int need)
@@ -158,86 +226,391 @@ Grow(MemoryContext cxt, void *array, Size size, int *cap, int need)
 	return array ? repalloc(array, size * *cap) : MemoryContextAlloc(cxt, size * *cap);
 }
 
+/* A deep copy of a snapshot in cxt. */
+static void
+CopySnapshot(OutboxSnapshot *dst, const OutboxSnapshot *src, MemoryContext cxt)
+{
+	*dst = *src;
+	dst->xip = MemoryContextAlloc(cxt, sizeof(uint64) * Max(src->nxip, 1));
+	memcpy(dst->xip, src->xip, sizeof(uint64) * src->nxip);
+}
+
+/* ------------------------------------------------------------------------
+ * Ticks and the frontier
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Move the frontier past every leading tick that is read whole and settled.
+ */
+static void
+AdvanceFrontier(MonkWorker *w)
+{
+	while (!dlist_is_empty(&w->ticks))
+	{
+		Tick	   *t = dlist_head_element(Tick, node, &w->ticks);
+
+		if (!t->complete || t->unsettled > 0)
+			break;
+		pfree(w->state.frontier.xip);
+		w->state.frontier = t->snap;
+		dlist_delete(&t->node);
+		pfree(t);
+		w->state_dirty = true;
+	}
+}
+
+/* An event is done with: accepted, dead-lettered or replaced by a newer one. */
+static void
+SettleItem(MonkWorker *w, Queued *item, bool was_sent)
+{
+	KeyEntry   *entry = item->entry;
+
+	if (was_sent)
+		entry->busy--;
+	if (entry->busy == 0 && dlist_is_empty(&entry->pending))
+		hash_search(w->keys, &entry->hash, HASH_REMOVE, NULL);
+	if (item->parked)
+	{
+		w->unpark = Grow(w->cxt, w->unpark, sizeof(int64), &w->unpark_cap, w->nunpark + 1);
+		w->unpark[w->nunpark++] = item->row.id;
+	}
+	item->tick->unsettled--;
+	pg_atomic_fetch_add_u64(&w->slot->settled, 1);
+	pfree(item);
+}
+
+/* ------------------------------------------------------------------------
+ * Reading the log
+ * ------------------------------------------------------------------------
+ */
+
+/* An event accepted past the frontier before a restart. */
+typedef struct AcceptedKey
+{
+	uint64		txid;
+	int64		id;
+} AcceptedKey;
+
+static void
+AddAccepted(void *arg, uint64 txid, int64 id)
+{
+	MonkWorker *w = arg;
+	AcceptedKey key = {txid, id};
+
+	(void) hash_search(w->accepted, &key, HASH_ENTER, NULL);
+}
+
+/* Was this event accepted before a restart?  It is then settled already. */
+static bool
+AcceptedBefore(MonkWorker *w, const OutboxRow *row)
+{
+	AcceptedKey key = {row->txid, row->id};
+	bool		found = false;
+
+	if (w->accepted)
+		(void) hash_search(w->accepted, &key, HASH_REMOVE, &found);
+	return found;
+}
+
+/* Keep one event read: it waits in pending, replacing an older version. */
+static void
+AddRow(void *arg, const OutboxRow *row)
+{
+	MonkWorker *w = arg;
+	Queued	   *item = MemoryContextAlloc(w->cxt, sizeof(Queued) + row->key_len + row->event_len + 2);
+	char	   *key = (char *) (item + 1);
+	char	   *event = key + row->key_len + 1;
+	uint64		hash = hash_bytes_extended((const unsigned char *) row->key, row->key_len, 0);
+	KeyEntry   *entry;
+	bool		found;
+	dlist_mutable_iter iter;
+	dlist_head	replaced;
+
+	w->pos_txid = row->txid;
+	w->pos_id = row->id;
+	if (AcceptedBefore(w, row))
+	{
+		pfree(item);
+		pg_atomic_fetch_add_u64(&w->slot->settled, 1);
+		return;
+	}
+	memcpy(key, row->key, row->key_len);
+	key[row->key_len] = '\0';
+	memcpy(event, row->event, row->event_len);
+	event[row->event_len] = '\0';
+	item->row = *row;
+	item->row.key = key;
+	item->row.event = event;
+	item->tick = w->window;
+	item->parked = false;
+	w->window->unsettled++;
+	if (row->segment == w->state.cur_segment)
+		w->seen_in_cur = true;
+
+	entry = hash_search(w->keys, &hash, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->busy = 0;
+		dlist_init(&entry->pending);
+	}
+	item->entry = entry;
+
+	dlist_push_tail(&w->pending, &item->node);
+	w->npending++;
+
+	/* a waiting older version of the same key need not be sent at all */
+	dlist_init(&replaced);
+	dlist_foreach_modify(iter, &entry->pending)
+	{
+		Queued	   *old = dlist_container(Queued, enode, iter.cur);
+
+		if (old->row.key_len == row->key_len && memcmp(old->row.key, key, row->key_len) == 0)
+		{
+			dlist_delete(&old->enode);
+			dlist_delete(&old->node);
+			w->npending--;
+			dlist_push_tail(&replaced, &old->enode);
+		}
+	}
+	dlist_push_tail(&entry->pending, &item->enode);
+	dlist_foreach_modify(iter, &replaced)
+	{
+		Queued	   *old = dlist_container(Queued, enode, iter.cur);
+
+		dlist_delete(&old->enode);
+		SettleItem(w, old, false);
+	}
+}
+
+/*
+ * Start a window: a snapshot of our own is its end; the transactions that
+ * were in progress at the previous end and have finished since are read
+ * first, one by one, then the range of newer transaction ids.
+ */
+static void
+StartWindow(MonkWorker *w)
+{
+	Tick	   *t = MemoryContextAllocZero(w->cxt, sizeof(Tick));
+
+	OutboxTakeSnapshot(&t->snap, w->cxt);
+	if (w->late)
+		pfree(w->late);
+	w->late = MemoryContextAlloc(w->cxt, sizeof(uint64) * Max(w->prev.nxip, 1));
+	w->nlate = 0;
+	for (int i = 0; i < w->prev.nxip; i++)
+	{
+		if (OutboxSnapshotSees(&t->snap, w->prev.xip[i]))
+			w->late[w->nlate++] = w->prev.xip[i];
+	}
+	w->late_pos = 0;
+	w->pos_txid = 0;
+	w->pos_id = 0;
+	w->window = t;
+	dlist_push_tail(&w->ticks, &t->node);
+}
+
+/* The window has been read whole: it becomes the start of the next. */
+static void
+EndWindow(MonkWorker *w)
+{
+	Tick	   *t = w->window;
+
+	t->complete = true;
+	pfree(w->prev.xip);
+	CopySnapshot(&w->prev, &t->snap, w->cxt);
+	w->window = NULL;
+	AdvanceFrontier(w);
+	/* every event accepted before a restart was in the first window */
+	if (w->accepted)
+	{
+		hash_destroy(w->accepted);
+		w->accepted = NULL;
+	}
+}
+
+/*
+ * Read up to "want" events into pending.  Returns true when that many were
+ * read (more may be waiting).
+ */
+static bool
+ReadEvents(MonkWorker *w, int want)
+{
+	int			asked = want;
+
+	w->read_base = pg_atomic_read_u64(&w->slot->committed);
+	OutboxBegin("monk: reading queued events");
+	if (w->window == NULL)
+		StartWindow(w);
+	while (want > 0 && w->window != NULL)
+	{
+		int			got;
+
+		if (w->late_pos < w->nlate)
+		{
+			got = OutboxReadTxid(w->late[w->late_pos], w->pos_id, want, AddRow, w);
+			if (got < want)
+			{
+				w->late_pos++;
+				w->pos_id = 0;
+			}
+		}
+		else
+		{
+			got = OutboxReadRange(w->prev.xmax, w->window->snap.xmax, w->pos_txid, w->pos_id,
+								  w->window->snap.xip, w->window->snap.nxip, want, AddRow, w);
+			if (got < want)
+				EndWindow(w);
+		}
+		want -= got;
+	}
+	OutboxCommit();
+	return want == 0 && asked > 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Handing events to the sender
+ * ------------------------------------------------------------------------
+ */
+
+/* How many events make a batch: monk.batch_size may have changed. */
+static int
+BatchTarget(void)
+{
+	return monk_batch_size;
+}
+
+/*
+ * Count the pending events that may go now (their key is not busy), up to
+ * the batch size, and when the oldest of them was queued.
+ */
+static int
+CountSendable(MonkWorker *w, TimestampTz *oldest)
+{
+	int			n = 0;
+	int			target = BatchTarget();
+	dlist_iter	iter;
+
+	*oldest = 0;
+	dlist_foreach(iter, &w->pending)
+	{
+		Queued	   *item = dlist_container(Queued, node, iter.cur);
+
+		if (item->entry->busy > 0 || dlist_head_element(Queued, enode, &item->entry->pending) != item)
+			continue;
+		if (*oldest == 0 || item->row.queued_at < *oldest)
+			*oldest = item->row.queued_at;
+		if (++n >= target)
+			break;
+	}
+	return n;
+}
+
+/* Hand the pending events that may go (one version per key) to the sender. */
+static void
+SubmitPending(MonkWorker *w)
+{
+	int			target = BatchTarget();
+	MonkChunk  *chunk = MonkChunkCreate(w->cxt, target);
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &w->pending)
+	{
+		Queued	   *item = dlist_container(Queued, node, iter.cur);
+
+		if (item->entry->busy > 0)
+			continue;
+		dlist_delete(&item->node);
+		dlist_delete(&item->enode);
+		w->npending--;
+		item->entry->busy++;
+		MonkChunkAdd(chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
+		MonkChunkSetItem(chunk, item);
+		if (chunk->n >= target)
+			break;
+	}
+	dlist_push_tail(&w->chunks, &chunk->node);
+	w->nchunks++;
+	MonkSenderSubmit(w->sender, chunk);
+}
+
+/* The items of a batch. */
+static Queued *
+BatchItem(MonkBatch *batch, int i)
+{
+	return (Queued *) batch->chunk->items[batch->start + i];
+}
+
 static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
 	MonkWorker *w = arg;
-	MonkChunk  *chunk = batch->chunk;
-	int			need;
 
-	if (chunk->tids == NULL || chunk->tids_stale)
+	/* one row per segment the batch's events are in */
 	{
-		w->moved = Grow(w->cxt, w->moved, sizeof(int64), &w->moved_cap, w->nmoved + batch->count);
-		memcpy(w->moved + w->nmoved, BatchIds(batch), sizeof(int64) * batch->count);
-		w->nmoved += batch->count;
-		return;
-	}
-	need = w->naccepted + batch->count;
-	if (need > w->accepted_cap)
-	{
-		int			cap = w->accepted_cap;
+		for (int seg = 0; seg < MONK_SEGMENTS; seg++)
+		{
+			SentBatch  *sb = NULL;
 
-		w->accepted_tids = Grow(w->cxt, w->accepted_tids, sizeof(ItemPointerData), &cap, need);
-		w->accepted = Grow(w->cxt, w->accepted, sizeof(int64), &w->accepted_cap, need);
-	}
-	memcpy(w->accepted + w->naccepted, BatchIds(batch), sizeof(int64) * batch->count);
-	memcpy(w->accepted_tids + w->naccepted, chunk->tids + batch->start,
-		   sizeof(ItemPointerData) * batch->count);
-	w->naccepted += batch->count;
-}
+			for (int i = 0; i < batch->count; i++)
+			{
+				Queued	   *item = BatchItem(batch, i);
 
-/* Delete the accepted events in one transaction, then release their chunks. */
-static void
-DeleteAccepted(MonkWorker *w)
-{
-	dlist_mutable_iter iter;
-
-	if (w->naccepted > 0 || w->nmoved > 0)
-	{
-		OutboxBegin("monk: deleting delivered events");
-		if (w->naccepted > 0)
-			OutboxDeleteByTid(w->accepted_tids, w->accepted, w->naccepted);
-		if (w->nmoved > 0)
-			OutboxDelete(w->moved, w->nmoved);
-		OutboxCommit();
-		w->naccepted = 0;
-		w->nmoved = 0;
+				if (item->row.segment != seg)
+					continue;
+				if (sb == NULL)
+				{
+					sb = MemoryContextAllocZero(w->cxt, sizeof(SentBatch));
+					sb->segment = seg;
+					sb->txids = MemoryContextAlloc(w->cxt, sizeof(uint64) * batch->count);
+					sb->ids = MemoryContextAlloc(w->cxt, sizeof(int64) * batch->count);
+					sb->status = batch->req.status;
+					sb->attempts = batch->attempts + 1;
+					dlist_push_tail(&w->sent, &sb->node);
+				}
+				sb->txids[sb->n] = item->row.txid;
+				sb->ids[sb->n++] = item->row.id;
+			}
+		}
 	}
-	dlist_foreach_modify(iter, &w->settled)
-	{
-		MonkChunk  *chunk = dlist_container(MonkChunk, node, iter.cur);
-
-		dlist_delete(&chunk->node);
-		MonkChunkFree(chunk);
-		w->need_read = true;
-	}
+	for (int i = 0; i < batch->count; i++)
+		SettleItem(w, BatchItem(batch, i), true);
+	AdvanceFrontier(w);
 }
 
 static void
 OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 {
 	MonkWorker *w = arg;
+	Queued	   *item = BatchItem(batch, 0);
 	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
 
 	OutboxBegin("monk: dead-lettering a refused event");
-	OutboxDeadLetter(BatchIds(batch)[0], status, error, body, batch->attempts);
+	OutboxDeadLetter(&item->row, status, error, body, batch->attempts);
 	OutboxNotify(AlertPayload(w, "dead_letter", 1, status));
 	OutboxCommit();
 	ereport(LOG,
 			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
-					BatchIds(batch)[0], status)));
+					item->row.id, status)));
+	SettleItem(w, item, true);
+	AdvanceFrontier(w);
 }
 
 static bool
 OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 {
 	TimestampTz next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_retry_max_delay);
+	int64	   *ids = palloc(sizeof(int64) * batch->count);
 
+	for (int i = 0; i < batch->count; i++)
+	{
+		BatchItem(batch, i)->parked = true;
+		ids[i] = BatchItem(batch, i)->row.id;
+	}
 	OutboxBegin("monk: parking a failing batch");
-	OutboxPark(BatchIds(batch), batch->count, batch->attempts, status, error, next);
+	OutboxPark(ids, batch->count, batch->attempts, status, error, next);
 	OutboxCommit();
-	/* the update moved the rows: delete them by id from now on */
-	batch->chunk->tids_stale = true;
+	pfree(ids);
 	ereport(WARNING,
 			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
 					batch->count, batch->attempts, monk_retry_max_delay),
@@ -266,111 +639,162 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 
 	dlist_delete(&chunk->node);
 	w->nchunks--;
-	dlist_push_tail(&w->settled, &chunk->node);
+	MonkChunkFree(chunk);
+	w->need_read = true;
 }
 
 static const MonkSenderOps worker_ops = {
 	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone
 };
 
-static void
-AddRow(void *arg, int64 id, ItemPointer tid, const char *event, int len, TimestampTz queued_at)
+/* ------------------------------------------------------------------------
+ * Recording progress: the frontier, what was sent, the segments
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Move the current segment on when it has served long enough and the next
+ * one is free (truncated since it was last current); truncate the others
+ * once all their events are settled (and monk.retention has passed).
+ * Returns true when the current segment changed.
+ */
+static bool
+MaintainSegments(MonkWorker *w, TimestampTz now)
 {
-	MonkWorker *w = arg;
+	OutboxState *st = &w->state;
+	int			next = (st->cur_segment + 1) % MONK_SEGMENTS;
+	OutboxSegment *cur = &st->segments[st->cur_segment];
+	OutboxSegment *nseg = &st->segments[next];
 
-	MonkChunkAdd(w->open, id, event, len, queued_at);
-	MonkChunkSetTid(w->open, tid);
-}
-
-/* How many events make the chunk full: monk.batch_size may have changed. */
-static int
-ChunkTarget(MonkChunk *chunk)
-{
-	return Min(chunk->cap, monk_batch_size);
-}
-
-static int
-CompareRange(const void *a, const void *b)
-{
-	int64		x = ((const int64 *) a)[0];
-	int64		y = ((const int64 *) b)[0];
-
-	return (x > y) - (x < y);
-}
-
-/* Append the id range of each chunk of the list; returns the new count. */
-static int
-AddRanges(dlist_head *list, int64 *ranges, int nranges)
-{
-	dlist_iter	iter;
-
-	dlist_foreach(iter, list)
+	for (int s = 0; s < MONK_SEGMENTS; s++)
 	{
-		MonkChunk  *c = dlist_container(MonkChunk, node, iter.cur);
+		OutboxSegment *seg = &st->segments[s];
 
-		ranges[2 * nranges] = c->min_id;
-		ranges[2 * nranges + 1] = c->max_id;
-		nranges++;
+		/* used since it was last truncated: truncate it when it can be */
+		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
+			(void) OutboxTryTruncate(st, s, monk_retention);
 	}
-	return nranges;
+	if (w->seen_in_cur &&
+		TimestampDifferenceExceeds(cur->rotated_at, now, SEGMENT_ROTATE_MS) &&
+		(nseg->rotated_at == 0 || nseg->truncated_at > nseg->rotated_at))
+	{
+		OutboxRotate(st, next);
+		w->seen_in_cur = false;
+		w->state_dirty = false;
+		return true;
+	}
+	return false;
 }
 
 /*
- * Read queued events into the open chunk, outside the id ranges of the
- * chunks in memory.  Returns true when the chunk was filled up (more may
- * be waiting).
+ * Record what settled since the last call, in one transaction: the batches
+ * to keep for monk.sent, the retry state to forget, the frontier, and the
+ * segments' upkeep.  With force (idle, stopping), the frontier is saved
+ * whatever the time since the last save.
  */
-static bool
-ReadEvents(MonkWorker *w)
+static void
+RecordProgress(MonkWorker *w, bool force)
 {
-	int64	   *ranges;
-	int			nranges = 0;
-	int64		after = 0;
-	dlist_iter	iter;
-	int			want;
-	int			nheld = w->nchunks + 1;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		save = w->state_dirty &&
+		(force || TimestampDifferenceExceeds(w->saved_at, now, SAVE_STATE_MS));
+	bool		maintain = TimestampDifferenceExceeds(w->maintained_at, now, MAINTAIN_MS);
+	bool		rotated = false;
+	dlist_mutable_iter iter;
 
-	if (w->open == NULL)
-		w->open = MonkChunkCreate(w->cxt, monk_batch_size);
-	want = ChunkTarget(w->open) - w->open->n;
+	if (!save && !maintain && dlist_is_empty(&w->sent) && w->nunpark == 0)
+		return;
 
-	dlist_foreach(iter, &w->settled)
-		nheld++;
-	ranges = palloc(sizeof(int64) * 2 * nheld);
-	nranges = AddRanges(&w->chunks, ranges, nranges);
-	nranges = AddRanges(&w->settled, ranges, nranges);
-	if (w->open->n > 0)
+	OutboxBegin("monk: recording delivered events");
+	dlist_foreach_modify(iter, &w->sent)
 	{
-		ranges[2 * nranges] = w->open->min_id;
-		ranges[2 * nranges + 1] = w->open->max_id;
-		nranges++;
+		SentBatch  *sb = dlist_container(SentBatch, node, iter.cur);
+
+		OutboxRecordSent(sb->segment, sb->txids, sb->ids, sb->n, sb->status, sb->attempts);
+		dlist_delete(&sb->node);
+		pfree(sb->txids);
+		pfree(sb->ids);
+		pfree(sb);
 	}
-	qsort(ranges, nranges, sizeof(int64) * 2, CompareRange);
-
-	w->read_base = pg_atomic_read_u64(&w->slot->committed);
-	OutboxBegin("monk: reading queued events");
-	for (int i = 0; i <= nranges && want > 0; i++)
+	if (w->nunpark > 0)
 	{
-		int64		before = (i < nranges) ? ranges[2 * i] : PG_INT64_MAX;
-
-		if (before > after + 1)
-			want -= OutboxRead(after, before, want, AddRow, w);
-		if (i < nranges)
-			after = Max(after, ranges[2 * i + 1]);
+		OutboxUnpark(w->unpark, w->nunpark);
+		w->nunpark = 0;
+	}
+	if (save)
+	{
+		OutboxSaveState(&w->state);
+		w->state_dirty = false;
+		w->saved_at = now;
+	}
+	if (maintain)
+	{
+		rotated = MaintainSegments(w, now);
+		w->maintained_at = now;
 	}
 	OutboxCommit();
-	pfree(ranges);
-	return want == 0;
+	if (rotated)
+		pg_atomic_write_u32(&w->slot->segment, (uint32) w->state.cur_segment);
 }
 
-/* Hand the open chunk to the sender. */
-static void
-SubmitOpen(MonkWorker *w)
+/* ------------------------------------------------------------------------
+ * Start, the loop, shutdown
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Find this database's outbox and load the log's state.  Returns false
+ * while there is none (no CREATE EXTENSION monk) or it is 0.1's (ALTER
+ * EXTENSION monk UPDATE pending): the caller sleeps.
+ */
+static bool
+PrepareLog(MonkWorker *w)
 {
-	dlist_push_tail(&w->chunks, &w->open->node);
-	w->nchunks++;
-	MonkSenderSubmit(w->sender, w->open);
-	w->open = NULL;
+	static bool legacy_logged = false;
+	OutboxSchema schema;
+	uint64		committed;
+	int64		unsettled;
+
+	OutboxBegin("monk: looking for the outbox");
+	schema = OutboxFindSchema();
+	if (schema != OUTBOX_LOG)
+	{
+		OutboxCommit();
+		if (schema == OUTBOX_LEGACY && !legacy_logged)
+		{
+			ereport(LOG,
+					(errmsg("monk: the outbox of database \"%s\" is monk 0.1's; nothing is sent until ALTER EXTENSION monk UPDATE",
+							w->slot->dbname),
+					 errhint("Run ALTER EXTENSION monk UPDATE in database \"%s\"; the events queued meanwhile are kept.",
+							 w->slot->dbname)));
+			legacy_logged = true;
+		}
+		return false;
+	}
+	OutboxLoadState(&w->state, w->cxt);
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(AcceptedKey);
+		ctl.entrysize = sizeof(AcceptedKey);
+		ctl.hcxt = w->cxt;
+		w->accepted = hash_create("monk accepted", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		OutboxForEachAccepted(&w->state.frontier, AddAccepted, w);
+	}
+	pg_atomic_write_u64(&w->slot->settled, 0);
+	committed = pg_atomic_read_u64(&w->slot->committed);
+	unsettled = OutboxCountUnsettled(&w->state.frontier);
+	OutboxCommit();
+
+	CopySnapshot(&w->prev, &w->state.frontier, w->cxt);
+	w->slot->depth_base = unsettled - (int64) committed;
+	pg_write_barrier();
+	w->slot->depth_known = true;
+	pg_atomic_write_u32(&w->slot->segment, (uint32) w->state.cur_segment);
+	w->ready = true;
+	w->need_read = true;
+	return true;
 }
 
 /* Reload the configuration; a new key ends an authentication pause. */
@@ -411,7 +835,130 @@ Drain(MonkWorker *w)
 		MonkSenderWait(w->sender, left, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
 	}
-	DeleteAccepted(w);
+	if (w->ready)
+		RecordProgress(w, true);
+}
+
+/* Is a segment waiting to be truncated, or the current one to move on? */
+static bool
+SegmentsPending(MonkWorker *w)
+{
+	OutboxState *st = &w->state;
+
+	if (w->seen_in_cur || w->state_dirty)
+		return true;
+	for (int s = 0; s < MONK_SEGMENTS; s++)
+	{
+		OutboxSegment *seg = &st->segments[s];
+
+		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
+			return true;
+	}
+	return false;
+}
+
+/* Publish what the worker is doing for monk.status. */
+static void
+PublishState(MonkWorker *w)
+{
+	if (w->sender->paused)
+		SetState(w, MONK_STATE_PAUSED_AUTH);
+	else if (w->sender->circuit.state == MONK_CIRCUIT_OPEN)
+		SetState(w, MONK_STATE_CIRCUIT_OPEN);
+	else if (w->sender->inflight > 0)
+		SetState(w, MONK_STATE_SENDING);
+	else if (w->sender->nwaiting > 0)
+		SetState(w, MONK_STATE_BACKOFF);
+	else
+		SetState(w, MONK_STATE_IDLE);
+}
+
+/*
+ * One pass of the loop: send what is ready, record what settled, read while
+ * there is room, flush a batch when it is full or old enough.  Returns the
+ * time to wait for (-1: until woken).
+ */
+static long
+Step(MonkWorker *w)
+{
+	long		timeout = -1;
+	long		sender_wake;
+	bool		room;
+	int			sendable;
+	TimestampTz oldest;
+	uint64		wake_at = PG_UINT64_MAX;
+
+	/* requests first: what is ready goes out before the bookkeeping */
+	MonkSenderDispatch(w->sender);
+	RecordProgress(w, false);
+
+	/* read while there is room for another batch */
+	room = !w->sender->paused && w->nchunks < CHUNKS_AHEAD;
+	sendable = CountSendable(w, &oldest);
+	if (w->need_read && room && sendable < BatchTarget())
+	{
+		w->need_read = ReadEvents(w, BatchTarget() - sendable);
+		sendable = CountSendable(w, &oldest);
+	}
+
+	/* flush a full batch, or one whose oldest event waited long enough */
+	if (room && sendable > 0)
+	{
+		TimestampTz due = TimestampTzPlusMilliseconds(oldest, monk_flush_interval);
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (sendable >= BatchTarget() || now >= due)
+		{
+			SubmitPending(w);
+			MonkSenderDispatch(w->sender);
+			w->need_read = true;
+		}
+		else
+			timeout = (long) ((due - now + 999) / 1000);
+	}
+
+	PublishState(w);
+	sender_wake = MonkSenderNextWakeMs(w->sender);
+	if (sender_wake >= 0 && (timeout < 0 || sender_wake < timeout))
+		timeout = sender_wake;
+
+	/*
+	 * Which commits should wake us: with room for a batch, the next event
+	 * (or, while some wait for their flush, enough to fill the batch);
+	 * without room, none -- a settled chunk makes room and wakes us.
+	 */
+	room = !w->sender->paused && w->nchunks < CHUNKS_AHEAD;
+	if (w->need_read && room)
+		timeout = 0;
+	else if (room)
+		wake_at = w->read_base + (sendable > 0 ? Max(BatchTarget() - sendable, 1) : 1);
+	MonkSlotWakeAt(w->slot, wake_at);
+	if (wake_at != PG_UINT64_MAX && pg_atomic_read_u64(&w->slot->committed) >= wake_at)
+	{
+		w->need_read = true;
+		timeout = 0;
+	}
+
+	/*
+	 * COMMIT PREPARED wakes nobody (the session that queued the events
+	 * prepared them): where prepared transactions are enabled, look again
+	 * every 10 s when idle.
+	 */
+	if (timeout < 0 && max_prepared_xacts > 0)
+	{
+		timeout = 10000;
+		w->need_read = true;
+	}
+
+	/* going to sleep: save the frontier, and come back for the segments' upkeep */
+	if (timeout < 0 || timeout > MAINTAIN_MS)
+	{
+		RecordProgress(w, true);
+		if (SegmentsPending(w))
+			timeout = MAINTAIN_MS;
+		pgstat_report_stat(true);
+	}
+	return timeout;
 }
 
 /* Entry point of a monk worker; arg is its slot number. */
@@ -421,6 +968,7 @@ MonkWorkerMain(Datum arg)
 	int			slotno = DatumGetInt32(arg);
 	MonkWorker	w;
 	MemoryContext loopcxt;
+	HASHCTL		ctl;
 
 	memset(&w, 0, sizeof(w));
 	w.slot = &MonkShmem->slots[slotno];
@@ -442,20 +990,23 @@ MonkWorkerMain(Datum arg)
 	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
 
 	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(KeyEntry);
+	ctl.hcxt = w.cxt;
+	w.keys = hash_create("monk keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	dlist_init(&w.ticks);
+	dlist_init(&w.pending);
 	dlist_init(&w.chunks);
-	dlist_init(&w.settled);
+	dlist_init(&w.sent);
 	w.sender = MonkSenderCreate(&worker_ops, &w, w.slot);
-	w.need_read = true;
 
 	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
 
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "monk worker loop", ALLOCSET_DEFAULT_SIZES);
 	while (!shutdown_requested)
 	{
-		long		timeout = -1;
-		long		sender_wake;
-		bool		room;
-		uint64		wake_at = PG_UINT64_MAX;
+		long		timeout;
 
 		/* what one pass allocates lives until the next pass */
 		MemoryContextSwitchTo(loopcxt);
@@ -464,100 +1015,18 @@ MonkWorkerMain(Datum arg)
 		if (ConfigReloadPending)
 			Reload(&w);
 
-		/* without the extension there is nothing to read: sleep until woken */
-		if (w.need_read && w.nchunks == 0 && w.open == NULL && dlist_is_empty(&w.settled))
+		/* without the log there is nothing to read: sleep until woken */
+		if (!w.ready && !PrepareLog(&w))
 		{
-			bool		exists;
-
-			OutboxBegin("monk: looking for the outbox");
-			exists = OutboxExists();
-			OutboxCommit();
-			if (!exists)
-			{
-				SetState(&w, MONK_STATE_IDLE);
-				MonkSlotWakeAt(w.slot, 0);
-				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1, PG_WAIT_EXTENSION);
-				ResetLatch(MyLatch);
-				continue;
-			}
-		}
-
-		/* requests first: what is ready goes out before the bookkeeping */
-		MonkSenderDispatch(w.sender);
-		DeleteAccepted(&w);
-
-		/* read while there is room for another chunk */
-		room = !w.sender->paused && w.nchunks < CHUNKS_AHEAD;
-		if (w.need_read && room)
-			w.need_read = ReadEvents(&w);
-
-		/* flush a full chunk, or one whose oldest event waited long enough */
-		if (w.open && w.open->n > 0)
-		{
-			TimestampTz due = TimestampTzPlusMilliseconds(w.open->oldest, monk_flush_interval);
-			TimestampTz now = GetCurrentTimestamp();
-
-			if (w.open->n >= ChunkTarget(w.open) || now >= due)
-			{
-				SubmitOpen(&w);
-				MonkSenderDispatch(w.sender);
-				w.need_read = true;
-			}
-			else
-				timeout = (long) ((due - now + 999) / 1000);
-		}
-
-		if (w.sender->paused)
-			SetState(&w, MONK_STATE_PAUSED_AUTH);
-		else if (w.sender->circuit.state == MONK_CIRCUIT_OPEN)
-			SetState(&w, MONK_STATE_CIRCUIT_OPEN);
-		else if (w.sender->inflight > 0)
-			SetState(&w, MONK_STATE_SENDING);
-		else if (w.sender->nwaiting > 0)
-			SetState(&w, MONK_STATE_BACKOFF);
-		else
 			SetState(&w, MONK_STATE_IDLE);
-
-		sender_wake = MonkSenderNextWakeMs(w.sender);
-		if (sender_wake >= 0 && (timeout < 0 || sender_wake < timeout))
-			timeout = sender_wake;
-
-		/*
-		 * Which commits should wake us: with room for a chunk, the next event
-		 * (or, while a partial chunk waits for its flush, enough to fill it);
-		 * without room, none -- a settled chunk makes room and wakes us.
-		 */
-		room = !w.sender->paused && w.nchunks < CHUNKS_AHEAD;
-		if (w.need_read && room)
-			timeout = 0;
-		else if (room)
-		{
-			int			missing = (w.open && w.open->n > 0) ? ChunkTarget(w.open) - w.open->n : 1;
-
-			wake_at = w.read_base + Max(missing, 1);
-		}
-		MonkSlotWakeAt(w.slot, wake_at);
-		if (wake_at != PG_UINT64_MAX && pg_atomic_read_u64(&w.slot->committed) >= wake_at)
-		{
-			w.need_read = true;
-			timeout = 0;
+			MonkSlotWakeAt(w.slot, 0);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10000,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
 		}
 
-		/*
-		 * COMMIT PREPARED wakes nobody (the session that queued the events
-		 * prepared them): where prepared transactions are enabled, look again
-		 * every 10 s when idle.
-		 */
-		if (timeout < 0 && max_prepared_xacts > 0)
-		{
-			timeout = 10000;
-			w.need_read = true;
-		}
-
-		/* going to sleep for good: let autovacuum and the statistics see our deletes */
-		if (timeout < 0 || timeout > 1000)
-			pgstat_report_stat(true);
-
+		timeout = Step(&w);
 		if (MonkSenderWait(w.sender, timeout, PG_WAIT_EXTENSION))
 			w.need_read = true;
 	}

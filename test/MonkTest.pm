@@ -48,7 +48,7 @@ sub monk_cluster
 }
 
 # A started cluster with monk preloaded for the given databases, exporting to
-# $api; the extension is created in each database.
+# $api; the extension is created in each database (at $opts{version} if given).
 sub monk_node
 {
 	my (%opts) = @_;
@@ -66,7 +66,7 @@ sub monk_node
 	for my $db (@dbs)
 	{
 		$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
-		$node->safe_psql($db, 'CREATE EXTENSION monk');
+		$node->safe_psql($db, 'CREATE EXTENSION monk' . ($opts{version} ? " VERSION '$opts{version}'" : ''));
 	}
 	return $node;
 }

@@ -56,6 +56,7 @@ MAX_FUTURE_US = 3600 * 1_000_000     # seeds: "must not be more than 1 hour in t
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
 REQUEST_LOG_SIZE = 10_000            # how many /v1 requests /_test/requests remembers
+HISTORY = 16                         # versions of each key remembered, in the order received
 IDLE_TIMEOUT_S = 120                 # keep-alive connections idle longer than this are closed
 
 EVENT_FIELDS = frozenset(("customerId", "externalCustomerId", "eventName",
@@ -251,6 +252,7 @@ class State:
         self.events_rejected = 0
         self.batches = 0
         self.max_batch = 0
+        self.batches_with_repeated_keys = 0
         self.max_concurrent = self.inflight
         self.user_agents = set()
         self.request_log = collections.deque(maxlen=REQUEST_LOG_SIZE)
@@ -370,7 +372,9 @@ class State:
     # -- events ---------------------------------------------------------------------------------------
 
     def store(self, events, times, now):
-        """Store validated events (latest version of a key wins).  Returns the keys used."""
+        """Store validated events (latest version of a key wins).  Returns the keys used.  Each key
+        keeps the last HISTORY versions received, in order; a batch carrying two versions of one key
+        is counted."""
         keys = []
         new_key = uuid4_strings(sum(1 for ev in events if "idempotencyKey" not in ev))
         with self.lock:
@@ -380,8 +384,11 @@ class State:
                 if key is None:
                     key = next(new_key)
                 old = st.get(key)
-                st[key] = (ev, now if ts is None else ts, old[2] + 1 if old else 1, now)
+                history = (old[4] + [ev])[-HISTORY:] if old else [ev]
+                st[key] = (ev, now if ts is None else ts, old[2] + 1 if old else 1, now, history)
                 keys.append(key)
+            if len(set(keys)) != len(keys):
+                self.batches_with_repeated_keys += 1
             self.sorted_index = None
             self.events_received += len(events)
         return keys
@@ -469,7 +476,7 @@ def dump_json(obj):
 
 def event_out(key, rec):
     """A stored event in the ingestion shape, with its key and (receive time if none) timestamp."""
-    ev, ts, _, recv = rec
+    ev, ts, _, recv = rec[:4]
     out = dict(ev)
     out["idempotencyKey"] = key
     if "timestamp" not in ev:
@@ -522,6 +529,7 @@ class Handler(BaseHTTPRequestHandler):
         POST /_test/reset          forget events, counters and faults (body may set api_key/customers)
         GET|POST /_test/faults     read / merge the fault configuration ({"clear": true} clears first)
         GET  /_test/events         {"events": {key: {"event", "receipts", "receivedAt"}}, "count"}
+                                   ?history=1 -> each key also has "history": its last versions in order
                                    ?keys_only=1 -> {"keys": [sorted], "count"}
         GET  /_test/stats          counters
         POST /_test/lose           {"keys": [...]} -> the API "loses" those events
@@ -926,6 +934,7 @@ class Handler(BaseHTTPRequestHandler):
     def t_events(self, arg):
         state = self.server.state
         keys_only = self.query().get("keys_only", "") not in ("", "0", "false")
+        history = self.query().get("history", "") not in ("", "0", "false")
         with state.lock:
             if keys_only:
                 keys = list(state.events)
@@ -934,7 +943,8 @@ class Handler(BaseHTTPRequestHandler):
         if keys_only:
             keys.sort()
             return {"keys": keys, "count": len(keys)}
-        return {"events": {k: {"event": rec[0], "receipts": rec[2], "receivedAt": format_us(rec[3])}
+        return {"events": {k: dict({"event": rec[0], "receipts": rec[2], "receivedAt": format_us(rec[3])},
+                                   **({"history": rec[4]} if history else {}))
                            for k, rec in snap},
                 "count": len(snap)}
 
@@ -944,7 +954,8 @@ class Handler(BaseHTTPRequestHandler):
             return {"requests": state.requests, "by_status": dict(state.by_status),
                     "events_received": state.events_received, "events_stored": len(state.events),
                     "events_rejected": state.events_rejected, "batches": state.batches,
-                    "max_batch": state.max_batch, "inflight": state.inflight,
+                    "max_batch": state.max_batch,
+                    "batches_with_repeated_keys": state.batches_with_repeated_keys, "inflight": state.inflight,
                     "max_concurrent": state.max_concurrent,
                     "user_agents": sorted(state.user_agents)}
 

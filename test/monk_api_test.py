@@ -278,6 +278,18 @@ class BatchTest(MonkApiTestCase):
         status, doc, _ = self.post_batch([ev(i) for i in range(10000)])
         self.assertEqual((status, doc), (202, {"accepted": 10000}))
 
+    def test_versions_history_and_repeated_keys(self):
+        self.post_batch([ev(1, properties={"v": 1})])
+        self.post_batch([ev(1, properties={"v": 2}), ev(2)])
+        self.assertEqual(self.control("GET", "/_test/stats")["batches_with_repeated_keys"], 0)
+        self.post_batch([ev(3, properties={"v": 1}), ev(3, properties={"v": 2})])
+        self.assertEqual(self.control("GET", "/_test/stats")["batches_with_repeated_keys"], 1)
+        events = self.control("GET", "/_test/events?history=1")["events"]
+        key1 = ev(1)["idempotencyKey"]
+        self.assertEqual([e["properties"]["v"] for e in events[key1]["history"]], [1, 2])
+        self.assertEqual(events[key1]["event"]["properties"]["v"], 2)
+        self.assertNotIn("history", self.control("GET", "/_test/events")["events"][key1])
+
     def test_10000_varied_events_stored(self):
         # the speed of the server is measured by the benchmarks, not asserted here
         events = [ev(i, timestamp="2026-03-15T10:%02d:%02d.%06dZ" % (i // 60 % 60, i % 60, i),

@@ -42,6 +42,8 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 # A / B with 2 decimals ("n/a" when B is 0).
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# The median of the numbers given.
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # events per second, rounded.
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s + 0 == 0) print "n/a"; else printf "%.0f", n / s }'; }
 
@@ -404,24 +406,22 @@ worker_pid()
 	done
 }
 
-# The outbox's size and dead tuples after a drain: as the statistics see them (pg_stat_user_tables,
-# after waiting at most 10 s for n_live_tup to reach 0: they are flushed about once a second), and
-# as they are (pgstattuple, which reads the table).
-outbox_bloat()
+# The size on disk of the outbox's segments (monk.log_N, indexes included), in bytes.
+log_bytes()
 {
-	local deadline=$((SECONDS + 10))
-	until [ "$(sql -c "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass")" = 0 ]; do
+	sql -c "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+	         WHERE c.relnamespace = 'monk'::regnamespace AND c.relname LIKE 'log\_%'"
+}
+
+# The outbox's size after a drain: at once, and once the settled segments have been truncated
+# (the worker truncates them on its own within seconds; waited for at most 30 s).
+outbox_size()
+{
+	local at_once deadline=$((SECONDS + 30))
+	at_once=$(log_bytes)
+	until [ "$(log_bytes)" -lt 1000000 ]; do
 		[ "$SECONDS" -lt "$deadline" ] || break
 		sleep 0.2
 	done
-	local stats real
-	sql -c "CREATE EXTENSION IF NOT EXISTS pgstattuple" >/dev/null 2>&1 || true
-	stats=$(sql -c "SELECT 'size ' || pg_size_pretty(pg_total_relation_size('monk.outbox'))
-	                  || '; pg_stat_user_tables: n_live_tup ' || n_live_tup || ', n_dead_tup ' || n_dead_tup
-	                  || ', autovacuum runs ' || autovacuum_count
-	                 FROM pg_stat_user_tables WHERE relid = 'monk.outbox'::regclass")
-	real=$(sql -c "SELECT 'pgstattuple: live ' || tuple_count || ', dead ' || dead_tuple_count
-	                  || ', free ' || pg_size_pretty(free_space)
-	                 FROM pgstattuple('monk.outbox')" 2>/dev/null) || real="pgstattuple: not available"
-	echo "$stats; $real"
+	echo "segments $(( at_once / 1024 )) kB when drained, $(( $(log_bytes) / 1024 )) kB after $((30 - (deadline - SECONDS))) s"
 }

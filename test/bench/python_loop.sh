@@ -131,7 +131,7 @@ monk_drain()
 {
 	local t
 	load_parked "$N" billing
-	sql -c "VACUUM ANALYZE monk.outbox" -c "CHECKPOINT" >/dev/null
+	sql -c "VACUUM ANALYZE monk.log" -c "CHECKPOINT" >/dev/null
 	t=$(now)
 	point_worker "$1"
 	wait_outbox_empty "$TIMEOUT" || die "the drain did not finish"

@@ -87,7 +87,7 @@ run()
 	case $v in
 	a) sql -c "TRUNCATE calls_a" ;;
 	b) sql -c "TRUNCATE calls_b, plain_outbox" ;;
-	c) sql -c "TRUNCATE calls_c, monk.outbox" ;;
+	c) sql -c "TRUNCATE calls_c, monk.log" ;;
 	esac
 	sql -c "CHECKPOINT"
 	out=$(PGOPTIONS="-c synchronous_commit=$sc" "${as_user[@]}" env PGOPTIONS="-c synchronous_commit=$sc" \

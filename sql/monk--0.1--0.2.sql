@@ -1,0 +1,225 @@
+/*
+ * monk 0.1 -> 0.2: the outbox becomes an ordered log of segments.  The queued
+ * events of 0.1's monk.outbox move, with their ids, keys and attempts, into
+ * the current segment; monk.outbox becomes a view of the unsettled events.
+ *
+ * Load monk 0.2's library first (make install, then restart the server): the
+ * worker of 0.2 waits for this update before it exports again, and monk_send
+ * keeps queueing into 0.1's table until then.
+ */
+\echo Use "ALTER EXTENSION monk UPDATE TO '0.2'" to load this file. \quit
+
+-- 0.1's objects over the old table go; the table is renamed and emptied below
+DROP VIEW monk.status;
+DROP VIEW monk.outbox_events;
+ALTER SEQUENCE monk.outbox_id_seq OWNED BY NONE;
+ALTER TABLE monk.outbox RENAME TO outbox_0_1;
+ALTER TABLE monk.outbox_0_1 RENAME CONSTRAINT outbox_pkey TO outbox_0_1_pkey;
+
+-- The outbox is a log: events are appended to the current segment (a
+-- partition of monk.log) with the id of the transaction that wrote them, and
+-- are never updated or deleted one by one.  The worker reads the events that
+-- became visible between two snapshots of its own, in the order of their
+-- transactions' commits, and keeps in monk.queue_state the snapshot up to
+-- which every event is settled (accepted or dead-lettered).  A segment whose
+-- events are all settled is truncated, monk.retention after it was settled.
+-- Logged: the log survives crashes and reaches replicas.  "event" holds the
+-- JSON sent, rendered once when the event was queued, key included.
+CREATE TABLE monk.log (
+    segment         smallint    NOT NULL,
+    txid            bigint      NOT NULL,
+    id              bigint      NOT NULL,
+    idempotency_key text        NOT NULL,
+    event           text        NOT NULL,
+    queued_at       timestamptz NOT NULL
+) PARTITION BY LIST (segment);
+COMMENT ON TABLE monk.log IS 'the outbox''s segments: every event queued and not yet truncated away, settled or not';
+CREATE TABLE monk.log_0 PARTITION OF monk.log FOR VALUES IN (0);
+CREATE TABLE monk.log_1 PARTITION OF monk.log FOR VALUES IN (1);
+CREATE TABLE monk.log_2 PARTITION OF monk.log FOR VALUES IN (2);
+CREATE TABLE monk.log_3 PARTITION OF monk.log FOR VALUES IN (3);
+CREATE INDEX log_txid_id ON monk.log (txid, id);
+
+-- The worker's progress: every event whose transaction is visible in the
+-- snapshot (frontier_xmax, frontier_xip) is settled; frontier_xmin is the
+-- smallest unsettled transaction id.  cur_segment receives new events.
+CREATE TABLE monk.queue_state (
+    frontier_xmin   bigint      NOT NULL DEFAULT 0,
+    frontier_xmax   bigint      NOT NULL DEFAULT 0,
+    frontier_xip    bigint[]    NOT NULL DEFAULT '{}',
+    cur_segment     smallint    NOT NULL DEFAULT 0,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO monk.queue_state DEFAULT VALUES;
+COMMENT ON TABLE monk.queue_state IS 'the monk worker''s frontier: events of transactions visible in it are settled';
+
+-- One row per segment: when it became current, when all its events were
+-- settled, when it was last truncated.
+CREATE TABLE monk.segment (
+    segment         smallint    PRIMARY KEY,
+    rotated_at      timestamptz,
+    settled_at      timestamptz,
+    truncated_at    timestamptz
+);
+INSERT INTO monk.segment (segment, rotated_at) VALUES (0, now()), (1, NULL), (2, NULL), (3, NULL);
+
+-- Retry state of events whose batch was parked (failed monk.max_retries times).
+CREATE TABLE monk.outbox_attempts (
+    id              bigint      PRIMARY KEY,
+    attempts        integer     NOT NULL,
+    next_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text
+);
+
+-- The batches the API accepted, kept with their segment (the events'
+-- (txid, id) pairs): what was sent (monk.sent), and which events past the
+-- frontier are settled already.
+CREATE TABLE monk.sent_batch (
+    segment         smallint    NOT NULL,
+    max_txid        bigint      NOT NULL,
+    txids           bigint[]    NOT NULL,
+    ids             bigint[]    NOT NULL,
+    http_status     integer     NOT NULL,
+    attempts        integer     NOT NULL,
+    accepted_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sent_batch_max_txid ON monk.sent_batch (max_txid);
+CREATE INDEX sent_batch_segment ON monk.sent_batch (segment);
+
+-- The queued events: not yet settled (neither behind the frontier, nor in
+-- a batch the API accepted, nor dead-lettered).  Deleting from it discards
+-- events that the worker has not read yet.
+CREATE VIEW monk.outbox AS
+    SELECT l.id, l.idempotency_key, l.event, l.queued_at,
+           coalesce(a.attempts, 0) AS attempts, a.next_attempt_at, a.last_status, a.last_error,
+           l.txid
+      FROM (SELECT * FROM monk.log WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state)
+            UNION ALL
+            SELECT * FROM monk.log WHERE txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])) l
+      LEFT JOIN monk.outbox_attempts a ON a.id = l.id
+     WHERE NOT EXISTS (SELECT FROM monk.sent_batch b CROSS JOIN LATERAL ROWS FROM (unnest(b.txids), unnest(b.ids)) AS s(txid, id)
+                        WHERE b.max_txid >= (SELECT frontier_xmax FROM monk.queue_state)
+                          AND s.txid = l.txid AND s.id = l.id)
+       AND NOT EXISTS (SELECT FROM monk.dead_letter d WHERE d.source = 'outbox' AND d.source_id = l.id);
+COMMENT ON VIEW monk.outbox IS 'usage events queued by monk_send and not yet accepted by the Events API (nor dead-lettered)';
+
+CREATE FUNCTION monk.outbox_delete() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM monk.log WHERE txid = OLD.txid AND id = OLD.id;
+    RETURN OLD;
+END $$;
+REVOKE ALL ON FUNCTION monk.outbox_delete() FROM PUBLIC;
+CREATE TRIGGER outbox_delete INSTEAD OF DELETE ON monk.outbox
+    FOR EACH ROW EXECUTE FUNCTION monk.outbox_delete();
+
+-- Rows that reach a segment through SQL rather than monk_send (pg_restore,
+-- monk_retry_dead_letters) belong to the transaction that writes them: a
+-- restored row's old transaction id means nothing in this cluster.
+CREATE FUNCTION monk.log_stamp() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.txid := pg_current_xact_id()::text::bigint;
+    RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION monk.log_stamp() FROM PUBLIC;
+CREATE TRIGGER log_0_stamp BEFORE INSERT ON monk.log_0 FOR EACH ROW EXECUTE FUNCTION monk.log_stamp();
+CREATE TRIGGER log_1_stamp BEFORE INSERT ON monk.log_1 FOR EACH ROW EXECUTE FUNCTION monk.log_stamp();
+CREATE TRIGGER log_2_stamp BEFORE INSERT ON monk.log_2 FOR EACH ROW EXECUTE FUNCTION monk.log_stamp();
+CREATE TRIGGER log_3_stamp BEFORE INSERT ON monk.log_3 FOR EACH ROW EXECUTE FUNCTION monk.log_stamp();
+
+-- What was sent (kept monk.retention after its segment was settled).
+CREATE VIEW monk.sent AS
+    SELECT l.id, l.idempotency_key, l.event::json AS event, l.queued_at,
+           b.accepted_at, b.http_status, b.attempts
+      FROM monk.sent_batch b
+      CROSS JOIN LATERAL ROWS FROM (unnest(b.txids), unnest(b.ids)) AS e(txid, id)
+      JOIN monk.log l ON l.txid = e.txid AND l.id = e.id;
+COMMENT ON VIEW monk.sent IS 'events the Events API accepted, while their segment is kept (monk.retention)';
+
+-- the events 0.1 had queued, in their order, with what their retries left
+INSERT INTO monk.log_0 (segment, txid, id, idempotency_key, event, queued_at)
+SELECT 0, 0, id, idempotency_key, event, queued_at FROM monk.outbox_0_1 ORDER BY id;
+INSERT INTO monk.outbox_attempts (id, attempts, next_attempt_at, last_status, last_error)
+SELECT id, attempts, next_attempt_at, last_status, last_error FROM monk.outbox_0_1 WHERE attempts > 0;
+SELECT pg_catalog.pg_extension_config_dump('monk.log_0',
+       'WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_1',
+       'WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_2',
+       'WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_3',
+       'WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])');
+ALTER EXTENSION monk DROP TABLE monk.outbox_0_1;
+DROP TABLE monk.outbox_0_1;
+
+-- one dead letter per outbox event, even when a refusal is seen again after a restart
+CREATE UNIQUE INDEX dead_letter_outbox ON monk.dead_letter (source_id) WHERE source = 'outbox';
+
+-- The queued events as JSON, as the worker will send them.
+CREATE VIEW monk.outbox_events AS
+    SELECT id, idempotency_key, event::json AS event, queued_at, attempts,
+           next_attempt_at, last_status, last_error
+      FROM monk.outbox;
+
+-- Queue an event already rendered, with its key (monk_retry_dead_letters).
+CREATE FUNCTION monk.requeue(id bigint, idempotency_key text, event text, queued_at timestamptz)
+RETURNS void
+AS 'MODULE_PATHNAME', 'monk_requeue'
+LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION monk.requeue(bigint, text, text, timestamptz) FROM PUBLIC;
+
+-- One row for the current database: the worker and its outbox.
+CREATE VIEW monk.status AS
+    SELECT pg_catalog.current_database()::text AS database,
+           w.pid IS NOT NULL AS worker_running,
+           w.pid AS worker_pid,
+           coalesce(w.state, 'not running') AS worker_state,
+           o.depth AS outbox_depth,
+           pg_catalog.now() - o.oldest AS oldest_event_age,
+           d.dead_letters,
+           w.events_sent, w.events_failed, w.events_retried,
+           w.requests_2xx, w.requests_4xx, w.requests_5xx, w.requests_failed,
+           coalesce(w.circuit, 'closed') AS circuit,
+           w.last_error, w.last_error_at, w.last_success_at, w.started_at
+      FROM (SELECT pg_catalog.count(*) AS depth, pg_catalog.min(queued_at) AS oldest
+              FROM monk.outbox) o
+      CROSS JOIN (SELECT pg_catalog.count(*) AS dead_letters FROM monk.dead_letter) d
+      LEFT JOIN monk.worker_status() w ON w.database = pg_catalog.current_database();
+
+-- Monitoring roles may read the status (no secrets in it), and nothing else.
+GRANT USAGE ON SCHEMA monk TO pg_monitor;
+GRANT SELECT ON monk.status TO pg_monitor;
+
+-- Queue dead letters of the outbox again, with their original event and
+-- key (after the cause was fixed, for example a customer created in Monk).
+-- NULL selects every dead letter that came from the outbox.
+CREATE OR REPLACE FUNCTION @extschema@.monk_retry_dead_letters(dead_letter_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    requeued bigint;
+BEGIN
+    WITH moved AS (
+        DELETE FROM monk.dead_letter
+         WHERE (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids))
+           AND source = 'outbox' AND event IS NOT NULL AND idempotency_key IS NOT NULL
+        RETURNING source_id, idempotency_key, event, queued_at
+    )
+    SELECT count(monk.requeue(coalesce(source_id, nextval('monk.outbox_id_seq')), idempotency_key,
+                              event, coalesce(queued_at, now())))
+      INTO requeued
+      FROM (SELECT * FROM moved ORDER BY source_id) m;
+    RETURN requeued;
+END $$;
+COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
+    IS 'queue dead letters of the outbox again with their original keys; returns how many';
+REVOKE ALL ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[]) FROM PUBLIC;
+

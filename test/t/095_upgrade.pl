@@ -1,0 +1,89 @@
+# ALTER EXTENSION monk UPDATE from 0.1 keeps every queued event.  With 0.2's
+# library loaded on a 0.1 schema, monk_send keeps queueing into 0.1's table
+# and the worker waits; the update runs while a transaction that queued
+# events is still open, moves the events (with their retry state) into the
+# log, and the API then receives each exactly once.  An updated schema is the
+# same as a fresh install's.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MonkApi;
+use MonkTest;
+
+my $api = MonkApi->new(api_key => 'test_key');
+my $node = monk_node(api => $api, version => '0.1',
+	conf => { 'monk.batch_size' => 50, 'monk.flush_interval' => '10ms' });
+my @all;
+
+sub psql { return $node->safe_psql('postgres', $_[0]) }
+
+is(psql(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), '0.1', 'monk 0.1 is installed');
+psql(q{SELECT monk_send('call', 'cus_1', jsonb_build_object('n', i), idempotency_key => 'before_' || i) FROM generate_series(1, 300) i});
+push @all, map { "before_$_" } 1 .. 300;
+is(psql(q{SELECT count(*) FROM monk.outbox}), '300', "monk_send queues into 0.1's outbox");
+psql(q{UPDATE monk.outbox SET attempts = 3, last_status = 503, last_error = 'HTTP 503' WHERE id <= 10});
+$node->wait_for_log(qr/nothing is sent until ALTER EXTENSION monk UPDATE/);
+is($api->stats->{events_received}, 0, 'the worker waits for the update');
+
+# a transaction that queued events is open when the update starts: the update waits for it
+my $open = $node->background_psql('postgres');
+$open->query_safe(q{BEGIN; SELECT monk_send('call', 'cus_1', idempotency_key => 'during_' || i) FROM generate_series(1, 50) i});
+my $update = $node->background_psql('postgres');
+$update->query_until(qr/updating/, "\\echo updating\nALTER EXTENSION monk UPDATE;\n");
+ok(wait_until('the update to wait for the open transaction', 30, sub {
+			psql(q{SELECT count(*) FROM pg_locks WHERE NOT granted}) > 0 }),
+	'the update waits for the transaction that queued events');
+$open->query_safe('COMMIT');
+$open->quit;
+$update->query_safe('SELECT 1');
+$update->quit;
+push @all, map { "during_$_" } 1 .. 50;
+is(psql(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), '0.2', 'the extension is at 0.2');
+is(psql(q{SELECT count(*) FROM monk.outbox WHERE id <= 10 AND attempts = 3 AND last_status = 503}), '10',
+	'retry state is kept');
+
+psql(q{SELECT monk_send('call', 'cus_1', idempotency_key => 'after_' || i) FROM generate_series(1, 100) i});
+push @all, map { "after_$_" } 1 .. 100;
+ok(wait_outbox_empty($node, undef, 60), 'every event queued before, during and after the update is sent');
+api_holds_exactly($api, \@all, 'the API holds each exactly once');
+is($api->_call('GET', '/_test/events')->{events}{before_7}{event}{properties}{n}, 7, 'as it was queued');
+my $receipts = $api->events;
+is(scalar(grep { $receipts->{$_}{receipts} > 1 } keys %$receipts), 0, 'none was sent twice');
+
+# the updated schema is a fresh install's
+my $describe = q{
+SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+  SELECT format('%s %s %s', c.relname, c.relkind,
+         (SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull
+                            || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ',' ORDER BY a.attnum)
+            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
+    FROM pg_class c WHERE c.relnamespace = 'monk'::regnamespace
+  UNION ALL SELECT 'acl ' || c.relname || ' ' || coalesce(c.relacl::text, '')
+    FROM pg_class c WHERE c.relnamespace = 'monk'::regnamespace
+  UNION ALL SELECT pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = 'monk'::regnamespace
+  UNION ALL SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid)
+    FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = 'monk'::regnamespace
+  UNION ALL SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE c.relnamespace = 'monk'::regnamespace AND NOT t.tgisinternal
+  UNION ALL SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || ' '
+                   || coalesce(p.proacl::text, '') || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
+                   || ' ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
+    FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+   WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'monk')
+  UNION ALL SELECT 'config ' || u.t::regclass::text || ' ' || u.c
+    FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS u(t, c) WHERE e.extname = 'monk'
+  UNION ALL SELECT 'members ' || count(*)
+    FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'monk') AND deptype = 'e'
+) s(x)};
+psql('CREATE DATABASE fresh');
+$node->safe_psql('fresh', 'CREATE EXTENSION monk');
+is(psql($describe), $node->safe_psql('fresh', $describe), 'an updated schema is the same as a fresh install');
+
+$node->stop;
+$api->stop;
+done_testing();
