@@ -1,5 +1,6 @@
--- Idempotency keys: <prefix><outbox id> unless the caller gives one; fixed
--- when the event is queued.
+-- Idempotency keys: <prefix>outbox_<outbox id> unless the caller gives one
+-- (never an exported row's default key, <prefix><id>); fixed when the event
+-- is queued.
 ALTER SEQUENCE monk.outbox_id_seq RESTART WITH 1000;
 SELECT monk_send('api_call', 'cus_1') AS key;
 SELECT monk_send('api_call', 'cus_1') AS key;
@@ -20,6 +21,6 @@ SELECT id, idempotency_key, event::json->>'idempotencyKey' AS sent_key
 BEGIN;
 SELECT monk_send('api_call', 'cus_1') AS key;
 ROLLBACK;
-SELECT count(*) FROM monk.outbox WHERE idempotency_key = 'sync_1006';
+SELECT count(*) FROM monk.outbox WHERE idempotency_key = 'sync_outbox_1006';
 SELECT monk_send('api_call', 'cus_1') AS key;
 DELETE FROM monk.outbox;

@@ -215,8 +215,8 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 }
 
 /* Is the timestamp representable in ISO 8601 (years 1 to 9999)? */
-static bool
-TimestampInIsoRange(TimestampTz ts)
+bool
+MonkTimestampInIsoRange(TimestampTz ts)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
@@ -265,7 +265,7 @@ MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 
 	if (ev->has_timestamp)
 	{
-		if (!TimestampInIsoRange(ev->timestamp))
+		if (!MonkTimestampInIsoRange(ev->timestamp))
 			return Fail(err, F_TIMESTAMP, psprintf("%s is out of range", n_ts),
 						pstrdup("Timestamps must be finite and between the years 1 and 9999."),
 						NULL);

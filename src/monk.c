@@ -12,6 +12,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "ddl.h"
 #include "settings.h"
 #include "shmem.h"
 #include "worker.h"
@@ -30,4 +31,5 @@ _PG_init(void)
 
 	MonkShmemInit();
 	MonkWorkersRegister();
+	MonkDdlInit();
 }

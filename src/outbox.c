@@ -197,7 +197,7 @@ CurrentSegment(void)
 {
 	MonkWorkerSlot *slot = MonkSlotForDatabase(MyDatabaseId);
 	Relation	rel;
-	TableScanDesc scan;
+	SysScanDesc scan;
 	HeapTuple	tuple;
 	int			segment = 0;
 
@@ -209,8 +209,8 @@ CurrentSegment(void)
 			return (int) published;
 	}
 	rel = table_open(state_relid, AccessShareLock);
-	scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
-	if ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	scan = systable_beginscan(rel, InvalidOid, false, GetActiveSnapshot(), 0, NULL);
+	if ((tuple = systable_getnext(scan)) != NULL)
 	{
 		bool		isnull;
 		Datum		d = heap_getattr(tuple, 4, RelationGetDescr(rel), &isnull);
@@ -218,7 +218,7 @@ CurrentSegment(void)
 		if (!isnull)
 			segment = DatumGetInt16(d);
 	}
-	table_endscan(scan);
+	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	if (segment < 0 || segment >= MONK_SEGMENTS)
 		segment = 0;

@@ -12,6 +12,12 @@
 /* Segments of the log: monk.log_0 .. monk.log_3. */
 #define MONK_SEGMENTS 4
 
+/*
+ * What an outbox key assigned by default has between the prefix and the id,
+ * so that it never equals an exported row's default key (prefix and id).
+ */
+#define MONK_OUTBOX_KEY_INFIX "outbox_"
+
 /* The backends' side: queueing in the caller's transaction. */
 extern int64 OutboxNextId(void);
 extern void OutboxInsert(int64 id, const char *key, const char *event, int event_len,

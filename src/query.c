@@ -181,6 +181,20 @@ AddParam(StringInfo url, const char *name, const char *value)
 	}
 }
 
+/*
+ * A time sent to the API must be finite and within ISO 8601's years 1 to
+ * 9999 (infinity is refused here, not by the rendering).
+ */
+static void
+CheckApiTime(const char *name, bool given, TimestampTz ts)
+{
+	if (given && !MonkTimestampInIsoRange(ts))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("%s must be a finite time between the years 1 and 9999", name),
+				 errhint("Pass NULL for no bound.")));
+}
+
 static char *
 IsoString(TimestampTz ts)
 {
@@ -355,6 +369,8 @@ monk_list_events(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	st.outcxt = CurrentMemoryContext;
+	CheckApiTime("start", !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2));
+	CheckApiTime("\"end\"", !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3));
 	if (!PG_ARGISNULL(2) && !PG_ARGISNULL(3) && PG_GETARG_TIMESTAMPTZ(3) < PG_GETARG_TIMESTAMPTZ(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -446,6 +462,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	Datum		args[1] = {Int64GetDatum(PG_INT64_MIN)};
 	TimestampTz now = GetCurrentTimestamp();
 
+	CheckApiTime("since", has_since, since);
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
 	query = MonkSourceQuery(source, 0, positions);
 	if (has_since && positions[COL_TIMESTAMP] == 0)

@@ -84,8 +84,10 @@ ValidateEvent(MonkEvent *ev, TimestampTz now)
 
 /*
  * Queue a validated event in the outbox in the caller's transaction and
- * return its idempotency key.  The key is the caller's, or the prefix
- * followed by the event's outbox id; it never changes afterwards.
+ * return its idempotency key.  The key is the caller's, or the prefix,
+ * "outbox_" and the event's outbox id (sync_outbox_42): never the key of an
+ * exported row, which is the prefix and the row's id (sync_42).  It never
+ * changes afterwards.
  */
 static text *
 QueueEvent(MonkEvent *ev, TimestampTz now)
@@ -100,7 +102,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 	OutboxCheckCapacity();
 	id = OutboxNextId();
 	key = ev->idempotency_key ? ev->idempotency_key
-		: psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
+		: psprintf("%s" MONK_OUTBOX_KEY_INFIX INT64_FORMAT, monk_idempotency_prefix, id);
 
 	initStringInfo(&json);
 	MonkEventRender(&json, ev, key);

@@ -317,6 +317,26 @@ SetLastError(MonkSender *sender, MonkHttpRequest *req)
 		MonkSlotSetError(sender->slot, sender->last_error);
 }
 
+/*
+ * Record a request's outcome in the circuit breaker, and say in the server
+ * log when the circuit opens or closes.
+ */
+static void
+RecordOutcome(MonkSender *sender, bool success, TimestampTz now)
+{
+	int			before = sender->circuit.state;
+
+	MonkCircuitRecord(&sender->circuit, success, now);
+	if (sender->circuit.state == MONK_CIRCUIT_OPEN && before != MONK_CIRCUIT_OPEN)
+		ereport(LOG,
+				(errmsg("monk: the circuit breaker opened after %d consecutive failed requests; no request is sent for %d ms",
+						sender->circuit.consecutive_failures, monk_circuit_open_time),
+				 errdetail("Last error: %s", sender->last_error)));
+	else if (sender->circuit.state == MONK_CIRCUIT_CLOSED && before != MONK_CIRCUIT_CLOSED)
+		ereport(LOG,
+				(errmsg("monk: the circuit breaker closed: the Events API answered again")));
+}
+
 /* Apply the delivery policy to one completed request. */
 static void
 Complete(MonkSender *sender, MonkBatch *batch)
@@ -337,7 +357,7 @@ Complete(MonkSender *sender, MonkBatch *batch)
 	switch (MonkClassify(req->status))
 	{
 		case MONK_OUTCOME_ACCEPTED:
-			MonkCircuitRecord(&sender->circuit, true, now);
+			RecordOutcome(sender, true, now);
 			Count(sender, MONK_EVENTS_SENT, batch->count);
 			if (sender->slot)
 				MonkSlotSetSuccess(sender->slot);
@@ -347,8 +367,8 @@ Complete(MonkSender *sender, MonkBatch *batch)
 
 		case MONK_OUTCOME_SPLIT:
 			/* the API answered: it is healthy, the data is not */
-			MonkCircuitRecord(&sender->circuit, true, now);
 			SetLastError(sender, req);
+			RecordOutcome(sender, true, now);
 			if (batch->count == 1)
 			{
 				Count(sender, MONK_EVENTS_FAILED, 1);
@@ -385,8 +405,8 @@ Complete(MonkSender *sender, MonkBatch *batch)
 			break;
 
 		case MONK_OUTCOME_RETRY:
-			MonkCircuitRecord(&sender->circuit, false, now);
 			SetLastError(sender, req);
+			RecordOutcome(sender, false, now);
 			Count(sender, MONK_EVENTS_RETRIED, batch->count);
 			if (req->retry_after_ms >= 0)
 				sender->rate_limited_until =

@@ -79,7 +79,8 @@ $api->clear_faults;
 $api->reset;
 $node->safe_psql('billing', q{SET monk.idempotency_prefix = 'billing_'; SELECT monk_send('b', 'cus_1') FROM generate_series(1, 5)});
 ok(wait_outbox_empty($node, 'billing'), 'the second database drains');
-is(join(',', sort @{ $api->keys }), 'billing_1,billing_2,billing_3,billing_4,billing_5', 'its events arrived');
+is(join(',', sort @{ $api->keys }), 'billing_outbox_1,billing_outbox_2,billing_outbox_3,billing_outbox_4,billing_outbox_5',
+	'its events arrived');
 
 # monk.status counts what was done
 my $status = $node->safe_psql('postgres', q{SELECT events_sent > 0, requests_2xx > 0, last_success_at IS NOT NULL, outbox_depth, circuit FROM monk.status});

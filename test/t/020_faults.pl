@@ -71,6 +71,10 @@ like(status('last_error'), qr/^HTTP 500/, 'with the last error');
 $api->clear_faults;
 ok(wait_outbox_empty($node), 'after the API recovers, the events go through');
 ok(wait_until('the circuit to close', 10, sub { status('circuit') eq 'closed' }), 'the circuit closes');
+ok($node->log_contains(qr/monk: the circuit breaker opened after 3 consecutive failed requests; no request is sent for 1000 ms/),
+	'the server log says when the circuit opened');
+ok($node->log_contains(qr/monk: the circuit breaker closed: the Events API answered again/),
+	'and when it closed');
 api_holds_exactly($api, \@all, 'exactly the committed events');
 
 # a batch with one bad event: only it is dead-lettered, with the API's answer

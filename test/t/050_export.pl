@@ -76,6 +76,14 @@ is_deeply($ev, { eventName => 'api_call', externalCustomerId => 'cus_2', idempot
 		timestamp => '2026-03-15T10:30:00Z', properties => { region => 'eu', model => 'gpt-4' } },
 	'an exported event has the guide\'s shape');
 
+# the outbox's default keys never collide with the export's: outbox event 2 is not sync_2
+$node->safe_psql('postgres', q{ALTER SEQUENCE monk.outbox_id_seq RESTART WITH 2});
+is($node->safe_psql('postgres', q{SELECT monk_send('api_call', 'cus_3')}), 'sync_outbox_2',
+	"an event queued with a default key gets the outbox's own key");
+ok(wait_outbox_empty($node), 'and is sent');
+is($api->events->{sync_2}{event}{externalCustomerId}, 'cus_2', 'the exported row 2 is still counted as itself');
+is($api->events->{sync_outbox_2}{event}{externalCustomerId}, 'cus_3', 'beside outbox event 2');
+
 # a re-run sends nothing
 my $requests = $api->stats->{requests};
 is(export_row(q{'billing_export'}), '0|0|0|100000', 'a re-run sends nothing');
@@ -189,12 +197,16 @@ SKIP:
 	$node->safe_psql('postgres', q{
 CREATE EXTENSION pg_cron;
 INSERT INTO billing_events (external_customer_id, event_type) SELECT 'cus_2', 'cron' FROM generate_series(1, 20);
-SELECT cron.schedule('monk-sync', '* * * * *', $$SELECT * FROM monk_batch_export('billing_export')$$);
 });
+	# every 2 seconds where pg_cron has seconds (1.5 and later), else every minute
+	my ($rc) = $node->psql('postgres', q{SELECT cron.schedule('monk-sync', '2 seconds', $$SELECT * FROM monk_batch_export('billing_export')$$)});
+	$node->safe_psql('postgres', q{SELECT cron.schedule('monk-sync', '* * * * *', $$SELECT * FROM monk_batch_export('billing_export')$$)})
+	  if $rc != 0;
 	ok(wait_until('pg_cron to run the export', 90, sub {
 			$node->safe_psql('postgres', q{SELECT last_id FROM monk.sync_state WHERE cursor_name = 'public.billing_export'}) eq '100030' }),
 		'pg_cron ran the scheduled export and the cursor advanced');
-	is($node->safe_psql('postgres', q{SELECT status FROM cron.job_run_details ORDER BY runid DESC LIMIT 1}), 'succeeded', 'the job succeeded');
+	is($node->safe_psql('postgres', q{SELECT bool_or(status = 'succeeded'), bool_and(status <> 'failed') FROM cron.job_run_details}),
+		't|t', 'the job succeeded');
 }
 
 $node->stop;
