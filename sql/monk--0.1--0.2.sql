@@ -40,14 +40,22 @@ CREATE TABLE monk.log_2 PARTITION OF monk.log FOR VALUES IN (2);
 CREATE TABLE monk.log_3 PARTITION OF monk.log FOR VALUES IN (3);
 CREATE INDEX log_txid_id ON monk.log (txid, id);
 
--- The worker's progress: every event whose transaction is visible in the
--- snapshot (frontier_xmax, frontier_xip) is settled; frontier_xmin is the
--- smallest unsettled transaction id.  cur_segment receives new events.
+-- The worker's progress, the frontier: every event whose transaction is
+-- visible in the snapshot (frontier_xmax, frontier_xip) is settled
+-- (frontier_xmin is the smallest transaction id in progress in it); so is,
+-- while the worker is inside the window that ends at the snapshot
+-- (window_xmax, window_xip), every event visible there up to
+-- (window_txid, window_id) in (txid, id) order.  cur_segment receives new
+-- events.
 CREATE TABLE monk.queue_state (
     frontier_xmin   bigint      NOT NULL DEFAULT 0,
     frontier_xmax   bigint      NOT NULL DEFAULT 0,
     frontier_xip    bigint[]    NOT NULL DEFAULT '{}',
     cur_segment     smallint    NOT NULL DEFAULT 0,
+    window_xmax     bigint,
+    window_xip      bigint[],
+    window_txid     bigint,
+    window_id       bigint,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO monk.queue_state DEFAULT VALUES;
@@ -87,9 +95,10 @@ CREATE TABLE monk.sent_batch (
 CREATE INDEX sent_batch_max_txid ON monk.sent_batch (max_txid);
 CREATE INDEX sent_batch_segment ON monk.sent_batch (segment);
 
--- The queued events: not yet settled (neither behind the frontier, nor in
--- a batch the API accepted, nor dead-lettered).  Deleting from it discards
--- events that the worker has not read yet.
+-- The queued events: not yet settled (neither behind the frontier nor
+-- dead-lettered; an event accepted past the frontier is listed until the
+-- frontier passes it, a moment later).  Deleting from it discards events
+-- that the worker has not read yet.
 CREATE VIEW monk.outbox AS
     SELECT l.id, l.idempotency_key, l.event, l.queued_at,
            coalesce(a.attempts, 0) AS attempts, a.next_attempt_at, a.last_status, a.last_error,
@@ -97,10 +106,10 @@ CREATE VIEW monk.outbox AS
       FROM (SELECT * FROM monk.log WHERE txid >= (SELECT frontier_xmax FROM monk.queue_state)
             UNION ALL
             SELECT * FROM monk.log WHERE txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])) l
+      CROSS JOIN monk.queue_state q
       LEFT JOIN monk.outbox_attempts a ON a.id = l.id
-     WHERE NOT EXISTS (SELECT FROM monk.sent_batch b CROSS JOIN LATERAL ROWS FROM (unnest(b.txids), unnest(b.ids)) AS s(txid, id)
-                        WHERE b.max_txid >= (SELECT frontier_xmax FROM monk.queue_state)
-                          AND s.txid = l.txid AND s.id = l.id)
+     WHERE NOT (q.window_xmax IS NOT NULL AND l.txid < q.window_xmax AND l.txid <> ALL (q.window_xip)
+                AND (l.txid, l.id) <= (q.window_txid, q.window_id))
        AND NOT EXISTS (SELECT FROM monk.dead_letter d WHERE d.source = 'outbox' AND d.source_id = l.id);
 COMMENT ON VIEW monk.outbox IS 'usage events queued by monk_send and not yet accepted by the Events API (nor dead-lettered)';
 

@@ -89,67 +89,76 @@ static const char *const legacy_columns[] = {
 };
 #define LEGACY_NATTS lengthof(legacy_columns)
 
-/* Cached OIDs, forgotten on any relcache invalidation that may concern them. */
-static Oid	outbox_seqid = InvalidOid;
-static Oid	segment_relid[MONK_SEGMENTS];
-static Oid	state_relid = InvalidOid;
-static Oid	legacy_relid = InvalidOid;	/* 0.1's monk.outbox table */
+/*
+ * Cached OIDs of the outbox's relations.  An invalidation only marks them
+ * stale: they are looked up again, all together, by the next OutboxLookup,
+ * so that an invalidation processed in the middle of a lookup or of an
+ * insert (a segment truncated by the worker sends one) never leaves a
+ * half-cleared cache behind.
+ */
+typedef struct OutboxRelations
+{
+	Oid			seqid;
+	Oid			segment[MONK_SEGMENTS];
+	Oid			state;
+	Oid			legacy;			/* 0.1's monk.outbox table */
+} OutboxRelations;
+
+static OutboxRelations rels;
+static bool rels_valid = false;
 static bool inval_registered = false;
 
 static void
 OutboxInvalidate(Datum arg, Oid relid)
 {
-	outbox_seqid = InvalidOid;
-	state_relid = InvalidOid;
-	legacy_relid = InvalidOid;
-	for (int i = 0; i < MONK_SEGMENTS; i++)
-		segment_relid[i] = InvalidOid;
+	rels_valid = false;
 }
 
 /*
- * Look up (once) the sequence, the segments and the state of the outbox, or
- * 0.1's table.  Raises when the extension is not installed here.
+ * Look up (when stale) the sequence, the segments and the state of the
+ * outbox, or 0.1's table.  Raises when the extension is not installed here.
  */
 static void
 OutboxLookup(void)
 {
+	OutboxRelations found;
 	Oid			nsp;
 
-	if (OidIsValid(outbox_seqid))
+	if (rels_valid)
 		return;
 	if (!inval_registered)
 	{
 		CacheRegisterRelcacheCallback(OutboxInvalidate, (Datum) 0);
 		inval_registered = true;
 	}
+	memset(&found, 0, sizeof(found));
 	nsp = get_namespace_oid("monk", true);
 	if (OidIsValid(nsp))
 	{
-		state_relid = get_relname_relid("queue_state", nsp);
+		found.state = get_relname_relid("queue_state", nsp);
 		for (int i = 0; i < MONK_SEGMENTS; i++)
 		{
 			char		name[NAMEDATALEN];
 
 			snprintf(name, sizeof(name), "log_%d", i);
-			segment_relid[i] = get_relname_relid(name, nsp);
+			found.segment[i] = get_relname_relid(name, nsp);
 		}
-		if (!OidIsValid(state_relid))
+		if (!OidIsValid(found.state))
 		{
-			legacy_relid = get_relname_relid("outbox", nsp);
-			if (OidIsValid(legacy_relid) && get_rel_relkind(legacy_relid) != RELKIND_RELATION)
-				legacy_relid = InvalidOid;
+			found.legacy = get_relname_relid("outbox", nsp);
+			if (OidIsValid(found.legacy) && get_rel_relkind(found.legacy) != RELKIND_RELATION)
+				found.legacy = InvalidOid;
 		}
-		outbox_seqid = get_relname_relid("outbox_id_seq", nsp);
+		found.seqid = get_relname_relid("outbox_id_seq", nsp);
 	}
-	if (!OidIsValid(outbox_seqid) || (!OidIsValid(state_relid) && !OidIsValid(legacy_relid)))
-	{
-		outbox_seqid = InvalidOid;
+	if (!OidIsValid(found.seqid) || (!OidIsValid(found.state) && !OidIsValid(found.legacy)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the monk outbox does not exist in database \"%s\"",
 						get_database_name(MyDatabaseId)),
 				 errhint("Run CREATE EXTENSION monk in this database.")));
-	}
+	rels = found;
+	rels_valid = true;
 }
 
 /* Check that a relation still has the columns this code writes. */
@@ -184,7 +193,7 @@ OutboxNextId(void)
 				 errhint("Events are queued on the primary server.") : 0));
 
 	OutboxLookup();
-	return nextval_internal(outbox_seqid, false);
+	return nextval_internal(rels.seqid, false);
 }
 
 /*
@@ -208,7 +217,7 @@ CurrentSegment(void)
 		if (published < MONK_SEGMENTS)
 			return (int) published;
 	}
-	rel = table_open(state_relid, AccessShareLock);
+	rel = table_open(rels.state, AccessShareLock);
 	scan = systable_beginscan(rel, InvalidOid, false, GetActiveSnapshot(), 0, NULL);
 	if ((tuple = systable_getnext(scan)) != NULL)
 	{
@@ -268,7 +277,7 @@ InsertTuple(Relation rel, HeapTuple tuple)
 static void
 LegacyInsert(int64 id, Datum key, Datum event, TimestampTz queued_at)
 {
-	Relation	rel = table_open(legacy_relid, RowExclusiveLock);
+	Relation	rel = table_open(rels.legacy, RowExclusiveLock);
 	Datum		values[LEGACY_NATTS];
 	bool		nulls[LEGACY_NATTS] = {false, false, false, false, false, true, true, true};
 	HeapTuple	tuple;
@@ -302,9 +311,10 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 	Relation	rel;
 	HeapTuple	tuple;
 	int			segment;
+	Oid			relid;
 
 	OutboxLookup();
-	if (OidIsValid(legacy_relid))
+	if (OidIsValid(rels.legacy))
 	{
 		LegacyInsert(id, keyd, eventd, queued_at);
 		return;
@@ -314,12 +324,13 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 	txid = GetTopFullTransactionId();
 	pg_memory_barrier();
 	segment = CurrentSegment();
-	if (!OidIsValid(segment_relid[segment]))
+	relid = rels.segment[segment];
+	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("segment monk.log_%d of the outbox does not exist", segment),
 				 errhint("Recreate the extension.")));
-	rel = table_open(segment_relid[segment], RowExclusiveLock);
+	rel = table_open(relid, RowExclusiveLock);
 	CheckShape(rel, log_columns, LOG_NATTS);
 
 	values[LOG_SEGMENT] = Int16GetDatum(segment);
@@ -357,14 +368,16 @@ OutboxCheckCapacity(void)
 		depth = MonkSlotDepth(slot);
 	if (depth < 0)
 	{
+		OutboxRelations r = rels;
+
 		depth = 0;
 		for (int i = 0; i < MONK_SEGMENTS; i++)
 		{
-			Oid			relid = OidIsValid(legacy_relid) ? legacy_relid : segment_relid[i];
+			Oid			relid = OidIsValid(r.legacy) ? r.legacy : r.segment[i];
 			PgStat_StatTabEntry *stats = OidIsValid(relid) ? pgstat_fetch_stat_tabentry(relid) : NULL;
 
 			depth += stats ? MonkStatLiveTuples(stats) : 0;
-			if (OidIsValid(legacy_relid))
+			if (OidIsValid(r.legacy))
 				break;
 		}
 	}
@@ -647,7 +660,8 @@ OutboxLoadState(OutboxState *state, MemoryContext cxt)
 
 	Prepare(&plan_state,
 			"SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
-			"       s.segment, s.rotated_at, s.settled_at, s.truncated_at"
+			"       s.segment, s.rotated_at, s.settled_at, s.truncated_at,"
+			"       q.window_xmax, q.window_xip, q.window_txid, q.window_id"
 			"  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
 			0, NULL);
 	Execute(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
@@ -672,6 +686,18 @@ OutboxLoadState(OutboxState *state, MemoryContext cxt)
 			qsort(state->frontier.xip, state->frontier.nxip, sizeof(uint64), CompareU64);
 			state->cur_segment = DatumGetInt16(SPI_getbinval(t, d, 4, &isnull));
 			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(t, d, 5, &isnull)), &state->ctid);
+			v = SPI_getbinval(t, d, 10, &isnull);
+			state->in_window = !isnull;
+			state->window.xip = NULL;
+			if (state->in_window)
+			{
+				state->window.xmax = (uint64) DatumGetInt64(v);
+				state->window.xip = Int8ArrayValues(SPI_getbinval(t, d, 11, &isnull), &state->window.nxip);
+				qsort(state->window.xip, state->window.nxip, sizeof(uint64), CompareU64);
+				state->window.xmin = state->window.nxip > 0 ? state->window.xip[0] : state->window.xmax;
+				state->pos_txid = (uint64) DatumGetInt64(SPI_getbinval(t, d, 12, &isnull));
+				state->pos_id = DatumGetInt64(SPI_getbinval(t, d, 13, &isnull));
+			}
 		}
 		v = SPI_getbinval(t, d, 7, &isnull);
 		seg->rotated_at = isnull ? 0 : DatumGetTimestampTz(v);
@@ -694,21 +720,33 @@ OutboxLoadState(OutboxState *state, MemoryContext cxt)
 void
 OutboxSaveState(OutboxState *state)
 {
-	Oid			types[5] = {TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID};
-	Datum		values[5];
+	Oid			types[9] = {TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID,
+							INT8OID, INT8ARRAYOID, INT8OID, INT8OID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 
 	Prepare(&plan_save,
 			"UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
-			"       cur_segment = $5, updated_at = pg_catalog.now()"
+			"       cur_segment = $5, window_xmax = $6, window_xip = $7, window_txid = $8, window_id = $9,"
+			"       updated_at = pg_catalog.now()"
 			" WHERE ctid = $1 RETURNING ctid",
-			5, types);
+			9, types);
 	values[0] = PointerGetDatum(&state->ctid);
 	values[1] = Int64GetDatum((int64) state->frontier.xmin);
 	values[2] = Int64GetDatum((int64) state->frontier.xmax);
 	values[3] = Int8Array((const int64 *) state->frontier.xip, state->frontier.nxip);
 	values[4] = Int16GetDatum((int16) state->cur_segment);
-	Execute(plan_save, values, NULL, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+	if (state->in_window)
+	{
+		values[5] = Int64GetDatum((int64) state->window.xmax);
+		values[6] = Int8Array((const int64 *) state->window.xip, state->window.nxip);
+		values[7] = Int64GetDatum((int64) state->pos_txid);
+		values[8] = Int64GetDatum(state->pos_id);
+	}
+	else
+		nulls[5] = nulls[6] = nulls[7] = nulls[8] = 'n';
+	Execute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	if (SPI_processed != 1)
 	{
 		/* the row moved (it was updated by hand): find it once */
@@ -724,7 +762,7 @@ OutboxSaveState(OutboxState *state)
 						&state->ctid);
 		SPI_freetuptable(SPI_tuptable);
 		values[0] = PointerGetDatum(&state->ctid);
-		Execute(plan_save, values, NULL, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+		Execute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	}
 	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
 																SPI_tuptable->tupdesc, 1, &isnull)),
@@ -785,7 +823,7 @@ OutboxTryTruncate(OutboxState *state, int segment, int retention_s)
 
 	Assert(segment != state->cur_segment);
 	OutboxLookup();
-	if (!ConditionalLockRelationOid(segment_relid[segment], AccessExclusiveLock))
+	if (!ConditionalLockRelationOid(rels.segment[segment], AccessExclusiveLock))
 		return false;
 
 	/* under the lock nothing can be added: is everything in it settled? */

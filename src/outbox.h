@@ -59,6 +59,10 @@ typedef struct OutboxSegment
 typedef struct OutboxState
 {
 	OutboxSnapshot frontier;	/* every event visible in it is settled */
+	bool		in_window;		/* and so are, among the events visible in */
+	OutboxSnapshot window;		/* window but not in frontier, those up to */
+	uint64		pos_txid;		/* (pos_txid, pos_id) */
+	int64		pos_id;
 	int			cur_segment;
 	ItemPointerData ctid;		/* where monk.queue_state's row was last seen */
 	OutboxSegment segments[MONK_SEGMENTS];

@@ -59,14 +59,32 @@
 /* The frontier is saved at most this often while requests are in flight. */
 #define SAVE_STATE_MS 200
 
-/* A window of the log, read or being read. */
-typedef struct Tick
+/*
+ * A window of the log: the events that became visible between two snapshots
+ * of ours, read in (txid, id) order, in slices.
+ */
+typedef struct Window
 {
-	OutboxSnapshot snap;		/* the window's end */
+	OutboxSnapshot prev;		/* its start: the end of the previous window */
+	OutboxSnapshot snap;		/* its end */
+	int			nslices;		/* slices of it not yet behind the frontier */
+	bool		read_whole;		/* every event of it has been read */
+} Window;
+
+/*
+ * One read of a window (a tick): the frontier moves past it once every event
+ * read in it is settled (and past the window with its last slice).
+ */
+typedef struct Slice
+{
+	Window	   *window;
 	int64		unsettled;		/* events read in it and not settled */
-	bool		complete;		/* every event of the window has been read */
+	bool		has_end;		/* it read events: end_* is the last one */
+	uint64		end_txid;
+	int64		end_id;
+	bool		ends_window;	/* the window was read whole with it */
 	dlist_node	node;
-} Tick;
+} Slice;
 
 /* The versions in memory of the keys with one hash. */
 typedef struct KeyEntry
@@ -80,7 +98,7 @@ typedef struct KeyEntry
 typedef struct Queued
 {
 	OutboxRow	row;			/* key and event point into this item's own copies */
-	Tick	   *tick;
+	Slice	   *slice;
 	KeyEntry   *entry;
 	bool		parked;			/* its batch was parked once */
 	dlist_node	node;			/* in the worker's pending list */
@@ -108,14 +126,15 @@ typedef struct MonkWorker
 	bool		ready;			/* the log's state is loaded */
 
 	/* reading */
-	OutboxSnapshot prev;		/* the end of the last window read whole */
-	Tick	   *window;			/* the window being read, or NULL */
-	uint64	   *late;			/* prev's in-progress transactions finished by its end */
+	Window	   *window;			/* the window being read, or NULL */
+	Slice	   *slice;			/* the slice being read */
+	uint64	   *late;			/* the window's late transactions (finished since its start) */
 	int			nlate;
 	int			late_pos;		/* the late transaction being read; nlate: the range */
-	uint64		pos_txid;		/* the last event read in this window */
+	uint64		pos_txid;		/* where the read goes on from */
 	int64		pos_id;
-	dlist_head	ticks;			/* oldest first */
+	dlist_head	slices;			/* oldest first */
+	OutboxSnapshot next_prev;	/* the start of the next window */
 	bool		need_read;
 	uint64		read_base;		/* committed count before the last read */
 
@@ -241,22 +260,53 @@ CopySnapshot(OutboxSnapshot *dst, const OutboxSnapshot *src, MemoryContext cxt)
  */
 
 /*
- * Move the frontier past every leading tick that is read whole and settled.
+ * Move the frontier past every leading slice whose events are all settled:
+ * to the slice's last event inside its window, or past the window with its
+ * last slice.
  */
 static void
 AdvanceFrontier(MonkWorker *w)
 {
-	while (!dlist_is_empty(&w->ticks))
-	{
-		Tick	   *t = dlist_head_element(Tick, node, &w->ticks);
+	OutboxState *st = &w->state;
 
-		if (!t->complete || t->unsettled > 0)
+	while (!dlist_is_empty(&w->slices))
+	{
+		Slice	   *sl = dlist_head_element(Slice, node, &w->slices);
+		Window	   *win = sl->window;
+
+		if (sl->unsettled > 0 || sl == w->slice)
 			break;
-		pfree(w->state.frontier.xip);
-		w->state.frontier = t->snap;
-		dlist_delete(&t->node);
-		pfree(t);
-		w->state_dirty = true;
+		if (sl->ends_window)
+		{
+			pfree(st->frontier.xip);
+			CopySnapshot(&st->frontier, &win->snap, w->cxt);
+			st->in_window = false;
+			w->state_dirty = true;
+		}
+		else if (sl->has_end)
+		{
+			if (!st->in_window)
+			{
+				CopySnapshot(&st->window, &win->snap, w->cxt);
+				st->in_window = true;
+			}
+			st->pos_txid = sl->end_txid;
+			st->pos_id = sl->end_id;
+			w->state_dirty = true;
+		}
+		dlist_delete(&sl->node);
+		pfree(sl);
+		if (--win->nslices == 0 && win->read_whole)
+		{
+			pfree(win->prev.xip);
+			pfree(win->snap.xip);
+			pfree(win);
+		}
+	}
+	if (!st->in_window && st->window.xip)
+	{
+		pfree(st->window.xip);
+		st->window.xip = NULL;
 	}
 }
 
@@ -275,7 +325,7 @@ SettleItem(MonkWorker *w, Queued *item, bool was_sent)
 		w->unpark = Grow(w->cxt, w->unpark, sizeof(int64), &w->unpark_cap, w->nunpark + 1);
 		w->unpark[w->nunpark++] = item->row.id;
 	}
-	item->tick->unsettled--;
+	item->slice->unsettled--;
 	pg_atomic_fetch_add_u64(&w->slot->settled, 1);
 	pfree(item);
 }
@@ -329,6 +379,9 @@ AddRow(void *arg, const OutboxRow *row)
 
 	w->pos_txid = row->txid;
 	w->pos_id = row->id;
+	w->slice->has_end = true;
+	w->slice->end_txid = row->txid;
+	w->slice->end_id = row->id;
 	if (AcceptedBefore(w, row))
 	{
 		pfree(item);
@@ -342,9 +395,9 @@ AddRow(void *arg, const OutboxRow *row)
 	item->row = *row;
 	item->row.key = key;
 	item->row.event = event;
-	item->tick = w->window;
+	item->slice = w->slice;
 	item->parked = false;
-	w->window->unsettled++;
+	w->slice->unsettled++;
 	if (row->segment == w->state.cur_segment)
 		w->seen_in_cur = true;
 
@@ -384,43 +437,68 @@ AddRow(void *arg, const OutboxRow *row)
 }
 
 /*
- * Start a window: a snapshot of our own is its end; the transactions that
- * were in progress at the previous end and have finished since are read
- * first, one by one, then the range of newer transaction ids.
+ * Open a window ending at snap (a snapshot of our own, or the one the
+ * frontier was in at start), starting where the previous one ended: the
+ * transactions that were in progress at its start and have finished by its
+ * end are read first, one by one (late commits), then the range of newer
+ * transaction ids; both in (txid, id) order.
  */
 static void
-StartWindow(MonkWorker *w)
+OpenWindow(MonkWorker *w, const OutboxSnapshot *snap)
 {
-	Tick	   *t = MemoryContextAllocZero(w->cxt, sizeof(Tick));
+	Window	   *win = MemoryContextAllocZero(w->cxt, sizeof(Window));
 
-	OutboxTakeSnapshot(&t->snap, w->cxt);
+	CopySnapshot(&win->prev, &w->next_prev, w->cxt);
+	CopySnapshot(&win->snap, snap, w->cxt);
 	if (w->late)
 		pfree(w->late);
-	w->late = MemoryContextAlloc(w->cxt, sizeof(uint64) * Max(w->prev.nxip, 1));
+	w->late = MemoryContextAlloc(w->cxt, sizeof(uint64) * Max(win->prev.nxip, 1));
 	w->nlate = 0;
-	for (int i = 0; i < w->prev.nxip; i++)
+	for (int i = 0; i < win->prev.nxip; i++)
 	{
-		if (OutboxSnapshotSees(&t->snap, w->prev.xip[i]))
-			w->late[w->nlate++] = w->prev.xip[i];
+		if (OutboxSnapshotSees(&win->snap, win->prev.xip[i]))
+			w->late[w->nlate++] = win->prev.xip[i];
 	}
 	w->late_pos = 0;
 	w->pos_txid = 0;
 	w->pos_id = 0;
-	w->window = t;
-	dlist_push_tail(&w->ticks, &t->node);
+	w->window = win;
 }
 
-/* The window has been read whole: it becomes the start of the next. */
+/*
+ * Go on reading the window the frontier was in when the worker stopped, from
+ * its last settled event.
+ */
+static void
+ResumeWindow(MonkWorker *w)
+{
+	OutboxState *st = &w->state;
+
+	OpenWindow(w, &st->window);
+	if (st->pos_txid >= w->window->prev.xmax)
+	{
+		w->late_pos = w->nlate;
+		w->pos_txid = st->pos_txid;
+		w->pos_id = st->pos_id;
+		return;
+	}
+	while (w->late_pos < w->nlate && w->late[w->late_pos] < st->pos_txid)
+		w->late_pos++;
+	if (w->late_pos < w->nlate && w->late[w->late_pos] == st->pos_txid)
+		w->pos_id = st->pos_id;
+}
+
+/* The window has been read whole: its end is the start of the next. */
 static void
 EndWindow(MonkWorker *w)
 {
-	Tick	   *t = w->window;
+	Window	   *win = w->window;
 
-	t->complete = true;
-	pfree(w->prev.xip);
-	CopySnapshot(&w->prev, &t->snap, w->cxt);
+	win->read_whole = true;
+	w->slice->ends_window = true;
+	pfree(w->next_prev.xip);
+	CopySnapshot(&w->next_prev, &win->snap, w->cxt);
 	w->window = NULL;
-	AdvanceFrontier(w);
 	/* every event accepted before a restart was in the first window */
 	if (w->accepted)
 	{
@@ -430,8 +508,8 @@ EndWindow(MonkWorker *w)
 }
 
 /*
- * Read up to "want" events into pending.  Returns true when that many were
- * read (more may be waiting).
+ * Read up to "want" events into pending, as one slice.  Returns true when
+ * that many were read (more may be waiting).
  */
 static bool
 ReadEvents(MonkWorker *w, int want)
@@ -441,7 +519,16 @@ ReadEvents(MonkWorker *w, int want)
 	w->read_base = pg_atomic_read_u64(&w->slot->committed);
 	OutboxBegin("monk: reading queued events");
 	if (w->window == NULL)
-		StartWindow(w);
+	{
+		OutboxSnapshot snap;
+
+		OutboxTakeSnapshot(&snap, CurrentMemoryContext);
+		OpenWindow(w, &snap);
+	}
+	w->slice = MemoryContextAllocZero(w->cxt, sizeof(Slice));
+	w->slice->window = w->window;
+	w->window->nslices++;
+	dlist_push_tail(&w->slices, &w->slice->node);
 	while (want > 0 && w->window != NULL)
 	{
 		int			got;
@@ -457,7 +544,7 @@ ReadEvents(MonkWorker *w, int want)
 		}
 		else
 		{
-			got = OutboxReadRange(w->prev.xmax, w->window->snap.xmax, w->pos_txid, w->pos_id,
+			got = OutboxReadRange(w->window->prev.xmax, w->window->snap.xmax, w->pos_txid, w->pos_id,
 								  w->window->snap.xip, w->window->snap.nxip, want, AddRow, w);
 			if (got < want)
 				EndWindow(w);
@@ -465,6 +552,8 @@ ReadEvents(MonkWorker *w, int want)
 		want -= got;
 	}
 	OutboxCommit();
+	w->slice = NULL;
+	AdvanceFrontier(w);
 	return want == 0 && asked > 0;
 }
 
@@ -546,7 +635,13 @@ OnAccepted(void *arg, MonkBatch *batch)
 {
 	MonkWorker *w = arg;
 
-	/* one row per segment the batch's events are in */
+	/*
+	 * With monk.retention, keep what was sent for monk.sent: one row per
+	 * segment the batch's events are in.  (After a restart, events accepted
+	 * past the frontier are sent again in their order, so the newest version
+	 * of each key still arrives last; these rows spare sending them again.)
+	 */
+	if (monk_retention > 0)
 	{
 		for (int seg = 0; seg < MONK_SEGMENTS; seg++)
 		{
@@ -787,7 +882,9 @@ PrepareLog(MonkWorker *w)
 	unsettled = OutboxCountUnsettled(&w->state.frontier);
 	OutboxCommit();
 
-	CopySnapshot(&w->prev, &w->state.frontier, w->cxt);
+	CopySnapshot(&w->next_prev, &w->state.frontier, w->cxt);
+	if (w->state.in_window)
+		ResumeWindow(w);
 	w->slot->depth_base = unsettled - (int64) committed;
 	pg_write_barrier();
 	w->slot->depth_known = true;
@@ -995,7 +1092,7 @@ MonkWorkerMain(Datum arg)
 	ctl.entrysize = sizeof(KeyEntry);
 	ctl.hcxt = w.cxt;
 	w.keys = hash_create("monk keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	dlist_init(&w.ticks);
+	dlist_init(&w.slices);
 	dlist_init(&w.pending);
 	dlist_init(&w.chunks);
 	dlist_init(&w.sent);

@@ -63,6 +63,7 @@ for ((i = 0; i <= SECS / 10; i++)); do
 	[ $((i % 6)) -eq 0 ] && note "t=$((i * 10)) s: worker CPU $(div "${C[i]}" "$hz") s, events sent ${S[i]}"
 done
 last=$((SECS / 10))
+grep -q "aborted" "$BENCH_TMP/pgbench.log" && { cat "$BENCH_TMP/pgbench.log" >&2; die "pgbench clients aborted: the load did not hold"; }
 READS=$(reads)
 DEPTH=$(outbox_depth)
 SENT_TOTAL=${S[last]}
