@@ -148,8 +148,11 @@ cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 mount_root "$root"
 
 echo "matrix: PostgreSQL $major on Debian $suite${experimental:+ + $experimental}: bash test/run-tests.sh"
+# in the background and waited for, so that a signal is acted on at once (bash runs traps only between
+# commands, and "wait" is one)
 chroot "$root" /usr/bin/env -i \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
 	${CI:+CI="$CI"} ${MONK_SANITIZE:+MONK_SANITIZE="$MONK_SANITIZE"} ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} \
 	PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config" \
-	bash -c 'cd /root/monk && bash test/run-tests.sh'
+	bash -c 'cd /root/monk && bash test/run-tests.sh' &
+wait $!

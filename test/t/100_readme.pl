@@ -15,11 +15,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use File::Basename qw(dirname);
 use MonkApi;
 use MonkTest;
 
 my $has_cron = has_library('pg_cron');
-my $readme = slurp_file("$ENV{TESTDIR}/README.md");
+my $readme = slurp_file(dirname(__FILE__) . '/../../README.md');
 my @lines = split /\n/, $readme;
 my @blocks;
 for (my $i = 0; $i < @lines; $i++)
