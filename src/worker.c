@@ -20,13 +20,14 @@
  * batch never carries two versions of a key and an older version can never
  * arrive after a newer one.
  *
- * Each window is a tick; a tick is settled when every event read in it is
- * (accepted, dead-lettered or replaced).  The frontier -- the snapshot of the
- * last tick before the first unsettled one -- is kept in monk.queue_state:
- * after a crash everything past it is read and sent again, in the same order
- * and with the same keys, so the API still ends with the newest version of
- * each key.  Segments whose events are all settled are truncated, and the
- * current segment moves on every few seconds.
+ * Each read is a slice; a slice is settled when every event read in it is
+ * (accepted, dead-lettered or replaced).  The frontier -- the end of the
+ * last slice before the first unsettled one: a window's start snapshot and a
+ * (txid, id) inside it -- is kept in monk.queue_state: after a crash the
+ * worker reads on from there, sending everything past it again, in the same
+ * order and with the same keys, so the API still ends with the newest
+ * version of each key.  Segments whose events are all settled are
+ * truncated, and the current segment moves on every few seconds.
  */
 #include "postgres.h"
 
@@ -255,7 +256,7 @@ CopySnapshot(OutboxSnapshot *dst, const OutboxSnapshot *src, MemoryContext cxt)
 }
 
 /* ------------------------------------------------------------------------
- * Ticks and the frontier
+ * Slices and the frontier
  * ------------------------------------------------------------------------
  */
 
