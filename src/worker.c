@@ -142,7 +142,6 @@ typedef struct MonkWorker
 	/* waiting and sending */
 	HTAB	   *keys;			/* KeyEntry by hash of the key */
 	dlist_head	pending;		/* items read, not yet in a chunk */
-	int			npending;
 	dlist_head	chunks;			/* submitted, not yet settled */
 	int			nchunks;
 
@@ -411,7 +410,6 @@ AddRow(void *arg, const OutboxRow *row)
 	item->entry = entry;
 
 	dlist_push_tail(&w->pending, &item->node);
-	w->npending++;
 
 	/* a waiting older version of the same key need not be sent at all */
 	dlist_init(&replaced);
@@ -423,7 +421,6 @@ AddRow(void *arg, const OutboxRow *row)
 		{
 			dlist_delete(&old->enode);
 			dlist_delete(&old->node);
-			w->npending--;
 			dlist_push_tail(&replaced, &old->enode);
 		}
 	}
@@ -612,7 +609,6 @@ SubmitPending(MonkWorker *w)
 			continue;
 		dlist_delete(&item->node);
 		dlist_delete(&item->enode);
-		w->npending--;
 		item->entry->busy++;
 		MonkChunkAdd(chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
 		MonkChunkSetItem(chunk, item);
