@@ -8,7 +8,8 @@
  * hint naming the two ways out (let the worker send them, or discard them
  * explicitly).  CREATE EXTENSION monk in a database that no worker exports
  * succeeds with a WARNING naming monk.databases, since its events would wait
- * forever.
+ * forever.  CREATE TRIGGER ... EXECUTE FUNCTION monk_capture(...) has its form
+ * and arguments checked (capture.c) before it commits.
  */
 #include "postgres.h"
 
@@ -29,6 +30,7 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
+#include "capture.h"
 #include "ddl.h"
 #include "settings.h"
 
@@ -167,6 +169,8 @@ MonkProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 
 	if (IsA(parsetree, CreateExtensionStmt))
 		WarnIfNotExported((CreateExtensionStmt *) parsetree);
+	else if (IsA(parsetree, CreateTrigStmt))
+		MonkCaptureCheckCreate((CreateTrigStmt *) parsetree);
 }
 
 /* Install the hook (from _PG_init, when preloaded). */

@@ -137,8 +137,8 @@ MonkJsonbTypeName(enum jbvType type, JsonbContainer *container)
  * parsers keep exactly.  Anything else (2^64, 30 significant digits) would
  * be billed as another number, so it is refused rather than sent.
  */
-static bool
-NumberFitsApi(Numeric num)
+bool
+MonkNumericFitsApi(Numeric num)
 {
 	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
 	char		shortest[DOUBLE_SHORTEST_DECIMAL_LEN + 1];
@@ -196,7 +196,7 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 						psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
 								 MonkJsonbTypeName(v.type, v.val.binary.data)),
 						"Flatten the value into separate properties, or send it as a string.");
-		else if (tok == WJB_VALUE && v.type == jbvNumeric && !NumberFitsApi(v.val.numeric))
+		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric))
 		{
 			char	   *num = DatumGetCString(DirectFunctionCall1(numeric_out,
 																  NumericGetDatum(v.val.numeric)));
@@ -242,6 +242,15 @@ MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 	const char *n_cust = api ? F_CUSTOMER_ID : "customer_id";
 	const char *n_key = api ? F_KEY : "idempotency_key";
 	const char *n_ts = ev->naming == MONK_NAMES_ARGS ? "event_time" : F_TIMESTAMP;
+
+	if (ev->names)
+	{
+		n_name = ev->names->event_name;
+		n_ext = ev->names->external_customer_id;
+		n_cust = ev->names->customer_id;
+		n_key = ev->names->idempotency_key;
+		n_ts = ev->names->timestamp;
+	}
 
 	if (ev->event_name == NULL)
 		return Fail(err, F_EVENT_NAME, psprintf("%s is required", n_name), NULL,
@@ -543,14 +552,25 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 	return true;
 }
 
-/* Append a timestamp as ISO 8601 in UTC: 2026-03-06T14:30:00Z, or with .ffffff. */
+/*
+ * Append a timestamp as ISO 8601 in UTC: 2026-03-06T14:30:00Z, or with
+ * .ffffff.  The last one written is kept: the events of one statement or
+ * transaction often share it.
+ */
 void
 MonkRenderTimestamp(StringInfo buf, TimestampTz ts)
 {
+	static TimestampTz last = DT_NOBEGIN;
+	static char last_text[40];
 	struct pg_tm tm;
 	fsec_t		fsec;
 	char		frac[8];
 
+	if (ts == last)
+	{
+		appendStringInfoString(buf, last_text);
+		return;
+	}
 	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
 		elog(ERROR, "timestamp out of range");
 
@@ -564,9 +584,10 @@ MonkRenderTimestamp(StringInfo buf, TimestampTz ts)
 		while (frac[len - 1] == '0')
 			frac[--len] = '\0';
 	}
-	appendStringInfo(buf, "%04d-%02d-%02dT%02d:%02d:%02d%sZ",
-					 tm.tm_year, tm.tm_mon, tm.tm_mday,
-					 tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	snprintf(last_text, sizeof(last_text), "%04d-%02d-%02dT%02d:%02d:%02d%sZ",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	last = ts;
+	appendStringInfoString(buf, last_text);
 }
 
 /* Append the properties object, without the keys whose value is null. */
@@ -654,7 +675,12 @@ MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key)
 		appendStringInfoString(buf, ",\"" F_KEY "\":");
 		MonkEscapeJson(buf, key, strlen(key));
 	}
-	if (ev->properties)
+	if (ev->properties_json)
+	{
+		appendStringInfoString(buf, ",\"" F_PROPERTIES "\":");
+		appendStringInfoString(buf, ev->properties_json);
+	}
+	else if (ev->properties)
 	{
 		appendStringInfoString(buf, ",\"" F_PROPERTIES "\":");
 		RenderProperties(buf, ev->properties);

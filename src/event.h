@@ -8,10 +8,24 @@
 
 #include "lib/stringinfo.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "compat.h"
+
+/*
+ * How error messages name an event's fields when the caller knows better
+ * than MonkNaming (monk_capture names the columns they come from).
+ */
+typedef struct MonkFieldNames
+{
+	const char *event_name;
+	const char *external_customer_id;
+	const char *customer_id;
+	const char *timestamp;
+	const char *idempotency_key;
+} MonkFieldNames;
 
 /* A usage event as given by a caller; NULL pointers are absent fields. */
 typedef struct MonkEvent
@@ -24,6 +38,9 @@ typedef struct MonkEvent
 	TimestampTz timestamp;
 	const char *idempotency_key;
 	int			naming;			/* how errors name the fields: MonkNaming */
+	const MonkFieldNames *names;	/* or, when set, these names */
+	const char *properties_json;	/* properties already checked and rendered
+									 * as a JSON object (instead of properties) */
 } MonkEvent;
 
 /* How error messages name an event's fields. */
@@ -50,6 +67,7 @@ extern bool MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError 
 extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
 pg_noreturn extern void MonkEventRaise(const MonkEventError *err);
 extern bool MonkTimestampInIsoRange(TimestampTz ts);
+extern bool MonkNumericFitsApi(Numeric num);
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);

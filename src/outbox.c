@@ -234,115 +234,247 @@ CurrentSegment(void)
 	return segment;
 }
 
-/* Insert a tuple into a relation's heap and its (plain column) indexes. */
-static void
-InsertTuple(Relation rel, HeapTuple tuple)
-{
-	List	   *indexes;
-	ListCell   *lc;
-	TupleTableSlot *slot = NULL;
+/* How many events, or bytes of them, a bulk appender buffers at most. */
+#define APPEND_BUFFER_TUPLES 1000
+#define APPEND_BUFFER_BYTES (64 * 1024)
 
-	simple_heap_insert(rel, tuple);
-	indexes = RelationGetIndexList(rel);
-	foreach(lc, indexes)
+/*
+ * Events being appended by one caller: the segment (or 0.1's table) and its
+ * indexes opened once, for one event (monk_send) or a statement's worth of
+ * them (monk_capture at statement level).
+ */
+struct OutboxAppender
+{
+	Relation	rel;
+	bool		legacy;			/* 0.1's monk.outbox table */
+	int			segment;
+	uint64		txid;
+	int			nindexes;
+	Relation   *indexes;
+	IndexInfo **infos;
+	TupleTableSlot *slot;		/* a single event's tuple */
+	/* many events: tuples buffered, written by heap_multi_insert */
+	BulkInsertState bistate;
+	MemoryContext cxt;			/* the buffered tuples */
+	StringInfoData key;			/* the text datums of the event being appended */
+	StringInfoData event;
+	TupleTableSlot *buffered[APPEND_BUFFER_TUPLES];
+	int			nbuffered;
+	Size		buffered_bytes;
+};
+
+/* Open the indexes of the appender's relation, checking they are plain. */
+static void
+OpenIndexes(OutboxAppender *ap)
+{
+	List	   *list = RelationGetIndexList(ap->rel);
+	ListCell   *lc;
+	int			i = 0;
+
+	ap->nindexes = list_length(list);
+	ap->indexes = palloc(sizeof(Relation) * Max(ap->nindexes, 1));
+	ap->infos = palloc(sizeof(IndexInfo *) * Max(ap->nindexes, 1));
+	foreach(lc, list)
 	{
 		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
 		IndexInfo  *info = BuildIndexInfo(index);
-		Datum		ivalues[INDEX_MAX_KEYS];
-		bool		inulls[INDEX_MAX_KEYS];
 
 		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL || !info->ii_ReadyForInserts)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("index \"%s\" on monk.%s is not supported",
-							RelationGetRelationName(index), RelationGetRelationName(rel)),
+							RelationGetRelationName(index), RelationGetRelationName(ap->rel)),
 					 errhint("Indexes on monk's outbox must be plain column indexes; drop this one.")));
-		if (slot == NULL)
-		{
-			slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
-			ExecStoreHeapTuple(tuple, slot, false);
-		}
-		FormIndexDatum(info, slot, NULL, ivalues, inulls);
-		index_insert(index, ivalues, inulls, &tuple->t_self, rel,
-					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
-		index_close(index, NoLock);
+		ap->indexes[i] = index;
+		ap->infos[i++] = info;
 	}
-	if (slot)
-		ExecDropSingleTupleTableSlot(slot);
-	list_free(indexes);
-}
-
-/* 0.1's schema: insert into its monk.outbox table. */
-static void
-LegacyInsert(int64 id, Datum key, Datum event, TimestampTz queued_at)
-{
-	Relation	rel = table_open(rels.legacy, RowExclusiveLock);
-	Datum		values[LEGACY_NATTS];
-	bool		nulls[LEGACY_NATTS] = {false, false, false, false, false, true, true, true};
-	HeapTuple	tuple;
-
-	CheckShape(rel, legacy_columns, LEGACY_NATTS);
-	values[0] = Int64GetDatum(id);
-	values[1] = key;
-	values[2] = event;
-	values[3] = TimestampTzGetDatum(queued_at);
-	values[4] = Int32GetDatum(0);
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	InsertTuple(rel, tuple);
-	heap_freetuple(tuple);
-	table_close(rel, NoLock);
+	list_free(list);
+	ap->slot = MakeSingleTupleTableSlot(RelationGetDescr(ap->rel), &TTSOpsHeapTuple);
 }
 
 /*
- * Append one event to the outbox in the current transaction.  The caller
- * has validated and rendered it.  The segment's lock is held until the
- * transaction ends, so that the segment cannot be truncated under it.
+ * Start appending events in the current transaction.  The segment's lock is
+ * held until the transaction ends, so that the segment cannot be truncated
+ * under the events.  "bulk": many events will follow (a bulk-insert buffer
+ * strategy is used).
  */
+OutboxAppender *
+OutboxAppendBegin(bool bulk)
+{
+	OutboxAppender *ap = palloc0(sizeof(OutboxAppender));
+	Oid			relid;
+
+	OutboxLookup();
+	ap->legacy = OidIsValid(rels.legacy);
+	if (ap->legacy)
+		relid = rels.legacy;
+	else
+	{
+		/* the transaction id first: a segment read after it is the current one */
+		ap->txid = U64FromFullTransactionId(GetTopFullTransactionId());
+		pg_memory_barrier();
+		ap->segment = CurrentSegment();
+		relid = rels.segment[ap->segment];
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("segment monk.log_%d of the outbox does not exist", ap->segment),
+					 errhint("Recreate the extension.")));
+	}
+	initStringInfo(&ap->key);
+	initStringInfo(&ap->event);
+	ap->rel = table_open(relid, RowExclusiveLock);
+	if (ap->legacy)
+		CheckShape(ap->rel, legacy_columns, LEGACY_NATTS);
+	else
+		CheckShape(ap->rel, log_columns, LOG_NATTS);
+	OpenIndexes(ap);
+	if (bulk)
+	{
+		ap->bistate = GetBulkInsertState();
+		ap->cxt = AllocSetContextCreate(CurrentMemoryContext, "monk outbox appender",
+										ALLOCSET_DEFAULT_SIZES);
+		for (int i = 0; i < APPEND_BUFFER_TUPLES; i++)
+			ap->buffered[i] = MakeSingleTupleTableSlot(RelationGetDescr(ap->rel), &TTSOpsHeapTuple);
+	}
+	return ap;
+}
+
+/* Insert the index entries of a tuple stored in slot, written at slot->tts_tid. */
+static void
+InsertIndexEntries(OutboxAppender *ap, TupleTableSlot *slot)
+{
+	for (int i = 0; i < ap->nindexes; i++)
+	{
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		Relation	index = ap->indexes[i];
+
+		FormIndexDatum(ap->infos[i], slot, NULL, ivalues, inulls);
+		index_insert(index, ivalues, inulls, &slot->tts_tid, ap->rel,
+					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, ap->infos[i]);
+	}
+}
+
+/* Write the buffered tuples: one heap_multi_insert, then their index entries. */
+static void
+FlushBuffered(OutboxAppender *ap)
+{
+	if (ap->nbuffered == 0)
+		return;
+	heap_multi_insert(ap->rel, ap->buffered, ap->nbuffered, GetCurrentCommandId(true), 0, ap->bistate);
+	for (int i = 0; i < ap->nbuffered; i++)
+	{
+		InsertIndexEntries(ap, ap->buffered[i]);
+		ExecClearTuple(ap->buffered[i]);
+	}
+	ap->nbuffered = 0;
+	ap->buffered_bytes = 0;
+	MemoryContextReset(ap->cxt);
+}
+
+/* Insert a tuple into the appender's heap and its indexes (or buffer it). */
+static void
+InsertTuple(OutboxAppender *ap, HeapTuple tuple)
+{
+	if (ap->bistate)
+	{
+		ExecStoreHeapTuple(tuple, ap->buffered[ap->nbuffered++], true);
+		ap->buffered_bytes += tuple->t_len;
+		if (ap->nbuffered == APPEND_BUFFER_TUPLES || ap->buffered_bytes >= APPEND_BUFFER_BYTES)
+			FlushBuffered(ap);
+		return;
+	}
+	simple_heap_insert(ap->rel, tuple);
+	ExecStoreHeapTuple(tuple, ap->slot, false);
+	ap->slot->tts_tid = tuple->t_self;
+	InsertIndexEntries(ap, ap->slot);
+	ExecClearTuple(ap->slot);
+	heap_freetuple(tuple);
+}
+
+/* A text datum of s in buf, whose memory is reused from event to event. */
+static Datum
+TextDatum(StringInfo buf, const char *s, int len)
+{
+	resetStringInfo(buf);
+	enlargeStringInfo(buf, VARHDRSZ + len);
+	SET_VARSIZE(buf->data, VARHDRSZ + len);
+	memcpy(VARDATA(buf->data), s, len);
+	return PointerGetDatum(buf->data);
+}
+
+/* Append one event, validated and rendered by the caller. */
+void
+OutboxAppend(OutboxAppender *ap, int64 id, const char *key, int key_len,
+			 const char *event, int event_len, TimestampTz queued_at)
+{
+	Datum		values[Max(LOG_NATTS, LEGACY_NATTS)];
+	bool		nulls[Max(LOG_NATTS, LEGACY_NATTS)];
+	Datum		keyd = TextDatum(&ap->key, key, key_len);
+	Datum		eventd = TextDatum(&ap->event, event, event_len);
+	MemoryContext outer = CurrentMemoryContext;
+	HeapTuple	tuple;
+
+	memset(nulls, false, sizeof(nulls));
+	if (ap->legacy)
+	{
+		values[0] = Int64GetDatum(id);
+		values[1] = keyd;
+		values[2] = eventd;
+		values[3] = TimestampTzGetDatum(queued_at);
+		values[4] = Int32GetDatum(0);
+		nulls[5] = nulls[6] = nulls[7] = true;
+	}
+	else
+	{
+		values[LOG_SEGMENT] = Int16GetDatum(ap->segment);
+		values[LOG_TXID] = Int64GetDatum((int64) ap->txid);
+		values[LOG_ID] = Int64GetDatum(id);
+		values[LOG_KEY] = keyd;
+		values[LOG_EVENT] = eventd;
+		values[LOG_QUEUED_AT] = TimestampTzGetDatum(queued_at);
+	}
+	if (ap->cxt)
+		MemoryContextSwitchTo(ap->cxt);
+	tuple = heap_form_tuple(RelationGetDescr(ap->rel), values, nulls);
+	MemoryContextSwitchTo(outer);
+	InsertTuple(ap, tuple);
+}
+
+/* Close what OutboxAppendBegin opened (the locks stay until the end of the transaction). */
+void
+OutboxAppendEnd(OutboxAppender *ap)
+{
+	if (ap->bistate)
+	{
+		FlushBuffered(ap);
+		for (int i = 0; i < APPEND_BUFFER_TUPLES; i++)
+			ExecDropSingleTupleTableSlot(ap->buffered[i]);
+		FreeBulkInsertState(ap->bistate);
+		MemoryContextDelete(ap->cxt);
+	}
+	ExecDropSingleTupleTableSlot(ap->slot);
+	pfree(ap->key.data);
+	pfree(ap->event.data);
+	for (int i = 0; i < ap->nindexes; i++)
+		index_close(ap->indexes[i], NoLock);
+	table_close(ap->rel, NoLock);
+	pfree(ap->indexes);
+	pfree(ap->infos);
+	pfree(ap);
+}
+
+/* Append one event to the outbox in the current transaction. */
 void
 OutboxInsert(int64 id, const char *key, const char *event, int event_len,
 			 TimestampTz queued_at)
 {
-	Datum		keyd = CStringGetTextDatum(key);
-	Datum		eventd = PointerGetDatum(cstring_to_text_with_len(event, event_len));
-	Datum		values[LOG_NATTS];
-	bool		nulls[LOG_NATTS] = {false, false, false, false, false, false};
-	FullTransactionId txid;
-	Relation	rel;
-	HeapTuple	tuple;
-	int			segment;
-	Oid			relid;
+	OutboxAppender *ap = OutboxAppendBegin(false);
 
-	OutboxLookup();
-	if (OidIsValid(rels.legacy))
-	{
-		LegacyInsert(id, keyd, eventd, queued_at);
-		return;
-	}
-
-	/* the transaction id first: a segment read after it is the current one */
-	txid = GetTopFullTransactionId();
-	pg_memory_barrier();
-	segment = CurrentSegment();
-	relid = rels.segment[segment];
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("segment monk.log_%d of the outbox does not exist", segment),
-				 errhint("Recreate the extension.")));
-	rel = table_open(relid, RowExclusiveLock);
-	CheckShape(rel, log_columns, LOG_NATTS);
-
-	values[LOG_SEGMENT] = Int16GetDatum(segment);
-	values[LOG_TXID] = Int64GetDatum((int64) U64FromFullTransactionId(txid));
-	values[LOG_ID] = Int64GetDatum(id);
-	values[LOG_KEY] = keyd;
-	values[LOG_EVENT] = eventd;
-	values[LOG_QUEUED_AT] = TimestampTzGetDatum(queued_at);
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	InsertTuple(rel, tuple);
-	heap_freetuple(tuple);
-	table_close(rel, NoLock);
+	OutboxAppend(ap, id, key, strlen(key), event, event_len, queued_at);
+	OutboxAppendEnd(ap);
 }
 
 /*

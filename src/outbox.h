@@ -24,6 +24,13 @@ extern void OutboxInsert(int64 id, const char *key, const char *event, int event
 						 TimestampTz queued_at);
 extern void OutboxCheckCapacity(void);
 
+/* Several events at once: the segment and its indexes opened once. */
+typedef struct OutboxAppender OutboxAppender;
+extern OutboxAppender *OutboxAppendBegin(bool bulk);
+extern void OutboxAppend(OutboxAppender *ap, int64 id, const char *key, int key_len,
+						 const char *event, int event_len, TimestampTz queued_at);
+extern void OutboxAppendEnd(OutboxAppender *ap);
+
 /* A snapshot with full (64-bit) transaction ids; xip sorted. */
 typedef struct OutboxSnapshot
 {

@@ -5,8 +5,8 @@
 #   2. the local Monk Events API (test/monk_api.py) starts on a free port;
 #   3. a throwaway PostgreSQL cluster (PG_CONFIG's, test/pgconfig.sh) starts in a temporary directory with monk preloaded,
 #      pointed at that API;
-#   4. a table gets an AFTER INSERT trigger that calls monk_send(); rows are inserted in a
-#      committed transaction and in a rolled-back one;
+#   4. a table gets an AFTER INSERT trigger, monk_capture(...), that turns each row into an event;
+#      rows are inserted in a committed transaction and in a rolled-back one;
 #   5. the background worker drains the outbox; the script shows what the API received and
 #      checks that the rolled-back row's event never arrived.
 #
@@ -148,7 +148,7 @@ sql()
 }
 
 # ---------------------------------------------------------------------------------------------
-heading "CREATE EXTENSION, a table, and a trigger that queues one event per inserted row"
+heading "CREATE EXTENSION, a table, and a trigger (monk_capture) that queues one event per row"
 sql -q -e <<'SQL'
 CREATE EXTENSION monk;
 
@@ -160,17 +160,9 @@ CREATE TABLE api_calls (
     created_at timestamptz DEFAULT now()
 );
 
-CREATE FUNCTION api_calls_to_monk() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM monk_send('api_call', NEW.customer,
-                      jsonb_build_object('endpoint', NEW.endpoint, 'tokens', NEW.tokens),
-                      NEW.created_at, 'api_call_' || NEW.id);
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER api_calls_to_monk AFTER INSERT ON api_calls
-    FOR EACH ROW EXECUTE FUNCTION api_calls_to_monk();
+CREATE TRIGGER api_calls_monk AFTER INSERT OR UPDATE ON api_calls FOR EACH ROW
+    EXECUTE FUNCTION monk_capture('api_call', 'external_customer_id=customer',
+                                  'properties=endpoint,tokens', 'timestamp=created_at');
 SQL
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +176,7 @@ INSERT INTO api_calls (customer, endpoint, tokens) VALUES
 SELECT id, idempotency_key, event FROM monk.outbox_events ORDER BY id;
 COMMIT;
 SQL
-committed_keys=$(sql -qAt -c "SELECT string_agg('api_call_' || id, ' ' ORDER BY id) FROM api_calls")
+committed_keys=$(sql -qAt -c "SELECT string_agg('sync_public.api_calls:' || id || ':api_call', ' ' ORDER BY id) FROM api_calls")
 
 # ---------------------------------------------------------------------------------------------
 heading "Rolled-back transaction: one row, whose event must never be sent"
@@ -192,7 +184,7 @@ echo "BEGIN; INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_ini
 rolled_back_key=$(sql -qAt <<'SQL'
 BEGIN;
 INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_initech', '/v1/chat', 9999)
-    RETURNING 'api_call_' || id;
+    RETURNING 'sync_public.api_calls:' || id || ':api_call';
 ROLLBACK;
 SQL
 )

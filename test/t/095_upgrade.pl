@@ -1,9 +1,11 @@
-# ALTER EXTENSION monk UPDATE from 0.1 keeps every queued event.  With 0.2's
-# library loaded on a 0.1 schema, monk_send keeps queueing into 0.1's table
-# and the worker waits; the update runs while a transaction that queued
-# events is still open, moves the events (with their retry state) into the
-# log, and the API then receives each exactly once.  An updated schema is the
-# same as a fresh install's.
+# ALTER EXTENSION monk UPDATE from every released version keeps every queued
+# event.  From 0.1: with the new library loaded on a 0.1 schema, monk_send
+# keeps queueing into 0.1's table and the worker waits; the update runs while
+# a transaction that queued events is still open, moves the events (with
+# their retry state) into the log, and the API then receives each exactly
+# once.  From 0.2: events queued before the update (the worker parked on a
+# wrong key meanwhile) are sent once after it, and monk_capture works.  An
+# updated schema is the same as a fresh install's.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -40,7 +42,8 @@ $open->quit;
 $update->query_safe('SELECT 1');
 $update->quit;
 push @all, map { "during_$_" } 1 .. 50;
-is(psql(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), '0.2', 'the extension is at 0.2');
+my $default = psql(q{SELECT default_version FROM pg_available_extensions WHERE name = 'monk'});
+is(psql(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), $default, "the extension is at $default");
 is(psql(q{SELECT count(*) FROM monk.outbox WHERE id <= 10 AND attempts = 3 AND last_status = 503}), '10',
 	'retry state is kept');
 
@@ -83,6 +86,33 @@ SELECT string_agg(x, E'\n' ORDER BY x) FROM (
 psql('CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION monk');
 is(psql($describe), $node->safe_psql('fresh', $describe), 'an updated schema is the same as a fresh install');
+
+# --- from 0.2, with events queued that the worker cannot send yet (a wrong key parks it)
+psql('CREATE DATABASE from_0_2');
+set_monk_conf($node, 'monk.databases' => 'postgres,from_0_2', 'monk.api_key' => 'wrong_key');
+$node->restart;
+$node->safe_psql('from_0_2', q{CREATE EXTENSION monk VERSION '0.2'});
+$node->safe_psql('from_0_2',
+	q{SELECT monk_send('call', 'cus_1', idempotency_key => 'v02_' || i) FROM generate_series(1, 200) i});
+ok(wait_until('the worker to try the wrong key', 30, sub {
+			$node->safe_psql('from_0_2', q{SELECT coalesce(last_error, '') FROM monk.status}) ne '' }),
+	'the worker of the 0.2 database is refused');
+$node->safe_psql('from_0_2', 'ALTER EXTENSION monk UPDATE');
+is($node->safe_psql('from_0_2', q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), $default,
+	"0.2 updates to $default");
+is(outbox_count($node, 'from_0_2'), '200', 'with its 200 queued events');
+$node->safe_psql('from_0_2', q{
+CREATE TABLE captured (id int PRIMARY KEY, customer text NOT NULL);
+CREATE TRIGGER captured_monk AFTER INSERT ON captured FOR EACH ROW
+  EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer');
+INSERT INTO captured VALUES (1, 'cus_1');
+});
+set_monk_conf($node, 'monk.api_key' => 'test_key');
+ok(wait_outbox_empty($node, 'from_0_2', 60), 'they are sent once the key is right');
+api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'sync_public.captured:1:call' ],
+	'the API holds each event of both databases exactly once');
+is($node->safe_psql('from_0_2', $describe), $node->safe_psql('fresh', $describe),
+	'a schema updated from 0.2 is the same as a fresh install');
 
 $node->stop;
 $api->stop;

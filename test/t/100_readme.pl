@@ -1,6 +1,7 @@
 # The README's path, run as written: its configuration blocks make the
 # cluster's configuration, and its SQL examples (Installation, Getting
-# started, Scheduled export with pg_cron, Uninstalling) run in order, each in
+# started, Capturing a table, Scheduled export with pg_cron, Uninstalling)
+# run in order, each in
 # the database its marker names, against the local Monk API; then every event
 # they queued or exported has arrived, pg_cron runs the README's job in the
 # database it names, and the extension drops once the outbox is empty.  A
@@ -84,10 +85,16 @@ for my $b ((grep { !$_->{last} } @sql), (grep { $_->{last} } @sql))
 	is($rc, 0, "README line $b->{line} runs in database $b->{where}") or diag($err);
 }
 
-# what the examples queued (two rows inserted, four monk_send calls) and exported (two rows) arrived
+# what the examples captured (two rows, one corrected; a bulk insert), queued (four monk_send calls) and
+# exported (two rows) arrived
 my %have = map { $_ => 1 } @{ $api->keys };
-ok($have{$_}, "the API holds $_") for qw(api_call_1 api_call_2 backfill_42 sync_1 sync_2);
+ok($have{$_}, "the API holds $_")
+  for ('sync_public.api_calls:1:api_call', 'sync_public.api_calls:2:api_call', 'backfill_42', 'sync_1', 'sync_2');
+is($api->events->{'sync_public.api_calls:1:api_call'}{event}{properties}{tokens}, 120,
+	'the corrected row arrived in its newest version');
 is(scalar(grep { /^sync_outbox_/ } keys %have), 3, 'and the events queued with assigned keys');
+is(scalar(grep { /^sync_public\.bulk_calls:\d+:bulk_call$/ } keys %have), 1000,
+	'and every row of the statement-level capture');
 is($node->safe_psql('app', q{SELECT count(*) FROM pg_extension WHERE extname = 'monk'}), '0',
 	'the Uninstalling example dropped the extension once its outbox was empty');
 
