@@ -416,7 +416,7 @@ CheckFieldTypes(const CaptureMap *map)
 static void
 ResolvePrimaryKey(CaptureMap *map, Relation rel)
 {
-	Oid			pkindex = RelationGetPrimaryKeyIndex(rel);
+	Oid			pkindex = MonkPrimaryKeyIndex(rel);
 	HeapTuple	tuple;
 	Form_pg_index index;
 
@@ -866,14 +866,16 @@ AppendValue(StringInfo buf, const CaptureColumn *col, Datum value, MonkEventErro
 					 pstrdup("Timestamps must be finite and between the years 1 and 9999."), NULL);
 				return PROPERTY_REFUSED;
 			}
-			/* FALLTHROUGH */
+			break;
 		default:
-			initStringInfo(&str);
-			AppendText(&str, col, value);
-			MonkEscapeJson(buf, str.data, str.len);
-			pfree(str.data);
-			return PROPERTY_WRITTEN;
+			break;
 	}
+	/* a string: the value as text (timestamps in ISO 8601) */
+	initStringInfo(&str);
+	AppendText(&str, col, value);
+	MonkEscapeJson(buf, str.data, str.len);
+	pfree(str.data);
+	return PROPERTY_WRITTEN;
 }
 
 /* The properties object; NULL columns (and JSON nulls) are left out. */

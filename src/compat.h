@@ -49,4 +49,15 @@
 #define MonkCreateWaitEventSet(nevents) CreateWaitEventSet(NULL, (nevents))
 #endif
 
+/*
+ * 18's RelationGetPrimaryKeyIndex() returns a deferrable primary key only
+ * when asked to; monk_capture derives keys from any primary key, as 15 to 17
+ * return it.
+ */
+#if PG_VERSION_NUM < 180000
+#define MonkPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
+#else
+#define MonkPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex((rel), true)
+#endif
+
 #endif							/* MONK_COMPAT_H */
