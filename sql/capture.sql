@@ -117,7 +117,7 @@ SELECT * FROM queued();
 SELECT * FROM capture_try($$INSERT INTO orders VALUES ('n', 'n', 'cus_1', NULL)$$);
 \x off
 
--- a partitioned table: a row keeps its key in whichever partition it lands
+-- a partitioned table: keys name it, whether a row comes through it or into a partition
 CREATE TABLE metered (id int, region text, customer text, units int, PRIMARY KEY (id, region))
   PARTITION BY LIST (region);
 CREATE TABLE metered_eu PARTITION OF metered FOR VALUES IN ('eu');

@@ -22,7 +22,7 @@
  * one table, and never equals the default key of an exported row
  * (sync_<id>) or of monk_send (sync_outbox_<id>), which hold no ':'.  The
  * table is the partitioned table for the partitions a trigger was cloned
- * to, so that a row moving between partitions keeps its key.
+ * to, so that a row's key does not depend on the way it was inserted.
  *
  * An UPDATE is a correction: the row's event is queued again under the
  * same key (the log sends a key's versions in order, so the newest one is
@@ -503,8 +503,8 @@ BuildMap(Relation rel, Oid source, int nargs, char **args)
 
 /*
  * The table keys are named after: for a trigger cloned onto a partition,
- * the partitioned table at the top, so that a row moving between
- * partitions keeps its key.
+ * the partitioned table at the top, whether the row was inserted through it
+ * or into the partition.
  */
 static Oid
 SourceRelation(Relation rel, bool cloned)
