@@ -16,7 +16,7 @@ use Time::HiRes qw(sleep time);
 use MonkApi;
 
 our @EXPORT = qw(monk_cluster monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
-  committed_keys set_monk_conf monk_extra_conf billed_table has_library);
+  committed_keys set_monk_conf monk_extra_conf billed_table has_library queue_events monk_status);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
 # dynamic_library_path at a sanitizer build this way.
@@ -97,6 +97,26 @@ sub has_library
 	my $libdir = `pg_config --pkglibdir`;
 	chomp $libdir;
 	return -f "$libdir/$name.so";
+}
+
+# Queue $n events with monk_send in one transaction, keyed "${prefix}_1" ..
+# "${prefix}_$n" (options: event, customer, db); returns their keys.
+sub queue_events
+{
+	my ($node, $prefix, $n, %opts) = @_;
+	my $event = $opts{event} // 'api_call';
+	my $customer = $opts{customer} // 'cus_1';
+	$node->safe_psql($opts{db} // 'postgres',
+		"SELECT monk_send('$event', '$customer', idempotency_key => '${prefix}_' || i) FROM generate_series(1, $n) i");
+	return map { "${prefix}_$_" } 1 .. $n;
+}
+
+# A column of monk.status (of the only database, or of $db's row).
+sub monk_status
+{
+	my ($node, $column, $db) = @_;
+	return $node->safe_psql('postgres', "SELECT $column FROM monk.status"
+		  . (defined $db ? " WHERE database = '$db'" : ''));
 }
 
 # Change settings by ALTER SYSTEM and reload.

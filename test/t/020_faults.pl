@@ -19,15 +19,12 @@ my @all;    # every committed key so far
 sub send_events
 {
 	my ($prefix, $n, $customer) = @_;
-	$customer //= 'cus_ok';
-	$node->safe_psql('postgres',
-		"SELECT monk_send('api_call', '$customer', idempotency_key => '${prefix}_' || i) FROM generate_series(1, $n) i");
-	my @keys = map { "${prefix}_$_" } 1 .. $n;
+	my @keys = queue_events($node, $prefix, $n, customer => $customer // 'cus_ok');
 	push @all, @keys;
 	return @keys;
 }
 
-sub status { $node->safe_psql('postgres', "SELECT $_[0] FROM monk.status") }
+sub status { monk_status($node, $_[0]) }
 
 # transient failures: every kind, then success
 $api->faults({ retry_after => 0,

@@ -19,13 +19,7 @@ my $node = monk_node(api => $api, init => { allows_streaming => 1 },
 	});
 my @all;
 
-sub send_events
-{
-	my ($prefix, $n) = @_;
-	$node->safe_psql('postgres',
-		"SELECT monk_send('api_call', 'cus_1', idempotency_key => '${prefix}_' || i) FROM generate_series(1, $n) i");
-	push @all, map { "${prefix}_$_" } 1 .. $n;
-}
+sub send_events { push @all, queue_events($node, @_) }
 
 sub worker_pid
 {

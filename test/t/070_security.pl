@@ -17,14 +17,9 @@ my $node = monk_node(api => $api, api_key => 'sekret-conf-key',
 my @secrets = qw(sekret-conf-key sekret-file-key-1 sekret-file-key-2);
 my @all;
 
-sub send_events
-{
-	my ($prefix, $n) = @_;
-	$node->safe_psql('postgres', "SELECT monk_send('e', 'cus_1', idempotency_key => '${prefix}_' || i) FROM generate_series(1, $n) i");
-	push @all, map { "${prefix}_$_" } 1 .. $n;
-}
+sub send_events { push @all, queue_events($node, @_, event => 'e') }
 
-sub status { $node->safe_psql('postgres', "SELECT $_[0] FROM monk.status") }
+sub status { monk_status($node, $_[0]) }
 
 # the key from monk.api_key is refused (the API wants the file's key)
 send_events('before', 3);
