@@ -1,8 +1,9 @@
 # monk: PGXS build of the PostgreSQL extension that exports usage events to the Monk Events API.
 #
 #   make && make install                 build and install (as root)
-#   make installcheck                    pg_regress (own temporary instance, library preloaded) + TAP
-#   make installcheck REGRESS= ...       only the TAP tests, or PROVE_TESTS=test/t/010_x.pl for one
+#   make installcheck                    pg_regress and isolation specs (own temporary instances,
+#                                        library preloaded) + TAP
+#   make installcheck REGRESS= ISOLATION= ...  only the TAP tests, or PROVE_TESTS=test/t/010_x.pl for one
 #
 # Run installcheck as an unprivileged user: PostgreSQL refuses to run as root (see test/run-tests.sh).
 
@@ -11,7 +12,7 @@ EXTENSION = monk
 # install script and goes into the User-Agent
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/export.o src/query.o src/ddl.o src/capture.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/source.o src/export.o src/query.o src/ddl.o src/capture.o
 # every install and upgrade script (0.1's too: the upgrade test installs it)
 DATA = $(sort sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*.sql))
 PGFILEDESC = "monk - export usage events to the Monk Events API"
@@ -34,10 +35,14 @@ ENCODING = UTF8
 NO_LOCALE = 1
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
+# races, with isolationtester: specs in test/isolation/specs, outputs in test/isolation/expected
+ISOLATION = export_cursor outbox_visibility segment_lock
+ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation --temp-instance=./tmp_isolation --temp-config=$(srcdir)/test/regress.conf
+
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
-EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = tmp_regress tmp_isolation output_iso tmp_check results regression.diffs regression.out
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -78,6 +78,7 @@
 #include "outbox.h"
 #include "settings.h"
 #include "shmem.h"
+#include "source.h"
 
 PG_FUNCTION_INFO_V1(monk_capture);
 
@@ -186,6 +187,44 @@ IsScalarType(Oid type)
 		get_typtype(type) != TYPTYPE_PSEUDO;
 }
 
+/* How values of a (base) type are written. */
+static CaptureKind
+KindOf(Oid type)
+{
+	switch (type)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+			return KIND_TEXT;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return KIND_INT;
+		case FLOAT4OID:
+			return KIND_FLOAT4;
+		case FLOAT8OID:
+			return KIND_FLOAT8;
+		case NUMERICOID:
+			return KIND_NUMERIC;
+		case BOOLOID:
+			return KIND_BOOL;
+		case JSONBOID:
+			return KIND_JSONB;
+		case JSONOID:
+			return KIND_JSON;
+		case TIMESTAMPTZOID:
+			return KIND_TIMESTAMPTZ;
+		case TIMESTAMPOID:
+			return KIND_TIMESTAMP;
+		case DATEOID:
+			return KIND_DATE;
+		case UUIDOID:
+			return KIND_UUID;
+		default:
+			return KIND_OTHER;
+	}
+}
+
 /* Resolve a column by its exact name (42703 when there is none). */
 static void
 ResolveColumn(CaptureMap *map, TupleDesc desc, const char *name, const char *option,
@@ -232,51 +271,7 @@ ResolveColumn(CaptureMap *map, TupleDesc desc, const char *name, const char *opt
 				 errhint("Map a column of a scalar type, for example a generated column.")));
 	getTypeOutputInfo(col->type, &outfn, &varlena);
 	fmgr_info_cxt(outfn, &col->out, map->cxt);
-	switch (col->type)
-	{
-		case TEXTOID:
-		case VARCHAROID:
-			col->kind = KIND_TEXT;
-			break;
-		case INT2OID:
-		case INT4OID:
-		case INT8OID:
-			col->kind = KIND_INT;
-			break;
-		case FLOAT4OID:
-			col->kind = KIND_FLOAT4;
-			break;
-		case FLOAT8OID:
-			col->kind = KIND_FLOAT8;
-			break;
-		case NUMERICOID:
-			col->kind = KIND_NUMERIC;
-			break;
-		case BOOLOID:
-			col->kind = KIND_BOOL;
-			break;
-		case JSONBOID:
-			col->kind = KIND_JSONB;
-			break;
-		case JSONOID:
-			col->kind = KIND_JSON;
-			break;
-		case TIMESTAMPTZOID:
-			col->kind = KIND_TIMESTAMPTZ;
-			break;
-		case TIMESTAMPOID:
-			col->kind = KIND_TIMESTAMP;
-			break;
-		case DATEOID:
-			col->kind = KIND_DATE;
-			break;
-		case UUIDOID:
-			col->kind = KIND_UUID;
-			break;
-		default:
-			col->kind = KIND_OTHER;
-			break;
-	}
+	col->kind = KindOf(col->type);
 }
 
 /* A column mapped to one of the event's fields (each at most once). */
@@ -468,8 +463,7 @@ BuildMap(Relation rel, Oid source, int nargs, char **args)
 	map->relid = RelationGetRelid(rel);
 	map->source_relid = source;
 	map->relname = pstrdup(RelationGetRelationName(rel));
-	map->source = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)),
-											 get_rel_name(source));
+	map->source = MonkSourceName(source);
 	map->nargs = nargs;
 	map->args = palloc(sizeof(char *) * Max(nargs, 1));
 	for (int i = 0; i < nargs; i++)
@@ -1099,9 +1093,9 @@ RaiseKeyChanged(const CaptureMap *map, const char *old_key, const char *new_key)
 
 /* Queue one event: a fresh outbox id, the same wake-up as monk_send. */
 static void
-Queue(OutboxAppender *ap, const RowText *text, TimestampTz now)
+Queue(MonkOutboxAppender *ap, const RowText *text, TimestampTz now)
 {
-	OutboxAppend(ap, OutboxNextId(), text->key.data, text->key.len, text->json.data, text->json.len, now);
+	MonkOutboxAppend(ap, MonkOutboxNextId(), text->key.data, text->key.len, text->json.data, text->json.len, now);
 }
 
 /* FOR EACH ROW: the new row's event, unless an UPDATE left it as it was. */
@@ -1113,7 +1107,7 @@ CaptureRow(const CaptureMap *map, TriggerData *td)
 	TimestampTz now = GetCurrentTimestamp();
 	RowText		text;
 	MonkEventError err;
-	OutboxAppender *ap;
+	MonkOutboxAppender *ap;
 
 	InitRowText(&text);
 	if (!RowKey(map, row, &text.key, &err) || !RowEvent(map, row, &text, now, &err))
@@ -1132,10 +1126,10 @@ CaptureRow(const CaptureMap *map, TriggerData *td)
 				return;			/* nothing the event holds has changed */
 		}
 	}
-	OutboxCheckCapacity();
-	ap = OutboxAppendBegin(false);
+	MonkOutboxCheckCapacity();
+	ap = MonkOutboxAppendBegin(false);
 	Queue(ap, &text, now);
-	OutboxAppendEnd(ap);
+	MonkOutboxAppendEnd(ap);
 	MonkWakeWorkerAtCommit(1);
 }
 
@@ -1216,7 +1210,7 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 	TupleTableSlot *slot;
 	MemoryContext rowcxt;
 	HTAB	   *old;
-	OutboxAppender *ap;
+	MonkOutboxAppender *ap;
 	RowText		text;
 	int			queued = 0;
 
@@ -1225,8 +1219,8 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "monk_capture row", ALLOCSET_DEFAULT_SIZES);
 	old = update ? IndexOldRows(map, td, slot, now) : NULL;
-	OutboxCheckCapacity();
-	ap = OutboxAppendBegin(true);
+	MonkOutboxCheckCapacity();
+	ap = MonkOutboxAppendBegin(true);
 	InitRowText(&text);
 	StartReading(rows);
 	while (tuplestore_gettupleslot(rows, true, false, slot))
@@ -1254,7 +1248,7 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 		MemoryContextReset(rowcxt);
 	}
 	tuplestore_select_read_pointer(rows, 0);
-	OutboxAppendEnd(ap);
+	MonkOutboxAppendEnd(ap);
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(rowcxt);
 	if (queued > 0)

@@ -17,7 +17,6 @@
 
 #include "delivery.h"
 #include "settings.h"
-#include "shmem.h"
 
 /* What an HTTP status (0: no answer at all) means for the batch sent. */
 MonkOutcome
@@ -107,4 +106,20 @@ MonkCircuitRecord(MonkCircuit *circuit, bool success, TimestampTz now)
 		circuit->open_until = TimestampTzPlusMilliseconds(now, monk_circuit_open_time);
 		circuit->probe_in_flight = false;
 	}
+}
+
+/* The name monk.status gives a state of the circuit. */
+const char *
+MonkCircuitName(int circuit)
+{
+	switch (circuit)
+	{
+		case MONK_CIRCUIT_CLOSED:
+			return "closed";
+		case MONK_CIRCUIT_OPEN:
+			return "open";
+		case MONK_CIRCUIT_HALF_OPEN:
+			return "half-open";
+	}
+	return "unknown";
 }

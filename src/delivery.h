@@ -1,12 +1,34 @@
 /*
  * delivery.h
  *		The delivery policy: what an answer of the Events API means, how long
- *		to back off, and the circuit breaker.
+ *		to back off, the circuit breaker and its states, and what delivering
+ *		counts.
  */
 #ifndef MONK_DELIVERY_H
 #define MONK_DELIVERY_H
 
 #include "datatype/timestamp.h"
+
+/* The states of the circuit breaker. */
+typedef enum MonkCircuitState
+{
+	MONK_CIRCUIT_CLOSED = 0,
+	MONK_CIRCUIT_OPEN,
+	MONK_CIRCUIT_HALF_OPEN
+} MonkCircuitState;
+
+/* What delivering counts (the figures behind monk.status). */
+typedef enum MonkCounter
+{
+	MONK_EVENTS_SENT = 0,
+	MONK_EVENTS_FAILED,			/* dead-lettered */
+	MONK_EVENTS_RETRIED,		/* events in requests that will be retried */
+	MONK_REQUESTS_2XX,
+	MONK_REQUESTS_4XX,
+	MONK_REQUESTS_5XX,
+	MONK_REQUESTS_FAILED,		/* no HTTP answer: timeout, connection error */
+	MONK_NUM_COUNTERS
+} MonkCounter;
 
 /* The longest Retry-After honoured. */
 #define MONK_MAX_RETRY_AFTER_MS (3600L * 1000)
@@ -32,5 +54,6 @@ extern long MonkBackoffMs(int attempt, long retry_after_ms);
 extern bool MonkCircuitAllows(MonkCircuit *circuit, TimestampTz now, long *wait_ms);
 extern void MonkCircuitStarted(MonkCircuit *circuit);
 extern void MonkCircuitRecord(MonkCircuit *circuit, bool success, TimestampTz now);
+extern const char *MonkCircuitName(int circuit);
 
 #endif

@@ -33,6 +33,8 @@
 #define F_TIMESTAMP		"timestamp"
 #define F_KEY			"idempotencyKey"
 
+static const char hex_digits[] = "0123456789abcdef";
+
 /* Fill *err and return false, for the checks below. */
 static bool
 Fail(MonkEventError *err, const char *field, const char *message,
@@ -52,7 +54,6 @@ Fail(MonkEventError *err, const char *field, const char *message,
 void
 MonkEscapeJson(StringInfo buf, const char *s, int len)
 {
-	static const char hex[] = "0123456789abcdef";
 	int			start = 0;
 
 	enlargeStringInfo(buf, len + 2);
@@ -90,8 +91,8 @@ MonkEscapeJson(StringInfo buf, const char *s, int len)
 				break;
 			default:
 				appendStringInfoString(buf, "\\u00");
-				appendStringInfoChar(buf, hex[c >> 4]);
-				appendStringInfoChar(buf, hex[c & 0x0f]);
+				appendStringInfoChar(buf, hex_digits[c >> 4]);
+				appendStringInfoChar(buf, hex_digits[c & 0x0f]);
 				break;
 		}
 	}
@@ -650,12 +651,10 @@ MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key)
 		appendStringInfoString(buf, ",\"" F_CUSTOMER_ID "\":\"");
 		for (int i = 0; i < UUID_LEN; i++)
 		{
-			static const char hex[] = "0123456789abcdef";
-
 			if (i == 4 || i == 6 || i == 8 || i == 10)
 				appendStringInfoChar(buf, '-');
-			appendStringInfoChar(buf, hex[ev->customer_id->data[i] >> 4]);
-			appendStringInfoChar(buf, hex[ev->customer_id->data[i] & 0x0f]);
+			appendStringInfoChar(buf, hex_digits[ev->customer_id->data[i] >> 4]);
+			appendStringInfoChar(buf, hex_digits[ev->customer_id->data[i] & 0x0f]);
 		}
 		appendStringInfoChar(buf, '"');
 	}

@@ -40,30 +40,14 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "utils/wait_event.h"
 
 #include "event.h"
-#include "export.h"
+#include "source.h"
 #include "sender.h"
 #include "settings.h"
 
 PG_FUNCTION_INFO_V1(monk_batch_export);
-
-typedef struct SourceColumn
-{
-	const char *name;
-	const char *expected;		/* for the error message */
-	bool		required;
-} SourceColumn;
-
-static const SourceColumn source_columns[NCOLS] = {
-	{"id", "bigint", true},
-	{"event_name", "text", true},
-	{"external_customer_id", "text", false},
-	{"customer_id", "uuid or text", false},
-	{"timestamp", "timestamp with time zone", false},
-	{"properties", "jsonb or json", false},
-	{"idempotency_key", "text", false},
-};
 
 /* A slice of the source on its way: the rows from first_id to last_id. */
 typedef struct ExportSlice
@@ -269,154 +253,10 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 	AdvanceCursor(ex);
 }
 
+/* (an export reports through its result row and WARNINGs, not monk.status) */
 static const MonkSenderOps export_ops = {
-	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone
+	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone, NULL, NULL, NULL
 };
-
-/* Is the type one of the text types (text, varchar, char, name)? */
-static bool
-IsTextType(Oid type)
-{
-	return type == TEXTOID || type == VARCHAROID || type == BPCHAROID || type == NAMEOID;
-}
-
-/*
- * Find the columns of the source by name and check their types; build the
- * query that reads it past an id ($1), in id order, one column per
- * MonkSourceColumn (NULL where the source has none).
- */
-char *
-MonkSourceQuery(Oid relid, int64 max_events, int *positions)
-{
-	Relation	rel = relation_open(relid, AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	char	   *relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-													 RelationGetRelationName(rel));
-	StringInfoData q;
-
-	for (int c = 0; c < NCOLS; c++)
-		positions[c] = 0;
-	for (int a = 0; a < desc->natts; a++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, a);
-
-		if (att->attisdropped)
-			continue;
-		for (int c = 0; c < NCOLS; c++)
-		{
-			Oid			t = att->atttypid;
-			bool		ok;
-
-			if (strcmp(NameStr(att->attname), source_columns[c].name) != 0)
-				continue;
-			switch (c)
-			{
-				case COL_ID:
-					ok = (t == INT8OID || t == INT4OID || t == INT2OID);
-					break;
-				case COL_CUSTOMER_ID:
-					ok = (t == UUIDOID || IsTextType(t));
-					break;
-				case COL_TIMESTAMP:
-					ok = (t == TIMESTAMPTZOID);
-					break;
-				case COL_PROPERTIES:
-					ok = (t == JSONBOID || t == JSONOID);
-					break;
-				default:
-					ok = IsTextType(t);
-					break;
-			}
-			if (!ok)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATATYPE_MISMATCH),
-						 errmsg("column \"%s\" of %s must be of type %s, not %s",
-								source_columns[c].name, relname, source_columns[c].expected,
-								format_type_be(t)),
-						 c == COL_TIMESTAMP ?
-						 errhint("Convert it in a view, for example \"timestamp\" AT TIME ZONE 'UTC' AS \"timestamp\".") :
-						 errhint("Cast it in a view over the source.")));
-			positions[c] = a + 1;
-		}
-	}
-	relation_close(rel, AccessShareLock);
-
-	for (int c = 0; c < NCOLS; c++)
-	{
-		if (source_columns[c].required && positions[c] == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("%s has no column \"%s\" (%s)", relname, source_columns[c].name,
-							source_columns[c].expected),
-					 errhint("Columns are mapped by name: id, event_name, external_customer_id or customer_id, and optionally timestamp, properties and idempotency_key. A view can rename them.")));
-	}
-	if (positions[COL_EXTERNAL_ID] == 0 && positions[COL_CUSTOMER_ID] == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("%s has neither an \"external_customer_id\" nor a \"customer_id\" column", relname),
-				 errhint("Columns are mapped by name; a view can rename yours.")));
-
-	initStringInfo(&q);
-	appendStringInfoString(&q, "SELECT id::bigint");
-	for (int c = COL_EVENT_NAME; c < NCOLS; c++)
-	{
-		const char *cast = (c == COL_PROPERTIES) ? "jsonb" : (c == COL_TIMESTAMP) ? "timestamptz" : "text";
-
-		if (positions[c])
-			appendStringInfo(&q, ", %s::%s", quote_identifier(source_columns[c].name), cast);
-		else
-			appendStringInfo(&q, ", NULL::%s", cast);
-	}
-	appendStringInfo(&q, " FROM %s WHERE id > $1 ORDER BY id", relname);
-	if (max_events > 0)
-		appendStringInfo(&q, " LIMIT " INT64_FORMAT, max_events);
-	return q.data;
-}
-
-/* A JSON rendering of an invalid row, for the dead letters. */
-static char *
-RowJson(int64 id, MonkEvent *ev, const char *customer_text)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"id\":" INT64_FORMAT, id);
-	if (ev->event_name)
-	{
-		appendStringInfoString(&buf, ",\"event_name\":");
-		MonkEscapeJson(&buf, ev->event_name, strlen(ev->event_name));
-	}
-	if (ev->external_customer_id)
-	{
-		appendStringInfoString(&buf, ",\"external_customer_id\":");
-		MonkEscapeJson(&buf, ev->external_customer_id, strlen(ev->external_customer_id));
-	}
-	if (customer_text)
-	{
-		appendStringInfoString(&buf, ",\"customer_id\":");
-		MonkEscapeJson(&buf, customer_text, strlen(customer_text));
-	}
-	if (ev->has_timestamp && !TIMESTAMP_NOT_FINITE(ev->timestamp))
-	{
-		char	   *ts = DatumGetCString(DirectFunctionCall1(timestamptz_out,
-															 TimestampTzGetDatum(ev->timestamp)));
-
-		appendStringInfoString(&buf, ",\"timestamp\":");
-		MonkEscapeJson(&buf, ts, strlen(ts));
-	}
-	if (ev->properties)
-	{
-		appendStringInfoString(&buf, ",\"properties\":");
-		appendStringInfoString(&buf, JsonbToCString(NULL, &ev->properties->root, VARSIZE(ev->properties)));
-	}
-	if (ev->idempotency_key)
-	{
-		appendStringInfoString(&buf, ",\"idempotency_key\":");
-		MonkEscapeJson(&buf, ev->idempotency_key, strlen(ev->idempotency_key));
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
 
 /*
  * Turn the rows of the current SPI tuptable into a slice: valid rows into
@@ -436,84 +276,34 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 	slice->chunk->arg = slice;
 	for (uint64 r = 0; r < n; r++)
 	{
-		HeapTuple	tuple = tt->vals[r];
-		TupleDesc	desc = tt->tupdesc;
-		bool		isnull;
-		Datum		d;
-		MonkEvent	ev;
+		MonkSourceRow row;
 		MonkEventError err;
-		int64		id;
-		char	   *customer_text = NULL;
-		const char *key;
-		pg_uuid_t  *uuid = NULL;
-		bool		valid = true;
 		StringInfoData json;
 
 		/* what a row needs lives until the next row: memory stays flat */
 		MemoryContextReset(rowcxt);
-		memset(&ev, 0, sizeof(ev));
-		ev.naming = MONK_NAMES_COLUMNS;
-		d = SPI_getbinval(tuple, desc, 1, &isnull);
-		if (isnull)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("the source has a row whose id is NULL"),
-					 errhint("Every row needs an id: it is the export's cursor and key.")));
-		id = DatumGetInt64(d);
-		if (r == 0)
-			slice->first_id = id;
-		slice->last_id = id;
-
-		ev.event_name = SPI_getvalue(tuple, desc, 2);
-		ev.external_customer_id = SPI_getvalue(tuple, desc, 3);
-		customer_text = SPI_getvalue(tuple, desc, 4);
-		d = SPI_getbinval(tuple, desc, 5, &isnull);
-		if (!isnull)
-		{
-			ev.has_timestamp = true;
-			ev.timestamp = DatumGetTimestampTz(d);
-		}
-		d = SPI_getbinval(tuple, desc, 6, &isnull);
-		if (!isnull)
-			ev.properties = DatumGetJsonbP(d);
-		ev.idempotency_key = SPI_getvalue(tuple, desc, 7);
-		key = ev.idempotency_key ? ev.idempotency_key
-			: psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
-
-		if (customer_text)
-		{
-			uuid = palloc(sizeof(pg_uuid_t));
-			if (MonkParseUuid(customer_text, uuid))
-				ev.customer_id = uuid;
-			else
-			{
-				valid = false;
-				err.message = "customer_id must be a UUID";
-				err.detail = psprintf("The value is \"%s\".", customer_text);
-				err.hint = NULL;
-			}
-		}
-		if (valid && !MonkEventCheck(&ev, now, &err))
-			valid = false;
-
-		if (!valid)
+		if (!MonkSourceRowRead(tt->vals[r], tt->tupdesc, now, &row, &err))
 		{
 			DeadLetter	dl;
 
-			dl.id = id;
-			dl.key = key;
-			dl.event = RowJson(id, &ev, customer_text);
+			dl.id = row.id;
+			dl.key = row.key;
+			dl.event = row.json;
 			dl.status = 0;
 			dl.error = err.detail ? psprintf("invalid event: %s (%s)", err.message, err.detail)
 				: psprintf("invalid event: %s", err.message);
 			dl.response = NULL;
 			DeadLetterRow(ex, &dl);
-			continue;
 		}
-
-		initStringInfo(&json);
-		MonkEventRender(&json, &ev, key);
-		MonkChunkAdd(slice->chunk, id, json.data, json.len, now);
+		else
+		{
+			initStringInfo(&json);
+			MonkEventRender(&json, &row.ev, row.key);
+			MonkChunkAdd(slice->chunk, row.id, json.data, json.len, now);
+		}
+		if (r == 0)
+			slice->first_id = row.id;
+		slice->last_id = row.id;
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(rowcxt);
@@ -533,6 +323,16 @@ typedef struct CursorLock
 	int64		last_id;
 } CursorLock;
 
+/* Another export of the cursor runs: fail at once, having sent nothing. */
+pg_noreturn static void
+CursorBusy(Export *ex)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("another monk_batch_export of cursor \"%s\" is running", ex->cursor_name),
+			 errhint("Exports of one cursor run one at a time; this one sent nothing. Try again when the other has finished.")));
+}
+
 static void
 LockCursor(Export *ex, void *arg)
 {
@@ -544,6 +344,20 @@ LockCursor(Export *ex, void *arg)
 
 	values[0] = CStringGetTextDatum(ex->cursor_name);
 	values[1] = CStringGetTextDatum(cl->source);
+
+	/*
+	 * First a lock of the cursor's name, tried without waiting: the row of
+	 * a new cursor, inserted by a running export and not yet committed,
+	 * would make the insert below wait for that export instead of failing.
+	 */
+	ret = SPI_execute_with_args("SELECT pg_catalog.pg_try_advisory_xact_lock("
+								"pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",
+								1, types, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "locking the cursor failed");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		CursorBusy(ex);
+
 	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
 								" ON CONFLICT (cursor_name) DO NOTHING",
 								2, types, values, NULL, false, 0);
@@ -565,10 +379,7 @@ LockCursor(Export *ex, void *arg)
 		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			PG_RE_THROW();
 		FlushErrorState();
-		ereport(ERROR,
-				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("another monk_batch_export of cursor \"%s\" is running", ex->cursor_name),
-				 errhint("Exports of one cursor run one at a time; this one sent nothing. Try again when the other has finished.")));
+		CursorBusy(ex);
 	}
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
@@ -596,38 +407,6 @@ MonkOwner(void)
 	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
 	ReleaseSysCache(tp);
 	return owner;
-}
-
-/*
- * Check the source of an export or a verification: given, a table or view,
- * readable by the caller.  Returns it.
- */
-Oid
-MonkCheckSource(Oid source)
-{
-	char		relkind;
-	AclResult	acl;
-
-	if (!OidIsValid(source))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source must not be NULL"),
-				 errhint("Name the table or view to export, for example 'billing_events'.")));
-	relkind = get_rel_relkind(source);
-	if (relkind == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", source)));
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_VIEW && relkind != RELKIND_MATVIEW &&
-		relkind != RELKIND_FOREIGN_TABLE && relkind != RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table or a view", get_rel_name(source)),
-				 errhint("Sources are tables, views, materialized views and foreign tables.")));
-	acl = pg_class_aclcheck(source, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, get_relkind_objtype(relkind), get_rel_name(source));
-	return source;
 }
 
 /*
@@ -690,6 +469,29 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 	}
 }
 
+/* Check the arguments of monk_batch_export a caller can get wrong. */
+static void
+CheckArguments(Export *ex, bool all_events, int64 max_events)
+{
+	if (ex->batch_size < 1 || ex->batch_size > MONK_MAX_BATCH_SIZE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and %d", MONK_MAX_BATCH_SIZE),
+				 errdetail("The value is %d.", ex->batch_size),
+				 errhint("The Events API takes at most %d events per request.", MONK_MAX_BATCH_SIZE)));
+	if (!all_events && max_events < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_events must be at least 1"),
+				 errdetail("The value is " INT64_FORMAT ".", max_events),
+				 errhint("Pass NULL to export everything past the cursor.")));
+	if (ex->cursor_name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cursor_name must not be empty"),
+				 errhint("Pass NULL to use the source's qualified name.")));
+}
+
 /*
  * monk_batch_export(source regclass, batch_size int, max_events bigint,
  *                   cursor_name text)
@@ -706,7 +508,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	Export		ex;
 	CursorLock	cl;
 	char	   *query;
-	int			positions[NCOLS];
+	int			positions[MONK_SOURCE_NCOLUMNS];
 	Portal		portal;
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1];
@@ -717,31 +519,10 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	bool		nulls[5] = {false, false, false, false, false};
 
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
-	if (batch_size < 1 || batch_size > MONK_MAX_BATCH_SIZE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("batch_size must be between 1 and %d", MONK_MAX_BATCH_SIZE),
-				 errdetail("The value is %d.", batch_size),
-				 errhint("The Events API takes at most %d events per request.", MONK_MAX_BATCH_SIZE)));
-	if (!PG_ARGISNULL(2) && max_events < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_events must be at least 1"),
-				 errdetail("The value is " INT64_FORMAT ".", max_events),
-				 errhint("Pass NULL to export everything past the cursor.")));
-
 	memset(&ex, 0, sizeof(ex));
 	ex.batch_size = batch_size;
-	if (PG_ARGISNULL(3))
-		ex.cursor_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)),
-													get_rel_name(source));
-	else
-		ex.cursor_name = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	if (ex.cursor_name[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cursor_name must not be empty"),
-				 errhint("Pass NULL to use the source's qualified name.")));
+	ex.cursor_name = PG_ARGISNULL(3) ? MonkSourceName(source) : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	CheckArguments(&ex, PG_ARGISNULL(2), max_events);
 	InitMaterializedSRF(fcinfo, 0);
 
 	query = MonkSourceQuery(source, max_events, positions);
@@ -750,8 +531,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	cl.source = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)),
-										   get_rel_name(source));
+	cl.source = MonkSourceName(source);
 	AsMonkOwner(&ex, LockCursor, &cl);
 	ex.cursor = cl.last_id;
 
@@ -762,18 +542,9 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
-	ex.sender = MonkSenderCreate(&export_ops, &ex, NULL);
-
-	PG_TRY();
-	{
-		ExportLoop(&ex, portal, cxt);
-	}
-	PG_CATCH();
-	{
-		MonkSenderDestroy(ex.sender);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	/* the sender's curl handles go with cxt, on an error too */
+	ex.sender = MonkSenderCreate(&export_ops, &ex, cxt);
+	ExportLoop(&ex, portal, cxt);
 	MonkSenderDestroy(ex.sender);
 	SPI_cursor_close(portal);
 

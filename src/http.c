@@ -6,6 +6,10 @@
  * curl's sockets are waited on together with the process latch and
  * postmaster death in one WaitEventSet, so that SIGTERM, query cancel and
  * statement_timeout are seen at once even while requests are in flight.
+ * The set is kept from wait to wait and made again only when curl's
+ * sockets change.  A client lives in a memory context of its own: deleting
+ * it (or the context it was made under, as an aborted transaction does)
+ * releases the curl handles and the set through a reset callback.
  * Nothing here raises an ERROR from inside a curl callback: the callbacks
  * only record, and failures are reported in the request once curl returns.
  * TLS peers are always verified (the system's CA bundle, or monk.ca_file).
@@ -25,6 +29,17 @@
 
 #define MAX_SOCKETS 256
 
+/*
+ * A transfer's curl resources, kept by the client (not by the request,
+ * which may be gone when an aborted transaction deletes the client).
+ */
+typedef struct MonkHttpHandle
+{
+	CURL	   *easy;
+	struct curl_slist *headers;
+	dlist_node	node;			/* in the client's handles */
+} MonkHttpHandle;
+
 typedef struct MonkSocket
 {
 	curl_socket_t fd;
@@ -33,18 +48,23 @@ typedef struct MonkSocket
 
 struct MonkHttpClient
 {
+	MemoryContext cxt;			/* the client's own: everything below */
+	MemoryContextCallback release;	/* curl handles and the wait set */
 	CURLM	   *multi;
+	WaitEventSet *set;			/* curl's sockets, the latch, postmaster death */
+	bool		set_stale;		/* curl's sockets changed since it was made */
 	int			running;
 	long		timer_ms;		/* curl's timer, -1 when none */
 	int			nsockets;
 	MonkSocket	sockets[MAX_SOCKETS];
+	dlist_head	handles;		/* MonkHttpHandle of the transfers not cleaned up */
 	dlist_head	inflight;		/* requests started, not completed */
 	dlist_head	done;			/* completed requests not yet taken */
 };
 
 static bool curl_initialised = false;
 
-const char *
+static const char *
 MonkHttpUserAgent(void)
 {
 	return "monk-postgres/" MONK_VERSION;
@@ -57,6 +77,7 @@ SocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp, void *socket
 	MonkHttpClient *client = userp;
 	int			i;
 
+	client->set_stale = true;
 	for (i = 0; i < client->nsockets; i++)
 		if (client->sockets[i].fd == fd)
 			break;
@@ -88,8 +109,9 @@ TimerCallback(CURLM *multi, long timeout_ms, void *userp)
 
 /*
  * Keep the beginning of the answer's body (for dead letters and errors), or,
- * for a request that wants it, the whole body up to its limit (malloc: no
- * palloc, hence no ERROR, inside a curl callback).
+ * for a request that wants it, the whole body up to its limit (in the
+ * client's context, allocated without raising: no ERROR inside a curl
+ * callback).
  */
 static size_t
 WriteCallback(char *data, size_t size, size_t nmemb, void *userp)
@@ -107,13 +129,18 @@ WriteCallback(char *data, size_t size, size_t nmemb, void *userp)
 		}
 		if (req->big_len + n + 1 > req->big_cap)
 		{
-			size_t		cap = Max(req->big_cap * 2, req->big_len + n + 1);
-			char	   *grown = realloc(req->big_response, Max(cap, 65536));
+			size_t		cap = Max(Max(req->big_cap * 2, req->big_len + n + 1), 65536);
+			char	   *grown = MemoryContextAllocExtended(req->cxt, cap, MCXT_ALLOC_NO_OOM);
 
 			if (grown == NULL)
 				return 0;
+			if (req->big_response)
+			{
+				memcpy(grown, req->big_response, req->big_len);
+				pfree(req->big_response);
+			}
 			req->big_response = grown;
-			req->big_cap = Max(cap, 65536);
+			req->big_cap = cap;
 		}
 		memcpy(req->big_response + req->big_len, data, n);
 		req->big_len += n;
@@ -133,10 +160,42 @@ WriteCallback(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
-/* Create a client; libcurl is initialised once per process. */
-MonkHttpClient *
-MonkHttpCreate(void)
+/* Release a transfer's curl resources. */
+static void
+HandleCleanup(MonkHttpClient *client, MonkHttpHandle *handle)
 {
+	curl_multi_remove_handle(client->multi, handle->easy);
+	curl_easy_cleanup(handle->easy);
+	curl_slist_free_all(handle->headers);
+	dlist_delete(&handle->node);
+	pfree(handle);
+}
+
+/*
+ * The reset callback of a client's context: curl's handles and the wait
+ * set.  It touches no request: their memory may already be gone.
+ */
+static void
+ReleaseClient(void *arg)
+{
+	MonkHttpClient *client = arg;
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &client->handles)
+		HandleCleanup(client, dlist_container(MonkHttpHandle, node, iter.cur));
+	curl_multi_cleanup(client->multi);
+	if (client->set)
+		FreeWaitEventSet(client->set);
+}
+
+/*
+ * Create a client in a memory context of its own under parent; libcurl is
+ * initialised once per process.
+ */
+MonkHttpClient *
+MonkHttpCreate(MemoryContext parent)
+{
+	MemoryContext cxt;
 	MonkHttpClient *client;
 
 	if (!curl_initialised)
@@ -147,20 +206,35 @@ MonkHttpCreate(void)
 					 errmsg("could not initialise libcurl")));
 		curl_initialised = true;
 	}
-	client = MemoryContextAllocZero(TopMemoryContext, sizeof(MonkHttpClient));
+	cxt = AllocSetContextCreate(parent, "monk http client", ALLOCSET_SMALL_SIZES);
+	client = MemoryContextAllocZero(cxt, sizeof(MonkHttpClient));
+	client->cxt = cxt;
 	client->multi = curl_multi_init();
 	if (client->multi == NULL)
+	{
+		MemoryContextDelete(cxt);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not create a libcurl multi handle")));
+	}
 	client->timer_ms = -1;
+	dlist_init(&client->handles);
 	dlist_init(&client->inflight);
 	dlist_init(&client->done);
-	curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, SocketCallback);
-	curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client);
-	curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, TimerCallback);
-	curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client);
-	curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 128L);
+	client->release.func = ReleaseClient;
+	client->release.arg = client;
+	MemoryContextRegisterResetCallback(cxt, &client->release);
+	if (curl_multi_setopt(client->multi, CURLMOPT_SOCKETFUNCTION, SocketCallback) != CURLM_OK ||
+		curl_multi_setopt(client->multi, CURLMOPT_SOCKETDATA, client) != CURLM_OK ||
+		curl_multi_setopt(client->multi, CURLMOPT_TIMERFUNCTION, TimerCallback) != CURLM_OK ||
+		curl_multi_setopt(client->multi, CURLMOPT_TIMERDATA, client) != CURLM_OK ||
+		curl_multi_setopt(client->multi, CURLMOPT_MAXCONNECTS, 128L) != CURLM_OK)
+	{
+		MemoryContextDelete(cxt);
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not configure a libcurl multi handle")));
+	}
 	return client;
 }
 
@@ -168,45 +242,67 @@ MonkHttpCreate(void)
 static void
 RequestCleanup(MonkHttpClient *client, MonkHttpRequest *req)
 {
-	if (req->easy)
-	{
-		curl_multi_remove_handle(client->multi, req->easy);
-		curl_easy_cleanup(req->easy);
-		req->easy = NULL;
-	}
 	if (req->headers)
-	{
-		curl_slist_free_all(req->headers);
-		req->headers = NULL;
-	}
+		HandleCleanup(client, (MonkHttpHandle *) req->headers);
+	req->easy = NULL;
+	req->headers = NULL;
 }
 
-/* Abort every request in flight (they complete with no answer). */
-void
-MonkHttpAbortAll(MonkHttpClient *client)
-{
-	dlist_mutable_iter iter;
-
-	dlist_foreach_modify(iter, &client->inflight)
-	{
-		MonkHttpRequest *req = dlist_container(MonkHttpRequest, node, iter.cur);
-
-		dlist_delete(&req->node);
-		RequestCleanup(client, req);
-		req->done = true;
-		req->status = 0;
-		strlcpy(req->error, "request aborted", MONK_ERROR_MAX);
-		dlist_push_tail(&client->done, &req->node);
-	}
-	client->running = 0;
-}
-
+/* Free a client: its context, whose callback releases curl's handles. */
 void
 MonkHttpDestroy(MonkHttpClient *client)
 {
-	MonkHttpAbortAll(client);
-	curl_multi_cleanup(client->multi);
-	pfree(client);
+	MemoryContextDelete(client->cxt);
+}
+
+/*
+ * Set one option of a request's handle; on a failure, name the option in
+ * req->error and return false: a request is never sent with an option
+ * missing (TLS verification and the protocol list among them).
+ */
+#define SET_OPTION(req, option, value) \
+	SetOption((req), curl_easy_setopt((req)->easy, (option), (value)), #option)
+
+static bool
+SetOption(MonkHttpRequest *req, CURLcode rc, const char *name)
+{
+	if (rc == CURLE_OK)
+		return true;
+	snprintf(req->error, MONK_ERROR_MAX, "could not set %s: %s", name, curl_easy_strerror(rc));
+	ereport(WARNING,
+			(errcode(ERRCODE_SYSTEM_ERROR),
+			 errmsg("monk: libcurl refused option %s: %s; the request is not sent",
+					name, curl_easy_strerror(rc))));
+	return false;
+}
+
+/* The options of a request's handle (req->easy set). */
+static bool
+SetOptions(MonkHttpRequest *req, struct curl_slist *headers, const char *url, int timeout_ms)
+{
+	bool		get = req->method && strcmp(req->method, "GET") == 0;
+
+	if (!(SET_OPTION(req, CURLOPT_URL, url) &&
+		  SET_OPTION(req, CURLOPT_PROTOCOLS_STR, "http,https") &&
+		  SET_OPTION(req, CURLOPT_SSL_VERIFYPEER, 1L) &&
+		  SET_OPTION(req, CURLOPT_SSL_VERIFYHOST, 2L) &&
+		  (!monk_ca_file || !monk_ca_file[0] || SET_OPTION(req, CURLOPT_CAINFO, monk_ca_file)) &&
+		  SET_OPTION(req, CURLOPT_FOLLOWLOCATION, 0L) &&
+		  SET_OPTION(req, CURLOPT_HTTPHEADER, headers) &&
+		  SET_OPTION(req, CURLOPT_USERAGENT, MonkHttpUserAgent())))
+		return false;
+	if (get ? !SET_OPTION(req, CURLOPT_HTTPGET, 1L)
+		: !(SET_OPTION(req, CURLOPT_POST, 1L) &&
+			SET_OPTION(req, CURLOPT_POSTFIELDS, req->body) &&
+			SET_OPTION(req, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len)))
+		return false;
+	return SET_OPTION(req, CURLOPT_TIMEOUT_MS, (long) timeout_ms) &&
+		SET_OPTION(req, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(timeout_ms, 10000)) &&
+		SET_OPTION(req, CURLOPT_NOSIGNAL, 1L) &&
+		SET_OPTION(req, CURLOPT_TCP_KEEPALIVE, 1L) &&
+		SET_OPTION(req, CURLOPT_WRITEFUNCTION, WriteCallback) &&
+		SET_OPTION(req, CURLOPT_WRITEDATA, req) &&
+		SET_OPTION(req, CURLOPT_PRIVATE, req);
 }
 
 /*
@@ -221,6 +317,7 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	struct curl_slist *headers = NULL;
 	char		auth[1024];
 	CURLMcode	mc;
+	MonkHttpHandle *handle;
 
 	req->done = false;
 	req->status = 0;
@@ -246,32 +343,19 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	headers = curl_slist_append(headers, "Accept: application/json");
 	headers = curl_slist_append(headers, "Expect:");
 
+	handle = MemoryContextAlloc(client->cxt, sizeof(MonkHttpHandle));
+	handle->easy = easy;
+	handle->headers = headers;
+	dlist_push_tail(&client->handles, &handle->node);
 	req->easy = easy;
-	req->headers = headers;
-	curl_easy_setopt(easy, CURLOPT_URL, url);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, MonkHttpUserAgent());
-	if (req->method && strcmp(req->method, "GET") == 0)
-		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
-	else
+	req->headers = handle;
+	req->cxt = client->cxt;
+	if (!SetOptions(req, headers, url, timeout_ms))
 	{
-		curl_easy_setopt(easy, CURLOPT_POST, 1L);
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+		RequestCleanup(client, req);
+		req->done = true;
+		return false;
 	}
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
-	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(timeout_ms, 10000));
-	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (monk_ca_file && monk_ca_file[0])
-		curl_easy_setopt(easy, CURLOPT_CAINFO, monk_ca_file);
-	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, WriteCallback);
-	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
-	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
 
 	mc = curl_multi_add_handle(client->multi, easy);
 	if (mc != CURLM_OK)
@@ -287,7 +371,7 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 }
 
 /* Milliseconds until curl needs to be called again, -1 when never. */
-long
+static long
 MonkHttpTimeout(MonkHttpClient *client)
 {
 	return client->running > 0 ? client->timer_ms : -1;
@@ -334,31 +418,20 @@ CollectDone(MonkHttpClient *client)
 }
 
 /*
- * Wait up to timeout_ms (-1: no limit) for curl's sockets, curl's timer or
- * the process latch, then let curl do its work.  Returns true when the latch
- * was set (it is reset here; the caller checks its flags).  Postmaster death
- * ends the process.
+ * (Re)make the client's wait set: the latch, postmaster death and curl's
+ * sockets as curl last asked for them.
  */
-bool
-MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
+static void
+MakeWaitSet(MonkHttpClient *client)
 {
-	WaitEventSet *set;
-	WaitEvent	events[MAX_SOCKETS + 2];
-	long		curl_timeout = MonkHttpTimeout(client);
-	int			nevents;
-	bool		latch_set = false;
-	bool		socket_ready = false;
-	MemoryContext tmp;
-	MemoryContext old;
+	MemoryContext old = MemoryContextSwitchTo(client->cxt);
 
-	if (curl_timeout >= 0 && (timeout_ms < 0 || curl_timeout < timeout_ms))
-		timeout_ms = curl_timeout;
-
-	tmp = AllocSetContextCreate(CurrentMemoryContext, "monk wait", ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(tmp);
-	set = MonkCreateWaitEventSet(client->nsockets + 2);
-	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (client->set)
+		FreeWaitEventSet(client->set);
+	client->set = NULL;
+	client->set = MonkCreateWaitEventSet(client->nsockets + 2);
+	AddWaitEventToSet(client->set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(client->set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	for (int i = 0; i < client->nsockets; i++)
 	{
 		uint32		ev = 0;
@@ -368,10 +441,32 @@ MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
 		if (client->sockets[i].what & CURL_POLL_OUT)
 			ev |= WL_SOCKET_WRITEABLE;
 		if (ev)
-			AddWaitEventToSet(set, ev, client->sockets[i].fd, NULL, NULL);
+			AddWaitEventToSet(client->set, ev, client->sockets[i].fd, NULL, NULL);
 	}
-	nevents = WaitEventSetWait(set, timeout_ms, events, lengthof(events), wait_event_info);
+	client->set_stale = false;
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Wait up to timeout_ms (-1: no limit) for curl's sockets, curl's timer or
+ * the process latch, then let curl do its work.  Returns true when the latch
+ * was set (it is reset here; the caller checks its flags).  Postmaster death
+ * ends the process.
+ */
+bool
+MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
+{
+	WaitEvent	events[MAX_SOCKETS + 2];
+	long		curl_timeout = MonkHttpTimeout(client);
+	int			nevents;
+	bool		latch_set = false;
+	bool		socket_ready = false;
+
+	if (curl_timeout >= 0 && (timeout_ms < 0 || curl_timeout < timeout_ms))
+		timeout_ms = curl_timeout;
+	if (client->set == NULL || client->set_stale)
+		MakeWaitSet(client);
+	nevents = WaitEventSetWait(client->set, timeout_ms, events, lengthof(events), wait_event_info);
 
 	for (int i = 0; i < nevents; i++)
 	{
@@ -395,8 +490,6 @@ MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info)
 			socket_ready = true;
 		}
 	}
-	FreeWaitEventSet(set);
-	MemoryContextDelete(tmp);
 
 	/* curl's timer, new handles, or nothing happened: let curl run timers */
 	if (client->running > 0 && (!socket_ready || client->timer_ms == 0))
@@ -414,7 +507,7 @@ void
 MonkHttpFreeResponse(MonkHttpRequest *req)
 {
 	if (req->big_response)
-		free(req->big_response);
+		pfree(req->big_response);
 	req->big_response = NULL;
 	req->big_len = 0;
 	req->big_cap = 0;

@@ -18,12 +18,13 @@ typedef struct MonkHttpRequest
 {
 	void	   *owner;			/* the caller's */
 	void	   *easy;			/* CURL *, private */
-	void	   *headers;		/* struct curl_slist *, private */
+	void	   *headers;		/* the client's record of the transfer, private */
+	MemoryContext cxt;			/* the client's, for big_response; private */
 	const char *method;			/* NULL: POST */
 	const char *body;			/* NULL with GET */
 	size_t		body_len;
 	size_t		max_response;	/* 0: keep MONK_RESPONSE_MAX bytes; else keep
-								 * up to this many in big_response (malloc'd) */
+								 * up to this many in big_response */
 
 	/* the outcome, once done */
 	bool		done;
@@ -33,21 +34,18 @@ typedef struct MonkHttpRequest
 	char		response[MONK_RESPONSE_MAX + 1];
 	size_t		response_len;
 	bool		response_truncated;
-	char	   *big_response;	/* with max_response: the whole body, malloc'd */
+	char	   *big_response;	/* with max_response: the whole body, in the client's context */
 	size_t		big_len;
 	size_t		big_cap;
 	dlist_node	node;
 } MonkHttpRequest;
 
-extern MonkHttpClient *MonkHttpCreate(void);
+extern MonkHttpClient *MonkHttpCreate(MemoryContext parent);
 extern void MonkHttpDestroy(MonkHttpClient *client);
 extern bool MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 						  const char *url, const char *api_key, int timeout_ms);
-extern long MonkHttpTimeout(MonkHttpClient *client);
 extern bool MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info);
 extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);
-extern void MonkHttpAbortAll(MonkHttpClient *client);
-extern const char *MonkHttpUserAgent(void);
 extern void MonkHttpFreeResponse(MonkHttpRequest *req);
 
 #endif

@@ -91,25 +91,25 @@ static const char *const legacy_columns[] = {
 
 /*
  * Cached OIDs of the outbox's relations.  An invalidation only marks them
- * stale: they are looked up again, all together, by the next OutboxLookup,
+ * stale: they are looked up again, all together, by the next MonkOutboxLookup,
  * so that an invalidation processed in the middle of a lookup or of an
  * insert (a segment truncated by the worker sends one) never leaves a
  * half-cleared cache behind.
  */
-typedef struct OutboxRelations
+typedef struct MonkOutboxRelations
 {
 	Oid			seqid;
 	Oid			segment[MONK_SEGMENTS];
 	Oid			state;
 	Oid			legacy;			/* 0.1's monk.outbox table */
-} OutboxRelations;
+} MonkOutboxRelations;
 
-static OutboxRelations rels;
+static MonkOutboxRelations rels;
 static bool rels_valid = false;
 static bool inval_registered = false;
 
 static void
-OutboxInvalidate(Datum arg, Oid relid)
+MonkOutboxInvalidate(Datum arg, Oid relid)
 {
 	rels_valid = false;
 }
@@ -119,16 +119,16 @@ OutboxInvalidate(Datum arg, Oid relid)
  * outbox, or 0.1's table.  Raises when the extension is not installed here.
  */
 static void
-OutboxLookup(void)
+MonkOutboxLookup(void)
 {
-	OutboxRelations found;
+	MonkOutboxRelations found;
 	Oid			nsp;
 
 	if (rels_valid)
 		return;
 	if (!inval_registered)
 	{
-		CacheRegisterRelcacheCallback(OutboxInvalidate, (Datum) 0);
+		CacheRegisterRelcacheCallback(MonkOutboxInvalidate, (Datum) 0);
 		inval_registered = true;
 	}
 	memset(&found, 0, sizeof(found));
@@ -183,7 +183,7 @@ CheckShape(Relation rel, const char *const *columns, int ncolumns)
 
 /* The id of the next event, from the outbox's sequence (read-write only). */
 int64
-OutboxNextId(void)
+MonkOutboxNextId(void)
 {
 	if (XactReadOnly)
 		ereport(ERROR,
@@ -192,7 +192,7 @@ OutboxNextId(void)
 				 RecoveryInProgress() ?
 				 errhint("Events are queued on the primary server.") : 0));
 
-	OutboxLookup();
+	MonkOutboxLookup();
 	return nextval_internal(rels.seqid, false);
 }
 
@@ -243,7 +243,7 @@ CurrentSegment(void)
  * indexes opened once, for one event (monk_send) or a statement's worth of
  * them (monk_capture at statement level).
  */
-struct OutboxAppender
+struct MonkOutboxAppender
 {
 	Relation	rel;
 	bool		legacy;			/* 0.1's monk.outbox table */
@@ -265,7 +265,7 @@ struct OutboxAppender
 
 /* Open the indexes of the appender's relation, checking they are plain. */
 static void
-OpenIndexes(OutboxAppender *ap)
+OpenIndexes(MonkOutboxAppender *ap)
 {
 	List	   *list = RelationGetIndexList(ap->rel);
 	ListCell   *lc;
@@ -298,13 +298,13 @@ OpenIndexes(OutboxAppender *ap)
  * under the events.  "bulk": many events will follow (a bulk-insert buffer
  * strategy is used).
  */
-OutboxAppender *
-OutboxAppendBegin(bool bulk)
+MonkOutboxAppender *
+MonkOutboxAppendBegin(bool bulk)
 {
-	OutboxAppender *ap = palloc0(sizeof(OutboxAppender));
+	MonkOutboxAppender *ap = palloc0(sizeof(MonkOutboxAppender));
 	Oid			relid;
 
-	OutboxLookup();
+	MonkOutboxLookup();
 	ap->legacy = OidIsValid(rels.legacy);
 	if (ap->legacy)
 		relid = rels.legacy;
@@ -342,7 +342,7 @@ OutboxAppendBegin(bool bulk)
 
 /* Insert the index entries of a tuple stored in slot, written at slot->tts_tid. */
 static void
-InsertIndexEntries(OutboxAppender *ap, TupleTableSlot *slot)
+InsertIndexEntries(MonkOutboxAppender *ap, TupleTableSlot *slot)
 {
 	for (int i = 0; i < ap->nindexes; i++)
 	{
@@ -359,7 +359,7 @@ InsertIndexEntries(OutboxAppender *ap, TupleTableSlot *slot)
 
 /* Write the buffered tuples: one heap_multi_insert, then their index entries. */
 static void
-FlushBuffered(OutboxAppender *ap)
+FlushBuffered(MonkOutboxAppender *ap)
 {
 	if (ap->nbuffered == 0)
 		return;
@@ -376,7 +376,7 @@ FlushBuffered(OutboxAppender *ap)
 
 /* Insert a tuple into the appender's heap and its indexes (or buffer it). */
 static void
-InsertTuple(OutboxAppender *ap, HeapTuple tuple)
+InsertTuple(MonkOutboxAppender *ap, HeapTuple tuple)
 {
 	if (ap->bistate)
 	{
@@ -407,8 +407,8 @@ TextDatum(StringInfo buf, const char *s, int len)
 
 /* Append one event, validated and rendered by the caller. */
 void
-OutboxAppend(OutboxAppender *ap, int64 id, const char *key, int key_len,
-			 const char *event, int event_len, TimestampTz queued_at)
+MonkOutboxAppend(MonkOutboxAppender *ap, int64 id, const char *key, int key_len,
+				 const char *event, int event_len, TimestampTz queued_at)
 {
 	Datum		values[Max(LOG_NATTS, LEGACY_NATTS)];
 	bool		nulls[Max(LOG_NATTS, LEGACY_NATTS)];
@@ -443,9 +443,9 @@ OutboxAppend(OutboxAppender *ap, int64 id, const char *key, int key_len,
 	InsertTuple(ap, tuple);
 }
 
-/* Close what OutboxAppendBegin opened (the locks stay until the end of the transaction). */
+/* Close what MonkOutboxAppendBegin opened (the locks stay until the end of the transaction). */
 void
-OutboxAppendEnd(OutboxAppender *ap)
+MonkOutboxAppendEnd(MonkOutboxAppender *ap)
 {
 	if (ap->bistate)
 	{
@@ -468,13 +468,13 @@ OutboxAppendEnd(OutboxAppender *ap)
 
 /* Append one event to the outbox in the current transaction. */
 void
-OutboxInsert(int64 id, const char *key, const char *event, int event_len,
-			 TimestampTz queued_at)
+MonkOutboxInsert(int64 id, const char *key, const char *event, int event_len,
+				 TimestampTz queued_at)
 {
-	OutboxAppender *ap = OutboxAppendBegin(false);
+	MonkOutboxAppender *ap = MonkOutboxAppendBegin(false);
 
-	OutboxAppend(ap, id, key, strlen(key), event, event_len, queued_at);
-	OutboxAppendEnd(ap);
+	MonkOutboxAppend(ap, id, key, strlen(key), event, event_len, queued_at);
+	MonkOutboxAppendEnd(ap);
 }
 
 /*
@@ -486,7 +486,7 @@ OutboxInsert(int64 id, const char *key, const char *event, int event_len,
  * stand in for it.
  */
 void
-OutboxCheckCapacity(void)
+MonkOutboxCheckCapacity(void)
 {
 	MonkWorkerSlot *slot;
 	int64		depth = -1;
@@ -494,13 +494,13 @@ OutboxCheckCapacity(void)
 	if (monk_max_outbox_events <= 0)
 		return;
 
-	OutboxLookup();
+	MonkOutboxLookup();
 	slot = MonkSlotForDatabase(MyDatabaseId);
 	if (slot)
 		depth = MonkSlotDepth(slot);
 	if (depth < 0)
 	{
-		OutboxRelations r = rels;
+		MonkOutboxRelations r = rels;
 
 		depth = 0;
 		for (int i = 0; i < MONK_SEGMENTS; i++)
@@ -573,7 +573,7 @@ static MemoryContext outbox_caller_cxt = NULL;
 
 /* Open a short transaction with a snapshot and SPI. */
 void
-OutboxBegin(const char *activity)
+MonkOutboxBegin(const char *activity)
 {
 	outbox_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
@@ -584,9 +584,9 @@ OutboxBegin(const char *activity)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
-/* Commit the transaction opened by OutboxBegin. */
+/* Commit the transaction opened by MonkOutboxBegin. */
 void
-OutboxCommit(void)
+MonkOutboxCommit(void)
 {
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
@@ -601,18 +601,18 @@ OutboxCommit(void)
  * Which outbox this database has: none (no CREATE EXTENSION monk), 0.1's
  * table (waiting for ALTER EXTENSION monk UPDATE), or the log.
  */
-OutboxSchema
-OutboxFindSchema(void)
+MonkOutboxSchema
+MonkOutboxFindSchema(void)
 {
 	Oid			nsp = get_namespace_oid("monk", true);
 
 	if (!OidIsValid(nsp))
-		return OUTBOX_NONE;
+		return MONK_OUTBOX_NONE;
 	if (OidIsValid(get_relname_relid("queue_state", nsp)))
-		return OUTBOX_LOG;
+		return MONK_OUTBOX_LOG;
 	if (OidIsValid(get_relname_relid("outbox", nsp)))
-		return OUTBOX_LEGACY;
-	return OUTBOX_NONE;
+		return MONK_OUTBOX_LEGACY;
+	return MONK_OUTBOX_NONE;
 }
 
 /* An int8[] of the given values. */
@@ -673,7 +673,7 @@ WidenXid(FullTransactionId next, TransactionId xid)
 
 /* The current transaction's snapshot, with full transaction ids. */
 void
-OutboxTakeSnapshot(OutboxSnapshot *snap, MemoryContext cxt)
+MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 {
 	Snapshot	s = GetActiveSnapshot();
 	FullTransactionId next = ReadNextFullTransactionId();
@@ -691,7 +691,7 @@ OutboxTakeSnapshot(OutboxSnapshot *snap, MemoryContext cxt)
 
 /* Is the transaction txid visible (finished) in snap? */
 bool
-OutboxSnapshotSees(const OutboxSnapshot *snap, uint64 txid)
+MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid)
 {
 	if (txid < snap->xmin)
 		return true;
@@ -702,7 +702,7 @@ OutboxSnapshotSees(const OutboxSnapshot *snap, uint64 txid)
 
 /* Hand each row of the last SPI result to cb. */
 static int
-ForEachRow(OutboxRowCallback cb, void *arg)
+ForEachRow(MonkOutboxRowCallback cb, void *arg)
 {
 	uint64		n = SPI_processed;
 
@@ -711,7 +711,7 @@ ForEachRow(OutboxRowCallback cb, void *arg)
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		OutboxRow	row;
+		MonkOutboxRow	row;
 		text	   *key;
 		text	   *event;
 
@@ -736,7 +736,7 @@ ForEachRow(OutboxRowCallback cb, void *arg)
  * order (the events of a transaction that committed late).
  */
 int
-OutboxReadTxid(uint64 txid, int64 after_id, int limit, OutboxRowCallback cb, void *arg)
+MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	Datum		values[3];
@@ -758,9 +758,9 @@ OutboxReadTxid(uint64 txid, int64 after_id, int limit, OutboxRowCallback cb, voi
  * in progress at the window's end).
  */
 int
-OutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
-				const uint64 *exclude, int nexclude, int limit,
-				OutboxRowCallback cb, void *arg)
+MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
+					const uint64 *exclude, int nexclude, int limit,
+					MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
 	Datum		values[6];
@@ -785,7 +785,7 @@ OutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
  * monk.queue_state and monk.segment.
  */
 void
-OutboxLoadState(OutboxState *state, MemoryContext cxt)
+MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt)
 {
 	bool		isnull;
 	MemoryContext old;
@@ -807,7 +807,7 @@ OutboxLoadState(OutboxState *state, MemoryContext cxt)
 	{
 		HeapTuple	t = SPI_tuptable->vals[i];
 		TupleDesc	d = SPI_tuptable->tupdesc;
-		OutboxSegment *seg = &state->segments[i];
+		MonkOutboxSegment *seg = &state->segments[i];
 		Datum		v;
 
 		if (i == 0)
@@ -850,7 +850,7 @@ OutboxLoadState(OutboxState *state, MemoryContext cxt)
  * are never walked), and found again by a scan only when it moved.
  */
 void
-OutboxSaveState(OutboxState *state)
+MonkOutboxSaveState(MonkOutboxState *state)
 {
 	Oid			types[9] = {TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID,
 							INT8OID, INT8ARRAYOID, INT8OID, INT8OID};
@@ -904,7 +904,7 @@ OutboxSaveState(OutboxState *state)
 
 /* How many events are not settled (at the worker's start). */
 int64
-OutboxCountUnsettled(const OutboxSnapshot *frontier)
+MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier)
 {
 	Oid			types[2] = {INT8OID, INT8ARRAYOID};
 	Datum		values[2];
@@ -924,12 +924,12 @@ OutboxCountUnsettled(const OutboxSnapshot *frontier)
 
 /* Make "segment" the one new events go to. */
 void
-OutboxRotate(OutboxState *state, int segment)
+MonkOutboxRotate(MonkOutboxState *state, int segment)
 {
 	char		sql[128];
 
 	state->cur_segment = segment;
-	OutboxSaveState(state);
+	MonkOutboxSaveState(state);
 	snprintf(sql, sizeof(sql),
 			 "UPDATE monk.segment SET rotated_at = pg_catalog.now() WHERE segment = %d", segment);
 	if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
@@ -944,17 +944,17 @@ OutboxRotate(OutboxState *state, int segment)
  * happens and the caller tries again later.  Returns true if truncated.
  */
 bool
-OutboxTryTruncate(OutboxState *state, int segment, int retention_s)
+MonkOutboxTryTruncate(MonkOutboxState *state, int segment, int retention_s)
 {
 	Oid			types[2] = {INT8OID, INT8ARRAYOID};
 	Datum		values[2];
-	OutboxSegment *seg = &state->segments[segment];
+	MonkOutboxSegment *seg = &state->segments[segment];
 	TimestampTz now = GetCurrentTimestamp();
 	char		sql[256];
 	bool		unsettled;
 
 	Assert(segment != state->cur_segment);
-	OutboxLookup();
+	MonkOutboxLookup();
 	if (!ConditionalLockRelationOid(rels.segment[segment], AccessExclusiveLock))
 		return false;
 
@@ -1005,8 +1005,8 @@ OutboxTryTruncate(OutboxState *state, int segment, int retention_s)
  * (once: a refusal seen again after a restart adds nothing).
  */
 void
-OutboxDeadLetter(const OutboxRow *row, long status, const char *error, const char *response,
-				 int attempts)
+MonkOutboxDeadLetter(const MonkOutboxRow *row, long status, const char *error, const char *response,
+					 int attempts)
 {
 	Oid			types[8] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID, INT4OID};
 	Datum		values[8];
@@ -1034,8 +1034,8 @@ OutboxDeadLetter(const OutboxRow *row, long status, const char *error, const cha
 
 /* Record on the events of a parked batch why they wait, and until when. */
 void
-OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
-		   TimestampTz next_attempt_at)
+MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
+			   TimestampTz next_attempt_at)
 {
 	Oid			types[5] = {INT8ARRAYOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
 	Datum		values[5];
@@ -1060,7 +1060,7 @@ OutboxPark(const int64 *ids, int n, int attempts, long status, const char *error
 
 /* Forget the retry state of events that were parked once and are settled. */
 void
-OutboxUnpark(const int64 *ids, int n)
+MonkOutboxUnpark(const int64 *ids, int n)
 {
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
@@ -1076,8 +1076,8 @@ OutboxUnpark(const int64 *ids, int n)
  * have passed them yet, are neither listed as queued nor sent again.
  */
 void
-OutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, long status,
-				 int attempts)
+MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, long status,
+					 int attempts)
 {
 	Oid			types[6] = {INT2OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT4OID, INT4OID};
 	Datum		values[6];
@@ -1100,11 +1100,11 @@ OutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, long
 
 /*
  * Hand to cb each event accepted past the frontier (recorded by
- * OutboxRecordSent): at start, so that they are not sent again.
+ * MonkOutboxRecordSent): at start, so that they are not sent again.
  */
 void
-OutboxForEachAccepted(const OutboxSnapshot *frontier,
-					  void (*cb) (void *arg, uint64 txid, int64 id), void *arg)
+MonkOutboxForEachAccepted(const MonkOutboxSnapshot *frontier,
+						  void (*cb) (void *arg, uint64 txid, int64 id), void *arg)
 {
 	Datum		values[3];
 	Oid			types[3] = {INT8OID, INT8OID, INT8ARRAYOID};
@@ -1132,7 +1132,7 @@ OutboxForEachAccepted(const OutboxSnapshot *frontier,
 
 /* NOTIFY monk_alert, delivered when the current transaction commits. */
 void
-OutboxNotify(const char *payload)
+MonkOutboxNotify(const char *payload)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];

@@ -28,9 +28,9 @@
 
 #include "delivery.h"
 #include "event.h"
-#include "export.h"
 #include "http.h"
 #include "settings.h"
+#include "source.h"
 
 PG_FUNCTION_INFO_V1(monk_list_events);
 PG_FUNCTION_INFO_V1(monk_usage_cost);
@@ -66,7 +66,8 @@ SleepInterruptibly(long ms)
 static char *
 ApiCall(const char *method, const char *url, const char *body)
 {
-	MonkHttpClient *client = MonkHttpCreate();
+	/* its curl handles go with the current context, on an error too */
+	MonkHttpClient *client = MonkHttpCreate(CurrentMemoryContext);
 	MonkHttpRequest req;
 	char	   *result = NULL;
 	int			attempt = 0;
@@ -77,59 +78,49 @@ ApiCall(const char *method, const char *url, const char *body)
 	req.body_len = body ? strlen(body) : 0;
 	req.max_response = MAX_ANSWER;
 
-	PG_TRY();
+	while (result == NULL)
 	{
-		while (result == NULL)
-		{
-			MonkOutcome outcome;
+		MonkOutcome outcome;
 
-			if (MonkHttpStart(client, &req, url, MonkApiKey(), monk_request_timeout))
+		if (MonkHttpStart(client, &req, url, MonkApiKey(), monk_request_timeout))
+		{
+			while (!req.done)
 			{
-				while (!req.done)
-				{
-					MonkHttpWait(client, -1, PG_WAIT_EXTENSION);
-					CHECK_FOR_INTERRUPTS();
-				}
-				(void) MonkHttpNextDone(client);
+				MonkHttpWait(client, -1, PG_WAIT_EXTENSION);
+				CHECK_FOR_INTERRUPTS();
 			}
-			outcome = MonkClassify(req.status);
-			if (outcome == MONK_OUTCOME_ACCEPTED)
-			{
-				result = pnstrdup(req.big_response ? req.big_response : "", req.big_len);
-				break;
-			}
-			if (outcome == MONK_OUTCOME_AUTH)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-						 errmsg("the Events API refused the API key (HTTP %ld)", req.status),
-						 errhint("Set monk.api_key to a valid key and reload the configuration.")));
-			if (outcome == MONK_OUTCOME_SPLIT)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("the Events API refused the request (HTTP %ld)", req.status),
-						 errdetail("The answer was: %.500s", req.big_response ? req.big_response : req.response)));
-			if (req.response_truncated)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("the answer of the Events API is larger than %d bytes", MAX_ANSWER)));
-			if (++attempt > monk_max_retries)
-				ereport(ERROR,
-						(errcode(ERRCODE_CONNECTION_FAILURE),
-						 errmsg("the Events API did not answer successfully after %d attempts", attempt),
-						 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status,
-												req.big_response ? req.big_response : req.response)
-						 : errdetail("The last error was: %s", req.error),
-						 errhint("Check monk.status and monk.base_url; the request can be repeated.")));
-			SleepInterruptibly(MonkBackoffMs(attempt, req.retry_after_ms));
+			(void) MonkHttpNextDone(client);
 		}
+		outcome = MonkClassify(req.status);
+		if (outcome == MONK_OUTCOME_ACCEPTED)
+		{
+			result = pnstrdup(req.big_response ? req.big_response : "", req.big_len);
+			break;
+		}
+		if (outcome == MONK_OUTCOME_AUTH)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("the Events API refused the API key (HTTP %ld)", req.status),
+					 errhint("Set monk.api_key to a valid key and reload the configuration.")));
+		if (outcome == MONK_OUTCOME_SPLIT)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the Events API refused the request (HTTP %ld)", req.status),
+					 errdetail("The answer was: %.500s", req.big_response ? req.big_response : req.response)));
+		if (req.response_truncated)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the answer of the Events API is larger than %d bytes", MAX_ANSWER)));
+		if (++attempt > monk_max_retries)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("the Events API did not answer successfully after %d attempts", attempt),
+					 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status,
+											req.big_response ? req.big_response : req.response)
+					 : errdetail("The last error was: %s", req.error),
+					 errhint("Check monk.status and monk.base_url; the request can be repeated.")));
+		SleepInterruptibly(MonkBackoffMs(attempt, req.retry_after_ms));
 	}
-	PG_CATCH();
-	{
-		MonkHttpFreeResponse(&req);
-		MonkHttpDestroy(client);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
 	MonkHttpFreeResponse(&req);
 	MonkHttpDestroy(client);
 	return result;
@@ -454,7 +445,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	KeySet		set = {NULL, NULL, 0, 0};
 	MemoryContext keycxt;
 	MemoryContext old;
-	int			positions[NCOLS];
+	int			positions[MONK_SOURCE_NCOLUMNS];
 	char	   *query;
 	SPIPlanPtr	plan;
 	Portal		portal;
@@ -465,7 +456,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	CheckApiTime("since", has_since, since);
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
 	query = MonkSourceQuery(source, 0, positions);
-	if (has_since && positions[COL_TIMESTAMP] == 0)
+	if (has_since && positions[MONK_SOURCE_TIMESTAMP] == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("%s has no column \"timestamp\" to compare with since", get_rel_name(source)),
@@ -495,46 +486,28 @@ monk_verify_export(PG_FUNCTION_ARGS)
 			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			HeapTuple	tuple = SPI_tuptable->vals[r];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-			Datum		ts = SPI_getbinval(tuple, desc, 5, &isnull);
-			bool		ts_null = isnull;
-			char	   *key = SPI_getvalue(tuple, desc, 7);
-			char	   *name = SPI_getvalue(tuple, desc, 2);
-			MonkEvent	ev;
+			MonkSourceRow row;
 			MonkEventError err;
-			char	   *reason = "missing";
+			bool		valid = MonkSourceRowRead(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, now,
+												  &row, &err);
+			const char *key = row.key;
 			Datum		values[5];
 			bool		nulls[5] = {false, false, false, false, false};
 
-			if (has_since && (ts_null || DatumGetTimestampTz(ts) < since))
+			if (has_since && (!row.ev.has_timestamp || row.ev.timestamp < since))
 				continue;
-			if (key == NULL)
-				key = psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
 			if (set.n > 0 && bsearch(&key, set.keys, set.n, sizeof(char *), CompareKeys))
 				continue;
 
 			/* say when the row could never have been accepted */
-			memset(&ev, 0, sizeof(ev));
-			ev.naming = MONK_NAMES_COLUMNS;
-			ev.event_name = name;
-			ev.external_customer_id = SPI_getvalue(tuple, desc, 3);
-			if (SPI_getvalue(tuple, desc, 4))
-				ev.customer_id = palloc0(sizeof(pg_uuid_t));
-			ev.has_timestamp = !ts_null;
-			ev.timestamp = ts_null ? 0 : DatumGetTimestampTz(ts);
-			if (!MonkEventCheck(&ev, now, &err))
-				reason = psprintf("missing: the row is invalid (%s)", err.message);
-
 			old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-			values[0] = Int64GetDatum(id);
+			values[0] = Int64GetDatum(row.id);
 			values[1] = CStringGetTextDatum(key);
-			values[2] = name ? CStringGetTextDatum(name) : (nulls[2] = true, (Datum) 0);
-			values[3] = ts;
-			nulls[3] = ts_null;
-			values[4] = CStringGetTextDatum(reason);
+			values[2] = row.ev.event_name ? CStringGetTextDatum(row.ev.event_name) : (nulls[2] = true, (Datum) 0);
+			values[3] = TimestampTzGetDatum(row.ev.timestamp);
+			nulls[3] = !row.ev.has_timestamp;
+			values[4] = CStringGetTextDatum(valid ? "missing"
+											: psprintf("missing: the row is invalid (%s)", err.message));
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 			MemoryContextSwitchTo(old);
 		}

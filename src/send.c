@@ -99,14 +99,14 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 	MonkRequirePreload();
 	ValidateEvent(ev, now);
 
-	OutboxCheckCapacity();
-	id = OutboxNextId();
+	MonkOutboxCheckCapacity();
+	id = MonkOutboxNextId();
 	key = ev->idempotency_key ? ev->idempotency_key
 		: psprintf("%s" MONK_OUTBOX_KEY_INFIX INT64_FORMAT, monk_idempotency_prefix, id);
 
 	initStringInfo(&json);
 	MonkEventRender(&json, ev, key);
-	OutboxInsert(id, key, json.data, json.len, now);
+	MonkOutboxInsert(id, key, json.data, json.len, now);
 	MonkWakeWorkerAtCommit(1);
 	pfree(json.data);
 	return cstring_to_text(key);
@@ -236,8 +236,8 @@ monk_requeue(PG_FUNCTION_ARGS)
 	text	   *event = PG_GETARG_TEXT_PP(2);
 
 	MonkRequirePreload();
-	OutboxInsert(PG_GETARG_INT64(0), text_to_cstring(key), VARDATA_ANY(event),
-				 VARSIZE_ANY_EXHDR(event), PG_GETARG_TIMESTAMPTZ(3));
+	MonkOutboxInsert(PG_GETARG_INT64(0), text_to_cstring(key), VARDATA_ANY(event),
+					 VARSIZE_ANY_EXHDR(event), PG_GETARG_TIMESTAMPTZ(3));
 	MonkWakeWorkerAtCommit(1);
 	PG_RETURN_VOID();
 }

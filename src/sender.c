@@ -89,7 +89,7 @@ MonkChunkSetItem(MonkChunk *chunk, void *item)
 }
 
 /* Close the body: no event can be added afterwards. */
-void
+static void
 MonkChunkFinish(MonkChunk *chunk)
 {
 	MemoryContext old = MemoryContextSwitchTo(chunk->cxt);
@@ -106,7 +106,7 @@ MonkChunkFree(MonkChunk *chunk)
 }
 
 /* The batch endpoint under monk.base_url. */
-char *
+static char *
 MonkBatchUrl(void)
 {
 	char	   *base = MonkBaseUrl();
@@ -117,14 +117,13 @@ MonkBatchUrl(void)
 }
 
 MonkSender *
-MonkSenderCreate(const MonkSenderOps *ops, void *arg, MonkWorkerSlot *slot)
+MonkSenderCreate(const MonkSenderOps *ops, void *arg, MemoryContext parent)
 {
-	MonkSender *sender = MemoryContextAllocZero(TopMemoryContext, sizeof(MonkSender));
+	MonkSender *sender = MemoryContextAllocZero(parent, sizeof(MonkSender));
 
-	sender->http = MonkHttpCreate();
+	sender->http = MonkHttpCreate(parent);
 	sender->ops = ops;
 	sender->arg = arg;
-	sender->slot = slot;
 	dlist_init(&sender->waiting);
 	sender->circuit.state = MONK_CIRCUIT_CLOSED;
 	return sender;
@@ -137,11 +136,19 @@ MonkSenderDestroy(MonkSender *sender)
 	pfree(sender);
 }
 
+/* Tell the owner the circuit's state (the worker shows it in monk.status). */
+static void
+ReportCircuit(MonkSender *sender)
+{
+	if (sender->ops->circuit)
+		sender->ops->circuit(sender->arg, sender->circuit.state);
+}
+
 static void
 Count(MonkSender *sender, MonkCounter counter, int64 n)
 {
-	if (sender->slot)
-		pg_atomic_fetch_add_u64(&sender->slot->counters[counter], n);
+	if (sender->ops->count)
+		sender->ops->count(sender->arg, counter, n);
 }
 
 /* A new batch of chunk[start, start+count), due now. */
@@ -258,8 +265,7 @@ MonkSenderDispatch(MonkSender *sender)
 	}
 	if (url)
 		pfree(url);
-	if (sender->slot)
-		sender->slot->circuit = sender->circuit.state;
+	ReportCircuit(sender);
 }
 
 /* Milliseconds until the sender has something to start (-1: nothing). */
@@ -313,8 +319,8 @@ SetLastError(MonkSender *sender, MonkHttpRequest *req)
 	else
 		snprintf(sender->last_error, sizeof(sender->last_error), "HTTP %ld: %.*s",
 				 req->status, 160, req->response);
-	if (sender->slot)
-		MonkSlotSetError(sender->slot, sender->last_error);
+	if (sender->ops->outcome)
+		sender->ops->outcome(sender->arg, sender->last_error);
 }
 
 /*
@@ -337,6 +343,94 @@ RecordOutcome(MonkSender *sender, bool success, TimestampTz now)
 				(errmsg("monk: the circuit breaker closed: the Events API answered again")));
 }
 
+/* Count a completed request by the class of its answer. */
+static void
+CountAnswer(MonkSender *sender, long status)
+{
+	if (status >= 200 && status < 300)
+		Count(sender, MONK_REQUESTS_2XX, 1);
+	else if (status >= 400 && status < 500)
+		Count(sender, MONK_REQUESTS_4XX, 1);
+	else if (status >= 500)
+		Count(sender, MONK_REQUESTS_5XX, 1);
+	else
+		Count(sender, MONK_REQUESTS_FAILED, 1);
+}
+
+/* 400, 422, 413: a single event is refused for good; more are bisected. */
+static void
+SplitRefused(MonkSender *sender, MonkBatch *batch, TimestampTz now)
+{
+	MonkHttpRequest *req = &batch->req;
+
+	if (batch->count == 1)
+	{
+		Count(sender, MONK_EVENTS_FAILED, 1);
+		sender->ops->refused(sender->arg, batch, req->status, req->response);
+		Settle(sender, batch);
+	}
+	else
+	{
+		int			left = batch->count / 2;
+		MonkBatch  *a = NewBatch(batch->chunk, batch->start, left);
+		MonkBatch  *b = NewBatch(batch->chunk, batch->start + left, batch->count - left);
+
+		a->attempts = b->attempts = batch->attempts;
+		Requeue(sender, b, now, true);
+		Requeue(sender, a, now, true);
+		Settle(sender, batch);
+	}
+}
+
+/* 401, 403: pause (once per configuration) and keep the batch. */
+static void
+PauseOnAuth(MonkSender *sender, MonkBatch *batch, TimestampTz now)
+{
+	MonkHttpRequest *req = &batch->req;
+
+	/* an answer to a key replaced since it was sent says nothing of the new one */
+	if (!sender->paused && batch->generation == sender->generation)
+	{
+		sender->paused = true;
+		sender->ops->auth_failed(sender->arg, batch, req->status, req->response);
+	}
+	if (batch->body.data)
+	{
+		pfree(batch->body.data);
+		batch->body.data = NULL;
+	}
+	Requeue(sender, batch, now, true);
+}
+
+/*
+ * 408, 429, 5xx, no answer: back off (honouring Retry-After for every
+ * request), or, after monk.max_retries, park the batch or give it up.
+ */
+static void
+RetryLater(MonkSender *sender, MonkBatch *batch, TimestampTz now)
+{
+	MonkHttpRequest *req = &batch->req;
+
+	Count(sender, MONK_EVENTS_RETRIED, batch->count);
+	if (req->retry_after_ms >= 0)
+		sender->rate_limited_until =
+			Max(sender->rate_limited_until,
+				TimestampTzPlusMilliseconds(now, Min(req->retry_after_ms, MONK_MAX_RETRY_AFTER_MS)));
+	batch->attempts++;
+	if (batch->attempts <= monk_max_retries)
+		Requeue(sender, batch,
+				TimestampTzPlusMilliseconds(now, MonkBackoffMs(batch->attempts, req->retry_after_ms)),
+				false);
+	else if (sender->ops->parked(sender->arg, batch, req->status, sender->last_error))
+	{
+		/* parked: kept and tried again after the longest backoff */
+		batch->attempts = 0;
+		Requeue(sender, batch, TimestampTzPlusMilliseconds(now, monk_retry_max_delay), false);
+	}
+	else
+		Settle(sender, batch);
+}
+
 /* Apply the delivery policy to one completed request. */
 static void
 Complete(MonkSender *sender, MonkBatch *batch)
@@ -345,93 +439,34 @@ Complete(MonkSender *sender, MonkBatch *batch)
 	TimestampTz now = GetCurrentTimestamp();
 
 	sender->inflight--;
-	if (req->status >= 200 && req->status < 300)
-		Count(sender, MONK_REQUESTS_2XX, 1);
-	else if (req->status >= 400 && req->status < 500)
-		Count(sender, MONK_REQUESTS_4XX, 1);
-	else if (req->status >= 500)
-		Count(sender, MONK_REQUESTS_5XX, 1);
-	else
-		Count(sender, MONK_REQUESTS_FAILED, 1);
-
+	CountAnswer(sender, req->status);
 	switch (MonkClassify(req->status))
 	{
 		case MONK_OUTCOME_ACCEPTED:
 			RecordOutcome(sender, true, now);
 			Count(sender, MONK_EVENTS_SENT, batch->count);
-			if (sender->slot)
-				MonkSlotSetSuccess(sender->slot);
+			if (sender->ops->outcome)
+				sender->ops->outcome(sender->arg, NULL);
 			sender->ops->accepted(sender->arg, batch);
 			Settle(sender, batch);
 			break;
-
 		case MONK_OUTCOME_SPLIT:
 			/* the API answered: it is healthy, the data is not */
 			SetLastError(sender, req);
 			RecordOutcome(sender, true, now);
-			if (batch->count == 1)
-			{
-				Count(sender, MONK_EVENTS_FAILED, 1);
-				sender->ops->refused(sender->arg, batch, req->status, req->response);
-				Settle(sender, batch);
-			}
-			else
-			{
-				int			left = batch->count / 2;
-				MonkBatch  *a = NewBatch(batch->chunk, batch->start, left);
-				MonkBatch  *b = NewBatch(batch->chunk, batch->start + left, batch->count - left);
-
-				a->attempts = b->attempts = batch->attempts;
-				Requeue(sender, b, now, true);
-				Requeue(sender, a, now, true);
-				Settle(sender, batch);
-			}
+			SplitRefused(sender, batch, now);
 			break;
-
 		case MONK_OUTCOME_AUTH:
 			SetLastError(sender, req);
-			/* an answer to a key replaced since it was sent says nothing of the new one */
-			if (!sender->paused && batch->generation == sender->generation)
-			{
-				sender->paused = true;
-				sender->ops->auth_failed(sender->arg, batch, req->status, req->response);
-			}
-			if (batch->body.data)
-			{
-				pfree(batch->body.data);
-				batch->body.data = NULL;
-			}
-			Requeue(sender, batch, now, true);
+			PauseOnAuth(sender, batch, now);
 			break;
-
 		case MONK_OUTCOME_RETRY:
 			SetLastError(sender, req);
 			RecordOutcome(sender, false, now);
-			Count(sender, MONK_EVENTS_RETRIED, batch->count);
-			if (req->retry_after_ms >= 0)
-				sender->rate_limited_until =
-					Max(sender->rate_limited_until,
-						TimestampTzPlusMilliseconds(now, Min(req->retry_after_ms, MONK_MAX_RETRY_AFTER_MS)));
-			batch->attempts++;
-			if (batch->attempts > monk_max_retries)
-			{
-				/* parked: kept and tried again after the longest backoff, or given up */
-				if (sender->ops->parked(sender->arg, batch, req->status, sender->last_error))
-				{
-					batch->attempts = 0;
-					Requeue(sender, batch, TimestampTzPlusMilliseconds(now, monk_retry_max_delay), false);
-				}
-				else
-					Settle(sender, batch);
-			}
-			else
-				Requeue(sender, batch,
-						TimestampTzPlusMilliseconds(now, MonkBackoffMs(batch->attempts, req->retry_after_ms)),
-						false);
+			RetryLater(sender, batch, now);
 			break;
 	}
-	if (sender->slot)
-		sender->slot->circuit = sender->circuit.state;
+	ReportCircuit(sender);
 }
 
 /*

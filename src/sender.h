@@ -12,7 +12,6 @@
 
 #include "delivery.h"
 #include "http.h"
-#include "shmem.h"
 
 /*
  * Events read together (one read of the outbox, one slice of a source),
@@ -66,6 +65,14 @@ typedef struct MonkSenderOps
 	void		(*auth_failed) (void *arg, MonkBatch *batch, long status, const char *body);
 	/* every batch of the chunk has been accepted or refused */
 	void		(*chunk_done) (void *arg, MonkChunk *chunk);
+
+	/* optional reports, for monk.status (NULL: not reported) */
+	/* a counter moved */
+	void		(*count) (void *arg, MonkCounter counter, int64 n);
+	/* a request failed (message never holds the key), or one succeeded (NULL) */
+	void		(*outcome) (void *arg, const char *error);
+	/* the circuit breaker's state, after each dispatch and answer */
+	void		(*circuit) (void *arg, MonkCircuitState state);
 } MonkSenderOps;
 
 typedef struct MonkSender
@@ -73,7 +80,6 @@ typedef struct MonkSender
 	MonkHttpClient *http;
 	const MonkSenderOps *ops;
 	void	   *arg;
-	MonkWorkerSlot *slot;		/* counters, or NULL */
 	dlist_head	waiting;		/* batches due now or backing off */
 	int			nwaiting;
 	int			inflight;
@@ -89,16 +95,14 @@ extern MonkChunk *MonkChunkCreate(MemoryContext parent, int capacity);
 extern void MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len,
 						 TimestampTz queued_at);
 extern void MonkChunkSetItem(MonkChunk *chunk, void *item);
-extern void MonkChunkFinish(MonkChunk *chunk);
 extern void MonkChunkFree(MonkChunk *chunk);
 
-extern MonkSender *MonkSenderCreate(const MonkSenderOps *ops, void *arg, MonkWorkerSlot *slot);
+extern MonkSender *MonkSenderCreate(const MonkSenderOps *ops, void *arg, MemoryContext parent);
 extern void MonkSenderDestroy(MonkSender *sender);
 extern void MonkSenderSubmit(MonkSender *sender, MonkChunk *chunk);
 extern void MonkSenderDispatch(MonkSender *sender);
 extern long MonkSenderNextWakeMs(MonkSender *sender);
 extern bool MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info);
 extern void MonkSenderConfigChanged(MonkSender *sender);
-extern char *MonkBatchUrl(void);
 
 #endif

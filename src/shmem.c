@@ -265,18 +265,3 @@ MonkStateName(int state)
 	}
 	return "unknown";
 }
-
-const char *
-MonkCircuitName(int circuit)
-{
-	switch (circuit)
-	{
-		case MONK_CIRCUIT_CLOSED:
-			return "closed";
-		case MONK_CIRCUIT_OPEN:
-			return "open";
-		case MONK_CIRCUIT_HALF_OPEN:
-			return "half-open";
-	}
-	return "unknown";
-}

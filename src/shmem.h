@@ -3,6 +3,31 @@
  *		State shared between the monk workers and the backends: one slot per
  *		database of monk.databases, holding the worker's latch and the live
  *		figures behind monk.status.
+ *
+ * Access rules.  The slots are made at postmaster start (one per entry of
+ * monk.databases) and never move; each has one writer of everything but
+ * its counters of commits, its worker:
+ *
+ * - dbname is written before any process attaches and never changes.
+ * - dboid, pid, latch, state and circuit are written by the worker alone
+ *   and read without a lock: an aligned int or pointer is read whole, and
+ *   a reader may see the value just before a change (monk.status shows a
+ *   state a moment old; a backend that sets a latch the worker has just
+ *   given up wakes nobody, and the worker reads the counters again when it
+ *   starts).
+ * - counters, settled and segment are atomics: the worker adds and writes,
+ *   backends read.
+ * - committed is added to by the backends (an XactCallback, after their
+ *   commit is visible); wake_at is armed by the worker and disarmed by the
+ *   first commit that reaches it, with a compare-and-exchange so that a mark
+ *   the worker has just re-armed is never lost; the worker reads committed
+ *   after arming (a full barrier), so that a commit is either seen or wakes
+ *   it.
+ * - depth_base is written by the worker before depth_known is set, with a
+ *   write barrier between them; a backend reads depth_known, then (after a
+ *   read barrier) depth_base.
+ * - mutex (a spinlock) protects started_at, last_success_at, last_error_at
+ *   and last_error, which are written and read together.
  */
 #ifndef MONK_SHMEM_H
 #define MONK_SHMEM_H
@@ -11,6 +36,8 @@
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+
+#include "delivery.h"
 
 #define MONK_MAX_DATABASES 64
 #define MONK_LAST_ERROR_LEN 256
@@ -27,26 +54,6 @@ typedef enum MonkWorkerState
 	MONK_STATE_STOPPING
 } MonkWorkerState;
 
-typedef enum MonkCircuitState
-{
-	MONK_CIRCUIT_CLOSED = 0,
-	MONK_CIRCUIT_OPEN,
-	MONK_CIRCUIT_HALF_OPEN
-} MonkCircuitState;
-
-/* Counters behind monk.status, bumped by the worker. */
-typedef enum MonkCounter
-{
-	MONK_EVENTS_SENT = 0,
-	MONK_EVENTS_FAILED,			/* dead-lettered */
-	MONK_EVENTS_RETRIED,		/* events in requests that will be retried */
-	MONK_REQUESTS_2XX,
-	MONK_REQUESTS_4XX,
-	MONK_REQUESTS_5XX,
-	MONK_REQUESTS_FAILED,		/* no HTTP answer: timeout, connection error */
-	MONK_NUM_COUNTERS
-} MonkCounter;
-
 typedef struct MonkWorkerSlot
 {
 	char		dbname[NAMEDATALEN];	/* set at startup, never changes */
@@ -54,8 +61,8 @@ typedef struct MonkWorkerSlot
 	int			pid;			/* 0 when no worker runs */
 	Latch	   *latch;			/* the worker's latch, NULL when none runs */
 	int			state;			/* MonkWorkerState */
-	int			circuit;		/* MonkCircuitState */
-	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];
+	int			circuit;		/* MonkCircuitState (delivery.h) */
+	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];	/* by MonkCounter (delivery.h) */
 	pg_atomic_uint64 committed;	/* events committed into the outbox (about) */
 	pg_atomic_uint64 wake_at;	/* wake the worker once committed reaches this */
 	pg_atomic_uint32 segment;	/* where new events go; >= MONK_SEGMENTS: ask the table */
@@ -87,6 +94,5 @@ extern int64 MonkSlotDepth(MonkWorkerSlot *slot);
 extern void MonkSlotSetError(MonkWorkerSlot *slot, const char *msg);
 extern void MonkSlotSetSuccess(MonkWorkerSlot *slot);
 extern const char *MonkStateName(int state);
-extern const char *MonkCircuitName(int circuit);
 
 #endif

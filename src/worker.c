@@ -66,8 +66,8 @@
  */
 typedef struct Window
 {
-	OutboxSnapshot prev;		/* its start: the end of the previous window */
-	OutboxSnapshot snap;		/* its end */
+	MonkOutboxSnapshot prev;		/* its start: the end of the previous window */
+	MonkOutboxSnapshot snap;		/* its end */
 	int			nslices;		/* slices of it not yet behind the frontier */
 	bool		read_whole;		/* every event of it has been read */
 } Window;
@@ -98,7 +98,7 @@ typedef struct KeyEntry
 /* One event in memory, from its read until it settles. */
 typedef struct Queued
 {
-	OutboxRow	row;			/* key and event point into this item's own copies */
+	MonkOutboxRow	row;			/* key and event point into this item's own copies */
 	Slice	   *slice;
 	KeyEntry   *entry;
 	bool		parked;			/* its batch was parked once */
@@ -135,7 +135,7 @@ typedef struct MonkWorker
 	uint64		pos_txid;		/* where the read goes on from */
 	int64		pos_id;
 	dlist_head	slices;			/* oldest first */
-	OutboxSnapshot next_prev;	/* the start of the next window */
+	MonkOutboxSnapshot next_prev;	/* the start of the next window */
 	bool		need_read;
 	uint64		read_base;		/* committed count before the last read */
 
@@ -146,7 +146,7 @@ typedef struct MonkWorker
 	int			nchunks;
 
 	/* recording */
-	OutboxState state;
+	MonkOutboxState state;
 	bool		state_dirty;	/* the frontier moved since it was saved */
 	TimestampTz saved_at;
 	TimestampTz maintained_at;
@@ -247,7 +247,7 @@ Grow(MemoryContext cxt, void *array, Size size, int *cap, int need)
 
 /* A deep copy of a snapshot in cxt. */
 static void
-CopySnapshot(OutboxSnapshot *dst, const OutboxSnapshot *src, MemoryContext cxt)
+CopySnapshot(MonkOutboxSnapshot *dst, const MonkOutboxSnapshot *src, MemoryContext cxt)
 {
 	*dst = *src;
 	dst->xip = MemoryContextAlloc(cxt, sizeof(uint64) * Max(src->nxip, 1));
@@ -267,7 +267,7 @@ CopySnapshot(OutboxSnapshot *dst, const OutboxSnapshot *src, MemoryContext cxt)
 static void
 AdvanceFrontier(MonkWorker *w)
 {
-	OutboxState *st = &w->state;
+	MonkOutboxState *st = &w->state;
 
 	while (!dlist_is_empty(&w->slices))
 	{
@@ -353,7 +353,7 @@ AddAccepted(void *arg, uint64 txid, int64 id)
 
 /* Was this event accepted before a restart?  It is then settled already. */
 static bool
-AcceptedBefore(MonkWorker *w, const OutboxRow *row)
+AcceptedBefore(MonkWorker *w, const MonkOutboxRow *row)
 {
 	AcceptedKey key = {row->txid, row->id};
 	bool		found = false;
@@ -365,7 +365,7 @@ AcceptedBefore(MonkWorker *w, const OutboxRow *row)
 
 /* Keep one event read: it waits in pending, replacing an older version. */
 static void
-AddRow(void *arg, const OutboxRow *row)
+AddRow(void *arg, const MonkOutboxRow *row)
 {
 	MonkWorker *w = arg;
 	Queued	   *item = MemoryContextAlloc(w->cxt, sizeof(Queued) + row->key_len + row->event_len + 2);
@@ -442,7 +442,7 @@ AddRow(void *arg, const OutboxRow *row)
  * transaction ids; both in (txid, id) order.
  */
 static void
-OpenWindow(MonkWorker *w, const OutboxSnapshot *snap)
+OpenWindow(MonkWorker *w, const MonkOutboxSnapshot *snap)
 {
 	Window	   *win = MemoryContextAllocZero(w->cxt, sizeof(Window));
 
@@ -454,7 +454,7 @@ OpenWindow(MonkWorker *w, const OutboxSnapshot *snap)
 	w->nlate = 0;
 	for (int i = 0; i < win->prev.nxip; i++)
 	{
-		if (OutboxSnapshotSees(&win->snap, win->prev.xip[i]))
+		if (MonkOutboxSnapshotSees(&win->snap, win->prev.xip[i]))
 			w->late[w->nlate++] = win->prev.xip[i];
 	}
 	w->late_pos = 0;
@@ -470,7 +470,7 @@ OpenWindow(MonkWorker *w, const OutboxSnapshot *snap)
 static void
 ResumeWindow(MonkWorker *w)
 {
-	OutboxState *st = &w->state;
+	MonkOutboxState *st = &w->state;
 
 	OpenWindow(w, &st->window);
 	if (st->pos_txid >= w->window->prev.xmax)
@@ -515,12 +515,12 @@ ReadEvents(MonkWorker *w, int want)
 	int			asked = want;
 
 	w->read_base = pg_atomic_read_u64(&w->slot->committed);
-	OutboxBegin("monk: reading queued events");
+	MonkOutboxBegin("monk: reading queued events");
 	if (w->window == NULL)
 	{
-		OutboxSnapshot snap;
+		MonkOutboxSnapshot snap;
 
-		OutboxTakeSnapshot(&snap, CurrentMemoryContext);
+		MonkOutboxTakeSnapshot(&snap, CurrentMemoryContext);
 		OpenWindow(w, &snap);
 	}
 	w->slice = MemoryContextAllocZero(w->cxt, sizeof(Slice));
@@ -533,7 +533,7 @@ ReadEvents(MonkWorker *w, int want)
 
 		if (w->late_pos < w->nlate)
 		{
-			got = OutboxReadTxid(w->late[w->late_pos], w->pos_id, want, AddRow, w);
+			got = MonkOutboxReadTxid(w->late[w->late_pos], w->pos_id, want, AddRow, w);
 			if (got < want)
 			{
 				w->late_pos++;
@@ -542,14 +542,14 @@ ReadEvents(MonkWorker *w, int want)
 		}
 		else
 		{
-			got = OutboxReadRange(w->window->prev.xmax, w->window->snap.xmax, w->pos_txid, w->pos_id,
-								  w->window->snap.xip, w->window->snap.nxip, want, AddRow, w);
+			got = MonkOutboxReadRange(w->window->prev.xmax, w->window->snap.xmax, w->pos_txid, w->pos_id,
+									  w->window->snap.xip, w->window->snap.nxip, want, AddRow, w);
 			if (got < want)
 				EndWindow(w);
 		}
 		want -= got;
 	}
-	OutboxCommit();
+	MonkOutboxCommit();
 	w->slice = NULL;
 	AdvanceFrontier(w);
 	return want == 0 && asked > 0;
@@ -677,10 +677,10 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 	Queued	   *item = BatchItem(batch, 0);
 	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
 
-	OutboxBegin("monk: dead-lettering a refused event");
-	OutboxDeadLetter(&item->row, status, error, body, batch->attempts);
-	OutboxNotify(AlertPayload(w, "dead_letter", 1, status));
-	OutboxCommit();
+	MonkOutboxBegin("monk: dead-lettering a refused event");
+	MonkOutboxDeadLetter(&item->row, status, error, body, batch->attempts);
+	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, status));
+	MonkOutboxCommit();
 	ereport(LOG,
 			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
 					item->row.id, status)));
@@ -699,9 +699,9 @@ OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 		BatchItem(batch, i)->parked = true;
 		ids[i] = BatchItem(batch, i)->row.id;
 	}
-	OutboxBegin("monk: parking a failing batch");
-	OutboxPark(ids, batch->count, batch->attempts, status, error, next);
-	OutboxCommit();
+	MonkOutboxBegin("monk: parking a failing batch");
+	MonkOutboxPark(ids, batch->count, batch->attempts, status, error, next);
+	MonkOutboxCommit();
 	pfree(ids);
 	ereport(WARNING,
 			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
@@ -719,9 +719,9 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 	ereport(WARNING,
 			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
 			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
-	OutboxBegin("monk: reporting an authentication failure");
-	OutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
-	OutboxCommit();
+	MonkOutboxBegin("monk: reporting an authentication failure");
+	MonkOutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
+	MonkOutboxCommit();
 }
 
 static void
@@ -735,8 +735,36 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 	w->need_read = true;
 }
 
+/* The sender's reports, into the worker's slot for monk.status. */
+static void
+OnCount(void *arg, MonkCounter counter, int64 n)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	pg_atomic_fetch_add_u64(&w->slot->counters[counter], n);
+}
+
+static void
+OnOutcome(void *arg, const char *error)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	if (error)
+		MonkSlotSetError(w->slot, error);
+	else
+		MonkSlotSetSuccess(w->slot);
+}
+
+static void
+OnCircuit(void *arg, MonkCircuitState state)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	w->slot->circuit = state;
+}
+
 static const MonkSenderOps worker_ops = {
-	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone
+	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone, OnCount, OnOutcome, OnCircuit
 };
 
 /* ------------------------------------------------------------------------
@@ -753,24 +781,24 @@ static const MonkSenderOps worker_ops = {
 static bool
 MaintainSegments(MonkWorker *w, TimestampTz now)
 {
-	OutboxState *st = &w->state;
+	MonkOutboxState *st = &w->state;
 	int			next = (st->cur_segment + 1) % MONK_SEGMENTS;
-	OutboxSegment *cur = &st->segments[st->cur_segment];
-	OutboxSegment *nseg = &st->segments[next];
+	MonkOutboxSegment *cur = &st->segments[st->cur_segment];
+	MonkOutboxSegment *nseg = &st->segments[next];
 
 	for (int s = 0; s < MONK_SEGMENTS; s++)
 	{
-		OutboxSegment *seg = &st->segments[s];
+		MonkOutboxSegment *seg = &st->segments[s];
 
 		/* used since it was last truncated: truncate it when it can be */
 		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
-			(void) OutboxTryTruncate(st, s, monk_retention);
+			(void) MonkOutboxTryTruncate(st, s, monk_retention);
 	}
 	if (w->seen_in_cur &&
 		TimestampDifferenceExceeds(cur->rotated_at, now, SEGMENT_ROTATE_MS) &&
 		(nseg->rotated_at == 0 || nseg->truncated_at > nseg->rotated_at))
 	{
-		OutboxRotate(st, next);
+		MonkOutboxRotate(st, next);
 		w->seen_in_cur = false;
 		w->state_dirty = false;
 		return true;
@@ -797,12 +825,12 @@ RecordProgress(MonkWorker *w, bool force)
 	if (!save && !maintain && dlist_is_empty(&w->sent) && w->nunpark == 0)
 		return;
 
-	OutboxBegin("monk: recording delivered events");
+	MonkOutboxBegin("monk: recording delivered events");
 	dlist_foreach_modify(iter, &w->sent)
 	{
 		SentBatch  *sb = dlist_container(SentBatch, node, iter.cur);
 
-		OutboxRecordSent(sb->segment, sb->txids, sb->ids, sb->n, sb->status, sb->attempts);
+		MonkOutboxRecordSent(sb->segment, sb->txids, sb->ids, sb->n, sb->status, sb->attempts);
 		dlist_delete(&sb->node);
 		pfree(sb->txids);
 		pfree(sb->ids);
@@ -810,12 +838,12 @@ RecordProgress(MonkWorker *w, bool force)
 	}
 	if (w->nunpark > 0)
 	{
-		OutboxUnpark(w->unpark, w->nunpark);
+		MonkOutboxUnpark(w->unpark, w->nunpark);
 		w->nunpark = 0;
 	}
 	if (save)
 	{
-		OutboxSaveState(&w->state);
+		MonkOutboxSaveState(&w->state);
 		w->state_dirty = false;
 		w->saved_at = now;
 	}
@@ -824,7 +852,7 @@ RecordProgress(MonkWorker *w, bool force)
 		rotated = MaintainSegments(w, now);
 		w->maintained_at = now;
 	}
-	OutboxCommit();
+	MonkOutboxCommit();
 	if (rotated)
 		pg_atomic_write_u32(&w->slot->segment, (uint32) w->state.cur_segment);
 }
@@ -843,16 +871,16 @@ static bool
 PrepareLog(MonkWorker *w)
 {
 	static bool legacy_logged = false;
-	OutboxSchema schema;
+	MonkOutboxSchema schema;
 	uint64		committed;
 	int64		unsettled;
 
-	OutboxBegin("monk: looking for the outbox");
-	schema = OutboxFindSchema();
-	if (schema != OUTBOX_LOG)
+	MonkOutboxBegin("monk: looking for the outbox");
+	schema = MonkOutboxFindSchema();
+	if (schema != MONK_OUTBOX_LOG)
 	{
-		OutboxCommit();
-		if (schema == OUTBOX_LEGACY && !legacy_logged)
+		MonkOutboxCommit();
+		if (schema == MONK_OUTBOX_LEGACY && !legacy_logged)
 		{
 			ereport(LOG,
 					(errmsg("monk: the outbox of database \"%s\" is monk 0.1's; nothing is sent until ALTER EXTENSION monk UPDATE",
@@ -863,7 +891,7 @@ PrepareLog(MonkWorker *w)
 		}
 		return false;
 	}
-	OutboxLoadState(&w->state, w->cxt);
+	MonkOutboxLoadState(&w->state, w->cxt);
 	{
 		HASHCTL		ctl;
 
@@ -872,12 +900,12 @@ PrepareLog(MonkWorker *w)
 		ctl.entrysize = sizeof(AcceptedKey);
 		ctl.hcxt = w->cxt;
 		w->accepted = hash_create("monk accepted", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		OutboxForEachAccepted(&w->state.frontier, AddAccepted, w);
+		MonkOutboxForEachAccepted(&w->state.frontier, AddAccepted, w);
 	}
 	pg_atomic_write_u64(&w->slot->settled, 0);
 	committed = pg_atomic_read_u64(&w->slot->committed);
-	unsettled = OutboxCountUnsettled(&w->state.frontier);
-	OutboxCommit();
+	unsettled = MonkOutboxCountUnsettled(&w->state.frontier);
+	MonkOutboxCommit();
 
 	CopySnapshot(&w->next_prev, &w->state.frontier, w->cxt);
 	if (w->state.in_window)
@@ -937,13 +965,13 @@ Drain(MonkWorker *w)
 static bool
 SegmentsPending(MonkWorker *w)
 {
-	OutboxState *st = &w->state;
+	MonkOutboxState *st = &w->state;
 
 	if (w->seen_in_cur || w->state_dirty)
 		return true;
 	for (int s = 0; s < MONK_SEGMENTS; s++)
 	{
-		OutboxSegment *seg = &st->segments[s];
+		MonkOutboxSegment *seg = &st->segments[s];
 
 		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
 			return true;
@@ -967,64 +995,75 @@ PublishState(MonkWorker *w)
 		SetState(w, MONK_STATE_IDLE);
 }
 
-/*
- * One pass of the loop: send what is ready, record what settled, read while
- * there is room, flush a batch when it is full or old enough.  Returns the
- * time to wait for (-1: until woken).
- */
-static long
-Step(MonkWorker *w)
+/* Is there room for another batch in flight? */
+static bool
+HasRoom(MonkWorker *w)
 {
-	long		timeout = -1;
-	long		sender_wake;
-	bool		room;
-	int			sendable;
-	TimestampTz oldest;
-	uint64		wake_at = PG_UINT64_MAX;
+	return !w->sender->paused && w->nchunks < CHUNKS_AHEAD;
+}
 
-	/* requests first: what is ready goes out before the bookkeeping */
-	MonkSenderDispatch(w->sender);
-	RecordProgress(w, false);
+/*
+ * Read while there is room for another batch and too few events wait for
+ * one.  Returns how many wait, and in *oldest when the oldest was queued.
+ */
+static int
+ReadIfRoom(MonkWorker *w, TimestampTz *oldest)
+{
+	int			sendable = CountSendable(w, oldest);
 
-	/* read while there is room for another batch */
-	room = !w->sender->paused && w->nchunks < CHUNKS_AHEAD;
-	sendable = CountSendable(w, &oldest);
-	if (w->need_read && room && sendable < BatchTarget())
+	if (w->need_read && HasRoom(w) && sendable < BatchTarget())
 	{
 		w->need_read = ReadEvents(w, BatchTarget() - sendable);
-		sendable = CountSendable(w, &oldest);
+		sendable = CountSendable(w, oldest);
 	}
+	return sendable;
+}
 
-	/* flush a full batch, or one whose oldest event waited long enough */
-	if (room && sendable > 0)
-	{
-		TimestampTz due = TimestampTzPlusMilliseconds(oldest, monk_flush_interval);
-		TimestampTz now = GetCurrentTimestamp();
+/*
+ * Flush a full batch, or one whose oldest event waited monk.flush_interval.
+ * Returns the milliseconds until the waiting events are due (-1: none wait).
+ */
+static long
+FlushIfDue(MonkWorker *w, int sendable, TimestampTz oldest)
+{
+	TimestampTz due;
+	TimestampTz now;
 
-		if (sendable >= BatchTarget() || now >= due)
-		{
-			SubmitPending(w);
-			MonkSenderDispatch(w->sender);
-			w->need_read = true;
-		}
-		else
-			timeout = (long) ((due - now + 999) / 1000);
-	}
+	if (!HasRoom(w) || sendable == 0)
+		return -1;
+	due = TimestampTzPlusMilliseconds(oldest, monk_flush_interval);
+	now = GetCurrentTimestamp();
+	if (sendable < BatchTarget() && now < due)
+		return (long) ((due - now + 999) / 1000);
+	SubmitPending(w);
+	MonkSenderDispatch(w->sender);
+	w->need_read = true;
+	return -1;
+}
 
-	PublishState(w);
-	sender_wake = MonkSenderNextWakeMs(w->sender);
-	if (sender_wake >= 0 && (timeout < 0 || sender_wake < timeout))
-		timeout = sender_wake;
+/* The earlier of two timeouts (-1: none). */
+static long
+EarlierTimeout(long a, long b)
+{
+	if (a < 0)
+		return b;
+	return (b >= 0 && b < a) ? b : a;
+}
 
-	/*
-	 * Which commits should wake us: with room for a batch, the next event
-	 * (or, while some wait for their flush, enough to fill the batch);
-	 * without room, none -- a settled chunk makes room and wakes us.
-	 */
-	room = !w->sender->paused && w->nchunks < CHUNKS_AHEAD;
-	if (w->need_read && room)
+/*
+ * Arm the wake-up: which commits should wake us.  With room for a batch,
+ * the next event (or, while some wait for their flush, enough to fill the
+ * batch); without room, none -- a settled chunk makes room and wakes us.
+ * Returns the timeout, 0 when there is reading to do now.
+ */
+static long
+ArmWakeup(MonkWorker *w, int sendable, long timeout)
+{
+	uint64		wake_at = PG_UINT64_MAX;
+
+	if (w->need_read && HasRoom(w))
 		timeout = 0;
-	else if (room)
+	else if (HasRoom(w))
 		wake_at = w->read_base + (sendable > 0 ? Max(BatchTarget() - sendable, 1) : 1);
 	MonkSlotWakeAt(w->slot, wake_at);
 	if (wake_at != PG_UINT64_MAX && pg_atomic_read_u64(&w->slot->committed) >= wake_at)
@@ -1043,16 +1082,45 @@ Step(MonkWorker *w)
 		timeout = 10000;
 		w->need_read = true;
 	}
-
-	/* going to sleep: save the frontier, and come back for the segments' upkeep */
-	if (timeout < 0 || timeout > MAINTAIN_MS)
-	{
-		RecordProgress(w, true);
-		if (SegmentsPending(w))
-			timeout = MAINTAIN_MS;
-		pgstat_report_stat(true);
-	}
 	return timeout;
+}
+
+/*
+ * Before a sleep longer than the segments' upkeep interval: save the
+ * frontier, and come back for the upkeep if a segment needs it.
+ */
+static long
+BeforeSleep(MonkWorker *w, long timeout)
+{
+	if (timeout >= 0 && timeout <= MAINTAIN_MS)
+		return timeout;
+	RecordProgress(w, true);
+	pgstat_report_stat(true);
+	return SegmentsPending(w) ? MAINTAIN_MS : timeout;
+}
+
+/*
+ * One pass of the loop: send what is ready, record what settled, read while
+ * there is room, flush a batch when it is full or old enough, publish the
+ * state, arm the wake-up.  Returns the time to wait for (-1: until woken).
+ */
+static long
+Step(MonkWorker *w)
+{
+	TimestampTz oldest;
+	int			sendable;
+	long		timeout;
+
+	/* requests first: what is ready goes out before the bookkeeping */
+	MonkSenderDispatch(w->sender);
+	RecordProgress(w, false);
+
+	sendable = ReadIfRoom(w, &oldest);
+	timeout = FlushIfDue(w, sendable, oldest);
+	PublishState(w);
+	timeout = EarlierTimeout(timeout, MonkSenderNextWakeMs(w->sender));
+	timeout = ArmWakeup(w, sendable, timeout);
+	return BeforeSleep(w, timeout);
 }
 
 /* Entry point of a monk worker; arg is its slot number. */
@@ -1093,7 +1161,7 @@ MonkWorkerMain(Datum arg)
 	dlist_init(&w.pending);
 	dlist_init(&w.chunks);
 	dlist_init(&w.sent);
-	w.sender = MonkSenderCreate(&worker_ops, &w, w.slot);
+	w.sender = MonkSenderCreate(&worker_ops, &w, w.cxt);
 
 	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
 

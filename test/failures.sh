@@ -1,6 +1,6 @@
 # Sourced by test/run-tests.sh and test/sanitize.sh: after a failed
 # `make installcheck` whose output is in $1, print what a person needs to see
-# and nothing else: pg_regress's diffs, then for each failed TAP test its own
+# and nothing else: pg_regress's diffs (and the isolation tests'), then for each failed TAP test its own
 # log and what went wrong in the server logs of its clusters.
 monk_show_failures()
 {
@@ -8,6 +8,10 @@ monk_show_failures()
 	if [ -s regression.diffs ]; then
 		echo "---- regression.diffs"
 		cat regression.diffs
+	fi
+	if [ -s output_iso/regression.diffs ]; then
+		echo "---- output_iso/regression.diffs (isolation)"
+		cat output_iso/regression.diffs
 	fi
 	for t in $(sed -nE 's/^(test\/t\/[^ ]+\.pl) +\(Wstat.*/\1/p' "$output" | sort -u); do
 		name=$(basename "$t" .pl)

@@ -38,13 +38,14 @@ echo "== local Monk API: its own tests"
 "${as_user[@]}" python3 test/monk_api_test.py > api-tests.out 2>&1 || { status=1; cat api-tests.out; }
 tail -n 3 api-tests.out
 
-# pg_regress, then the TAP tests: each runs whatever the other's outcome
+# pg_regress and the isolation specs, then the TAP tests: each runs whatever the other's outcome
 echo "== pg_regress and TAP tests (PostgreSQL $PG_MAJOR)"
 prove_tests=()
 [ -n "${PROVE_TESTS:-}" ] && prove_tests=(PROVE_TESTS="$PROVE_TESTS")
 : > installcheck.out
-for part in "TAP_TESTS=" "REGRESS="; do
-	if ! "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck "$part" "${prove_tests[@]}" 2>&1 | tee -a installcheck.out; then
+for part in "TAP_TESTS=" "REGRESS= ISOLATION="; do
+	# shellcheck disable=SC2086 # $part is one or two assignments
+	if ! "${as_user[@]}" make -s PG_CONFIG="$PG_CONFIG" installcheck $part "${prove_tests[@]}" 2>&1 | tee -a installcheck.out; then
 		status=1
 	fi
 done

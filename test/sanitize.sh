@@ -32,10 +32,12 @@ status=0
 export MONK_EXTRA_CONF="$extra"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$san/reports/ubsan"
 : > "$san/installcheck.out"
-# pg_regress, then the TAP tests: each runs whatever the other's outcome
-for part in "TAP_TESTS=" "REGRESS="; do
-	make -s PG_CONFIG="$PG_CONFIG" installcheck "$part" \
+# pg_regress and the isolation specs, then the TAP tests: each runs whatever the other's outcome
+for part in "TAP_TESTS=" "REGRESS= ISOLATION="; do
+	# shellcheck disable=SC2086 # $part is one or two assignments
+	make -s PG_CONFIG="$PG_CONFIG" installcheck $part \
 		REGRESS_OPTS="--temp-instance=./tmp_regress --temp-config=$san/regress.conf --dbname=contrib_regression" \
+		ISOLATION_OPTS="--inputdir=test/isolation --temp-instance=./tmp_isolation --temp-config=$san/regress.conf --dbname=isolation_regression" \
 		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} 2>&1 | tee -a "$san/installcheck.out" || status=1
 done
 [ $status -eq 0 ] || monk_show_failures "$san/installcheck.out"
