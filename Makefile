@@ -49,4 +49,6 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # after PGXS, which resets it
-PROVE_FLAGS += -I $(srcdir)/test
+# two test files at a time: most of a TAP test waits (on the worker, the API, a restart)
+PROVE_JOBS ?= 2
+PROVE_FLAGS += -I $(srcdir)/test -j$(PROVE_JOBS)
