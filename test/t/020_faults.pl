@@ -8,6 +8,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
+use Time::Local qw(timegm);
 use MonkApi;
 use MonkTest;
 
@@ -25,6 +26,14 @@ sub send_events
 }
 
 sub status { monk_status($node, $_[0]) }
+
+# When the API logged a request, in seconds since the epoch.
+sub request_time
+{
+	my ($t) = $_[0]{time} =~ /^(\d+-\d+-\d+T\d+:\d+:[\d.]+)Z$/ or die "unexpected request time $_[0]{time}";
+	my ($y, $mo, $d, $h, $mi, $sec) = $t =~ /^(\d+)-(\d+)-(\d+)T(\d+):(\d+):([\d.]+)$/;
+	return timegm(0, $mi, $h, $d, $mo - 1, $y) + $sec;
+}
 
 # transient failures: every kind, then success
 $api->faults({ retry_after => 0,
@@ -58,13 +67,25 @@ ok(wait_outbox_empty($node), 'the events went through once the API was fast agai
 api_holds_exactly($api, \@all, 'exactly the committed events');
 set_monk_conf($node, 'monk.request_timeout' => '5s');
 
-# the circuit breaker opens after consecutive failures and closes on success
-set_monk_conf($node, 'monk.circuit_failure_threshold' => 3, 'monk.circuit_open_time' => '1s');
+# the circuit breaker opens after consecutive failures and closes on success; while it is open no
+# request reaches the API, and each time it half-opens a single probe does (one request at a time
+# here, so that no request sent before the opening lands after it)
+set_monk_conf($node, 'monk.circuit_failure_threshold' => 3, 'monk.circuit_open_time' => '1s',
+	'monk.max_parallel_requests' => 1);
 $api->faults({ fail_rate => { 500 => 1.0 } });
+my $logged_before = scalar(@{ $api->requests(10000) });
+# the requests answered 500 since (late answers of the slow requests above carry other statuses)
+my $failed = sub { [ grep { $_->{status} eq '500' } @{ $api->requests(10000) }[ $logged_before .. $#{ $api->requests(10000) } ] ] };
 send_events('circuit', 5);
 ok(wait_until('the circuit to open', 30, sub { status('circuit') eq 'open' }), 'the circuit opens');
 like(status('worker_state'), qr/circuit open|backing off/, 'the worker reports it');
 like(status('last_error'), qr/^HTTP 500/, 'with the last error');
+ok(wait_until('two probes of the open circuit', 20, sub { scalar(@{ $failed->() }) >= 5 }),
+	'the open circuit is probed');
+my @times = map { request_time($_) } @{ $failed->() }[ 2 .. 4 ];
+my @gaps = map { sprintf('%.3f', $times[$_] - $times[ $_ - 1 ]) } 1 .. $#times;
+is(scalar(grep { $_ < 0.9 } @gaps), 0,
+	"after the 3rd failure no request while the circuit is open, then one probe per opening (gaps: @gaps s)");
 $api->clear_faults;
 ok(wait_outbox_empty($node), 'after the API recovers, the events go through');
 ok(wait_until('the circuit to close', 10, sub { status('circuit') eq 'closed' }), 'the circuit closes');
@@ -72,6 +93,7 @@ ok($node->log_contains(qr/monk: the circuit breaker opened after 3 consecutive f
 	'the server log says when the circuit opened');
 ok($node->log_contains(qr/monk: the circuit breaker closed: the Events API answered again/),
 	'and when it closed');
+set_monk_conf($node, 'monk.max_parallel_requests' => 2);
 api_holds_exactly($api, \@all, 'exactly the committed events');
 
 # a batch with one bad event: only it is dead-lettered, with the API's answer
