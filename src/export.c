@@ -44,6 +44,7 @@
 
 #include "event.h"
 #include "source.h"
+#include "outbox.h"
 #include "sender.h"
 #include "settings.h"
 
@@ -64,7 +65,6 @@ typedef struct Export
 {
 	const char *cursor_name;
 	int			batch_size;		/* rows per slice */
-	Oid			monk_owner;		/* owner of monk's tables */
 	MonkSender *sender;
 	dlist_head	slices;			/* in id order, not yet behind the cursor */
 	int			nslices_inflight;
@@ -75,96 +75,16 @@ typedef struct Export
 	bool		delivery_failed;
 	long		auth_status;
 	char		auth_body[MONK_RESPONSE_MAX + 1];
-	SPIPlanPtr	plan_dead_letter;
 } Export;
 
-/* Run fn(arg) as the owner of monk's tables. */
+/* Dead-letter a row of the source (invalid, or refused by the API). */
 static void
-AsMonkOwner(Export *ex, void (*fn) (Export *, void *), void *arg)
+DeadLetterRow(Export *ex, MonkDeadLetter *dl)
 {
-	Oid			save_user;
-	int			save_sec;
-
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(ex->monk_owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	fn(ex, arg);
-	SetUserIdAndSecContext(save_user, save_sec);
-}
-
-typedef struct DeadLetter
-{
-	int64		id;
-	const char *key;
-	const char *event;
-	int			status;			/* 0: refused before sending */
-	const char *error;
-	const char *response;
-} DeadLetter;
-
-static void
-InsertDeadLetter(Export *ex, void *arg)
-{
-	DeadLetter *dl = arg;
-	Oid			types[7] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
-
-	if (ex->plan_dead_letter == NULL)
-	{
-		ex->plan_dead_letter =
-			SPI_prepare("INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event,"
-						" http_status, error, response_body, attempts)"
-						" VALUES ($1, $2, $3, $4, $5, $6, $7, 1)", 7, types);
-		if (ex->plan_dead_letter == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	}
-	values[0] = CStringGetTextDatum(ex->cursor_name);
-	values[1] = Int64GetDatum(dl->id);
-	values[2] = CStringGetTextDatum(dl->key);
-	values[3] = CStringGetTextDatum(dl->event);
-	values[4] = Int32GetDatum(dl->status);
-	nulls[4] = dl->status ? ' ' : 'n';
-	values[5] = CStringGetTextDatum(dl->error);
-	if (dl->response && dl->response[0])
-		values[6] = CStringGetTextDatum(dl->response);
-	else
-		nulls[6] = 'n';
-	ret = SPI_execute_plan(ex->plan_dead_letter, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "inserting into monk.dead_letter failed: %s", SPI_result_code_string(ret));
-}
-
-static void
-DeadLetterRow(Export *ex, DeadLetter *dl)
-{
-	AsMonkOwner(ex, InsertDeadLetter, dl);
+	dl->source = ex->cursor_name;
+	dl->attempts = 1;
+	MonkDeadLetterInsert(dl);
 	ex->failed++;
-}
-
-static void
-SaveCursor(Export *ex, void *arg)
-{
-	Oid			types[5] = {TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	const char *error = arg;
-	int			ret;
-
-	values[0] = CStringGetTextDatum(ex->cursor_name);
-	values[1] = Int64GetDatum(ex->cursor);
-	values[2] = Int64GetDatum(ex->sent);
-	values[3] = Int64GetDatum(ex->failed);
-	if (error)
-		values[4] = CStringGetTextDatum(error);
-	else
-		nulls[4] = 'n';
-	ret = SPI_execute_with_args("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
-								" events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
-								" updated_at = now() WHERE cursor_name = $1",
-								5, types, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "updating monk.sync_state failed: %s", SPI_result_code_string(ret));
 }
 
 /* Move the cursor past the settled slices at the front, in id order. */
@@ -199,7 +119,7 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 	Export	   *ex = arg;
 	MonkChunk  *chunk = batch->chunk;
 	int			i = batch->start;
-	DeadLetter	dl;
+	MonkDeadLetter dl = {0};
 	char	   *event = pnstrdup(chunk->data.data + chunk->off[i], chunk->len[i]);
 	Jsonb	   *jb;
 	JsonbValue *key;
@@ -208,10 +128,11 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(event)));
 	key = getKeyJsonValueFromContainer(&jb->root, "idempotencyKey", strlen("idempotencyKey"), NULL);
 
-	dl.id = chunk->ids[i];
+	dl.source_id = chunk->ids[i];
 	dl.key = key ? pnstrdup(key->val.string.val, key->val.string.len) : "";
 	dl.event = event;
-	dl.status = (int) status;
+	dl.has_status = true;
+	dl.status = status;
 	dl.error = psprintf("refused by the Events API (HTTP %ld)", status);
 	dl.response = body;
 	DeadLetterRow(ex, &dl);
@@ -284,15 +205,13 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		MemoryContextReset(rowcxt);
 		if (!MonkSourceRowRead(tt->vals[r], tt->tupdesc, now, &row, &err))
 		{
-			DeadLetter	dl;
+			MonkDeadLetter dl = {0};
 
-			dl.id = row.id;
+			dl.source_id = row.id;
 			dl.key = row.key;
 			dl.event = row.json;
-			dl.status = 0;
 			dl.error = err.detail ? psprintf("invalid event: %s (%s)", err.message, err.detail)
 				: psprintf("invalid event: %s", err.message);
-			dl.response = NULL;
 			DeadLetterRow(ex, &dl);
 		}
 		else
@@ -314,99 +233,6 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		slice->settled = true;
 	}
 	return slice;
-}
-
-/* Lock the cursor row (creating it) and return the stored position. */
-typedef struct CursorLock
-{
-	const char *source;
-	int64		last_id;
-} CursorLock;
-
-/* Another export of the cursor runs: fail at once, having sent nothing. */
-pg_noreturn static void
-CursorBusy(Export *ex)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("another monk_batch_export of cursor \"%s\" is running", ex->cursor_name),
-			 errhint("Exports of one cursor run one at a time; this one sent nothing. Try again when the other has finished.")));
-}
-
-static void
-LockCursor(Export *ex, void *arg)
-{
-	CursorLock *cl = arg;
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	int			ret;
-	bool		isnull;
-
-	values[0] = CStringGetTextDatum(ex->cursor_name);
-	values[1] = CStringGetTextDatum(cl->source);
-
-	/*
-	 * First a lock of the cursor's name, tried without waiting: the row of
-	 * a new cursor, inserted by a running export and not yet committed,
-	 * would make the insert below wait for that export instead of failing.
-	 */
-	ret = SPI_execute_with_args("SELECT pg_catalog.pg_try_advisory_xact_lock("
-								"pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",
-								1, types, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "locking the cursor failed");
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		CursorBusy(ex);
-
-	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
-								" ON CONFLICT (cursor_name) DO NOTHING",
-								2, types, values, NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
-
-	PG_TRY();
-	{
-		ret = SPI_execute_with_args("SELECT last_id FROM monk.sync_state WHERE cursor_name = $1"
-									" FOR UPDATE NOWAIT",
-									1, types, values, NULL, false, 0);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(TopTransactionContext);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			PG_RE_THROW();
-		FlushErrorState();
-		CursorBusy(ex);
-	}
-	PG_END_TRY();
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "reading monk.sync_state failed");
-	cl->last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* The owner of monk's tables (the extension's tables are all one owner's). */
-static Oid
-MonkOwner(void)
-{
-	Oid			nsp = get_namespace_oid("monk", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("sync_state", nsp) : InvalidOid;
-	HeapTuple	tp;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("monk.sync_state does not exist in this database"),
-				 errhint("Run CREATE EXTENSION monk in this database.")));
-	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tp))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
-	ReleaseSysCache(tp);
-	return owner;
 }
 
 /*
@@ -506,7 +332,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	int64		max_events = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
 	TimestampTz started = GetCurrentTimestamp();
 	Export		ex;
-	CursorLock	cl;
 	char	   *query;
 	int			positions[MONK_SOURCE_NCOLUMNS];
 	Portal		portal;
@@ -526,19 +351,16 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 
 	query = MonkSourceQuery(source, max_events, positions);
-	ex.monk_owner = MonkOwner();
 	dlist_init(&ex.slices);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	cl.source = MonkSourceName(source);
-	AsMonkOwner(&ex, LockCursor, &cl);
-	ex.cursor = cl.last_id;
+	ex.cursor = MonkCursorLock(ex.cursor_name, MonkSourceName(source));
 
 	plan = SPI_prepare(query, 1, argtypes);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", query, SPI_result_code_string(SPI_result));
-	args[0] = Int64GetDatum(cl.last_id);
+	args[0] = Int64GetDatum(ex.cursor);
 	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
@@ -555,7 +377,8 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errdetail("The answer was: %.200s", ex.auth_body),
 				 errhint("Set monk.api_key to a valid key and reload the configuration; nothing was dead-lettered, and the next run starts from the stored cursor.")));
 
-	AsMonkOwner(&ex, SaveCursor, ex.delivery_failed ? (void *) "a batch failed after its retries" : NULL);
+	MonkCursorSave(ex.cursor_name, ex.cursor, ex.sent, ex.failed,
+				   ex.delivery_failed ? "a batch failed after its retries" : NULL);
 	SPI_finish();
 
 	values[0] = Int32GetDatum(ex.batches);

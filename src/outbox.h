@@ -97,8 +97,6 @@ extern void MonkOutboxSaveState(MonkOutboxState *state);
 extern int64 MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier);
 extern void MonkOutboxRotate(MonkOutboxState *state, int segment);
 extern bool MonkOutboxTryTruncate(MonkOutboxState *state, int segment, int retention_s);
-extern void MonkOutboxDeadLetter(const MonkOutboxRow *row, long status, const char *error,
-								 const char *response, int attempts);
 extern void MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *error,
 						   TimestampTz next_attempt_at);
 extern void MonkOutboxUnpark(const int64 *ids, int n);
@@ -107,5 +105,31 @@ extern void MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *
 extern void MonkOutboxForEachAccepted(const MonkOutboxSnapshot *frontier,
 									  void (*cb) (void *arg, uint64 txid, int64 id), void *arg);
 extern void MonkOutboxNotify(const char *payload);
+
+/*
+ * An event refused for good: by the Events API (source "outbox", or an
+ * export's cursor), or an export's row that is not a valid event.
+ */
+typedef struct MonkDeadLetter
+{
+	const char *source;			/* "outbox", or the export's cursor */
+	int64		source_id;		/* the outbox id, or the row's id */
+	const char *key;
+	int			key_len;		/* 0: key is NUL-terminated */
+	const char *event;
+	int			event_len;		/* 0: event is NUL-terminated */
+	TimestampTz queued_at;		/* 0: not queued (an export's row) */
+	bool		has_status;		/* the API answered (status) */
+	long		status;
+	const char *error;
+	const char *response;		/* the API's answer, or NULL */
+	int			attempts;
+} MonkDeadLetter;
+
+/* monk's other tables, written as their owner (SPI connected). */
+extern void MonkDeadLetterInsert(const MonkDeadLetter *dl);
+extern int64 MonkCursorLock(const char *cursor, const char *source);
+extern void MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed,
+						   const char *error);
 
 #endif

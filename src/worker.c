@@ -677,8 +677,16 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 	Queued	   *item = BatchItem(batch, 0);
 	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
 
+	MonkDeadLetter dl = {
+		.source = "outbox", .source_id = item->row.id,
+		.key = item->row.key, .key_len = item->row.key_len,
+		.event = item->row.event, .event_len = item->row.event_len,
+		.queued_at = item->row.queued_at, .has_status = true, .status = status,
+		.error = error, .response = body, .attempts = batch->attempts + 1
+	};
+
 	MonkOutboxBegin("monk: dead-lettering a refused event");
-	MonkOutboxDeadLetter(&item->row, status, error, body, batch->attempts);
+	MonkDeadLetterInsert(&dl);
 	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, status));
 	MonkOutboxCommit();
 	ereport(LOG,
