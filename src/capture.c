@@ -769,8 +769,7 @@ AppendNumeric(StringInfo buf, const CaptureColumn *col, Numeric num, MonkEventEr
 			 NULL, pstrdup("The Events API takes finite numbers only."));
 		return PROPERTY_REFUSED;
 	}
-	s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
-	if (!MonkNumericFitsApi(num))
+	if (!MonkNumericFitsApi(num, &s))
 	{
 		Fail(err, psprintf("column \"%s\" holds a number the Events API cannot hold exactly", col->name),
 			 strlen(s) <= 60 ? psprintf("The value is %s; only 64-bit integers and numbers that survive a double-precision round trip arrive unchanged.", s) : NULL,

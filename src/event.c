@@ -136,10 +136,11 @@ MonkJsonbTypeName(enum jbvType type, JsonbContainer *container)
  * 64-bit integer (signed or unsigned), or a number that a double-precision
  * round trip gives back unchanged (0.1, 1.5e-300): those are what JSON
  * parsers keep exactly.  Anything else (2^64, 30 significant digits) would
- * be billed as another number, so it is refused rather than sent.
+ * be billed as another number, so it is refused rather than sent.  *text,
+ * when given, receives the number as written (numeric_out), either way.
  */
 bool
-MonkNumericFitsApi(Numeric num)
+MonkNumericFitsApi(Numeric num, char **text)
 {
 	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
 	char		shortest[DOUBLE_SHORTEST_DECIMAL_LEN + 1];
@@ -147,6 +148,8 @@ MonkNumericFitsApi(Numeric num)
 	double		d;
 	Datum		back;
 
+	if (text)
+		*text = s;
 	if (strchr(s, '.') == NULL)
 	{
 		errno = 0;
@@ -197,7 +200,7 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 						psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
 								 MonkJsonbTypeName(v.type, v.val.binary.data)),
 						"Flatten the value into separate properties, or send it as a string.");
-		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric))
+		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric, NULL))
 		{
 			char	   *num = DatumGetCString(DirectFunctionCall1(numeric_out,
 																  NumericGetDatum(v.val.numeric)));
