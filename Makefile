@@ -12,7 +12,7 @@ EXTENSION = monk
 # install script and goes into the User-Agent
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/source.o src/export.o src/query.o src/ddl.o src/capture.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/store.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/source.o src/export.o src/query.o src/ddl.o src/capture.o
 # every install and upgrade script (0.1's too: the upgrade test installs it)
 DATA = $(sort sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*.sql))
 PGFILEDESC = "monk - export usage events to the Monk Events API"
@@ -29,7 +29,7 @@ PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-poin
 SHLIB_LINK += -fsanitize=undefined
 endif
 
-REGRESS = settings validation rendering keys privileges export property capture robustness ddl
+REGRESS = init settings validation rendering keys privileges export property capture robustness ddl
 # UTF-8 whatever the environment's locale (a new machine may have none)
 ENCODING = UTF8
 NO_LOCALE = 1

@@ -1,17 +1,8 @@
 -- monk_capture: rows become events through a trigger declared in one line.
 -- The mapping (options, columns, types), the default key, corrections by
 -- UPDATE, statement-level capture, and every mistake refused with its
--- SQLSTATE -- at CREATE TRIGGER where it can be known then.
-CREATE FUNCTION capture_try(stmt text, OUT code text, OUT message text, OUT detail text, OUT hint text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE stmt;
-    code := '00000';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
-                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
-    detail := regexp_replace(detail, 'clock reads [0-9T:.-]+Z', 'clock reads <now>');
-END $$;
+-- SQLSTATE -- at CREATE TRIGGER where it can be known then.  Statements that
+-- must fail run through try() (init.sql).
 -- what was queued since the last look, oldest first (the transaction's
 -- time, which events get when no timestamp column is mapped, as <now>)
 CREATE TABLE seen (id bigint);
@@ -57,12 +48,12 @@ SELECT * FROM queued();
 
 \x on
 -- rows that break a rule of the Events API: 22023, naming the column
-SELECT * FROM capture_try($$INSERT INTO api_calls (customer, tokens) VALUES (NULL, 1)$$);
-SELECT * FROM capture_try($$INSERT INTO api_calls (customer, tokens) VALUES ('', 1)$$);
-SELECT * FROM capture_try($$INSERT INTO api_calls (customer, created_at) VALUES ('cus_1', '9000-01-01 00:00:00+00')$$);
-SELECT * FROM capture_try($$INSERT INTO api_calls (customer, created_at) VALUES ('cus_1', 'infinity')$$);
+SELECT * FROM try($$INSERT INTO api_calls (customer, tokens) VALUES (NULL, 1)$$);
+SELECT * FROM try($$INSERT INTO api_calls (customer, tokens) VALUES ('', 1)$$);
+SELECT * FROM try($$INSERT INTO api_calls (customer, created_at) VALUES ('cus_1', '9000-01-01 00:00:00+00')$$);
+SELECT * FROM try($$INSERT INTO api_calls (customer, created_at) VALUES ('cus_1', 'infinity')$$);
 -- the primary key, from which the default key comes, cannot change
-SELECT * FROM capture_try($$UPDATE api_calls SET id = 7 WHERE id = 1$$);
+SELECT * FROM try($$UPDATE api_calls SET id = 7 WHERE id = 1$$);
 \x off
 SELECT * FROM queued();
 
@@ -96,12 +87,12 @@ INSERT INTO usage VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 90071992547
 INSERT INTO usage (id, ext, doc, legacy) VALUES (2, 7, 'null', 'false');
 SELECT * FROM queued();
 \x on
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, doc) VALUES (3, 1, '{"a": 1}')$$);
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, doc) VALUES (3, 1, '[1]')$$);
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, num) VALUES (3, 1, 'NaN')$$);
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, num) VALUES (3, 1, 123456789012345678901234567890.5)$$);
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, f8) VALUES (3, 1, 'Infinity')$$);
-SELECT * FROM capture_try($$INSERT INTO usage (id, ext, seen_at) VALUES (3, 1, '-infinity')$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, doc) VALUES (3, 1, '{"a": 1}')$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, doc) VALUES (3, 1, '[1]')$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, num) VALUES (3, 1, 'NaN')$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, num) VALUES (3, 1, 123456789012345678901234567890.5)$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, f8) VALUES (3, 1, 'Infinity')$$);
+SELECT * FROM try($$INSERT INTO usage (id, ext, seen_at) VALUES (3, 1, '-infinity')$$);
 \x off
 RESET TimeZone;
 
@@ -114,7 +105,7 @@ CREATE TRIGGER orders_monk_ref AFTER INSERT ON orders FOR EACH ROW
 INSERT INTO orders VALUES ('a,b', 'c', 'cus_1', 'ref-1'), ('a', 'b,c', 'cus_1', 'ref-2'), ('x:y\z', '1', 'cus_1', 'ref-3');
 SELECT * FROM queued();
 \x on
-SELECT * FROM capture_try($$INSERT INTO orders VALUES ('n', 'n', 'cus_1', NULL)$$);
+SELECT * FROM try($$INSERT INTO orders VALUES ('n', 'n', 'cus_1', NULL)$$);
 \x off
 
 -- a partitioned table: keys name it, whether a row comes through it or into a partition
@@ -143,8 +134,8 @@ SELECT * FROM queued();
 INSERT INTO bulk SELECT 10, 'cus_10', 1 WHERE false;
 SELECT count(*) AS nothing FROM queued();
 \x on
-SELECT * FROM capture_try($$UPDATE bulk SET id = id + 100 WHERE id = 1$$);
-SELECT * FROM capture_try($$INSERT INTO bulk VALUES (5, 'cus_5', 1), (6, NULL, 1)$$);
+SELECT * FROM try($$UPDATE bulk SET id = id + 100 WHERE id = 1$$);
+SELECT * FROM try($$INSERT INTO bulk VALUES (5, 'cus_5', 1), (6, NULL, 1)$$);
 \x off
 SELECT count(*) AS nothing FROM queued();
 
@@ -161,35 +152,35 @@ INSERT INTO evolving VALUES (3, 'cus_1', 3, 9);
 SELECT * FROM queued();
 ALTER TABLE evolving DROP COLUMN extra;
 \x on
-SELECT * FROM capture_try($$INSERT INTO evolving VALUES (4, 'cus_1', 4)$$);
+SELECT * FROM try($$INSERT INTO evolving VALUES (4, 'cus_1', 4)$$);
 \x off
 
 -- mistakes in CREATE TRIGGER are refused there, with their SQLSTATE
 \x on
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER DELETE ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT OR DELETE ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER TRUNCATE ON api_calls FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t BEFORE INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER UPDATE ON bulk REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture()$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('external_customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'properties=tokens')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=Customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens,nope')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'customer_id=customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'timestamp=note')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'customer')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'tokens=tokens')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'external_customer_id=note')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens', 'property.tokens=id')$$);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens,')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER DELETE ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT OR DELETE ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER TRUNCATE ON api_calls FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t BEFORE INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER UPDATE ON bulk REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture()$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'properties=tokens')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=Customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens,nope')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'timestamp=note')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'tokens=tokens')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'external_customer_id=note')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens', 'property.tokens=id')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens,')$$);
 CREATE TABLE tagged (id int PRIMARY KEY, customer text, tags text[]);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON tagged FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tags')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON tagged FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tags')$$);
 CREATE TABLE nokey (customer text);
-SELECT * FROM capture_try($$CREATE TRIGGER t AFTER INSERT ON nokey FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON nokey FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
 CREATE VIEW api_calls_view AS SELECT * FROM api_calls;
-SELECT * FROM capture_try($$CREATE TRIGGER t INSTEAD OF INSERT ON api_calls_view FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER t INSTEAD OF INSERT ON api_calls_view FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer')$$);
 \x off
 -- with key=, a table without a primary key is fine
 CREATE TRIGGER nokey_monk AFTER INSERT ON nokey FOR EACH ROW
@@ -205,7 +196,7 @@ ALTER TABLE owned OWNER TO monk_owner;
 GRANT INSERT ON owned TO monk_writer;
 SET ROLE monk_owner;
 \x on
-SELECT * FROM capture_try($$CREATE TRIGGER owned_monk AFTER INSERT ON owned FOR EACH ROW EXECUTE FUNCTION monk_capture('owned', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER owned_monk AFTER INSERT ON owned FOR EACH ROW EXECUTE FUNCTION monk_capture('owned', 'external_customer_id=customer')$$);
 \x off
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION monk_capture() TO monk_owner;
@@ -227,4 +218,3 @@ DROP ROLE monk_writer;
 DELETE FROM monk.outbox;
 DROP FUNCTION queued();
 DROP TABLE seen;
-DROP FUNCTION capture_try(text);

@@ -1,6 +1,4 @@
 -- Settings: defaults, bounds, contexts, the reserved prefix, the hidden key.
-CREATE EXTENSION monk;
-
 SELECT name, setting, unit, context, vartype, min_val, max_val
   FROM pg_settings WHERE name LIKE 'monk.%' ORDER BY name;
 

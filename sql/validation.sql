@@ -1,17 +1,7 @@
 -- Validation: every rule of the Events API is checked when an event is
 -- queued.  Each refusal carries SQLSTATE 22023, names the field, and leaves
--- the outbox and its id sequence untouched.
-CREATE FUNCTION try(stmt text, OUT code text, OUT message text, OUT detail text, OUT hint text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE stmt;
-    code := '00000';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
-                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
-    -- the database clock changes from run to run
-    detail := regexp_replace(detail, 'clock reads [0-9T:.-]+Z', 'clock reads <now>');
-END $$;
+-- the outbox and its id sequence untouched.  Statements run through try()
+-- (init.sql).
 
 CREATE TABLE before AS
     SELECT (SELECT count(*) FROM monk.outbox) AS queued,
@@ -91,4 +81,3 @@ SELECT monk_send('{"eventName": "api_call", "externalCustomerId": "cus_1", "cust
 SELECT count(*) - (SELECT queued FROM before) AS newly_queued FROM monk.outbox;
 DELETE FROM monk.outbox;
 DROP TABLE before;
-DROP FUNCTION try(text);

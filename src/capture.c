@@ -772,8 +772,7 @@ AppendNumeric(StringInfo buf, const CaptureColumn *col, Numeric num, MonkEventEr
 	if (!MonkNumericFitsApi(num, &s))
 	{
 		Fail(err, psprintf("column \"%s\" holds a number the Events API cannot hold exactly", col->name),
-			 strlen(s) <= 60 ? psprintf("The value is %s; only 64-bit integers and numbers that survive a double-precision round trip arrive unchanged.", s) : NULL,
-			 pstrdup("Round it, or map a text column."));
+			 MonkNumericRefusal(s), pstrdup("Round it, or map a text column."));
 		return PROPERTY_REFUSED;
 	}
 	appendStringInfoString(buf, s);

@@ -132,7 +132,7 @@ static void
 WarnIfNotExported(CreateExtensionStmt *stmt)
 {
 	char	   *dbname;
-	List	   *names;
+	const List *names;
 	ListCell   *lc;
 
 	if (strcmp(stmt->extname, "monk") != 0)

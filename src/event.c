@@ -171,6 +171,20 @@ MonkNumericFitsApi(Numeric num, char **text)
 }
 
 /*
+ * The DETAIL of a refused number, given its text (from MonkNumericFitsApi):
+ * the number itself, or its start when it is long.
+ */
+char *
+MonkNumericRefusal(const char *text)
+{
+	int			len = strlen(text);
+
+	if (len <= 60)
+		return psprintf("The value is %s; only 64-bit integers and numbers that survive a double-precision round trip arrive unchanged.", text);
+	return psprintf("The value, %.40s... (%d characters), is neither a 64-bit integer nor a number that survives a double-precision round trip.", text, len);
+}
+
+/*
  * Check the properties object: each value a string, number, boolean or null
  * (nulls are dropped when rendered), numbers the API can hold exactly.
  */
@@ -181,6 +195,7 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+	char	   *num;
 
 	if (!JB_ROOT_IS_OBJECT(props) || JB_ROOT_IS_SCALAR(props))
 		return Fail(err, F_PROPERTIES, "properties must be a JSON object",
@@ -200,20 +215,11 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 						psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
 								 MonkJsonbTypeName(v.type, v.val.binary.data)),
 						"Flatten the value into separate properties, or send it as a string.");
-		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric, NULL))
-		{
-			char	   *num = DatumGetCString(DirectFunctionCall1(numeric_out,
-																  NumericGetDatum(v.val.numeric)));
-			int			len = strlen(num);
-
+		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric, &num))
 			return Fail(err, F_PROPERTIES,
 						psprintf("property %s of properties is a number the Events API cannot hold exactly",
 								 Quoted(key)),
-						len <= 60 ?
-						psprintf("The value is %s; only 64-bit integers and numbers that survive a double-precision round trip arrive unchanged.", num) :
-						psprintf("The value, %.40s... (%d characters), is neither a 64-bit integer nor a number that survives a double-precision round trip.", num, len),
-						"Round it, or send it as a string.");
-		}
+						MonkNumericRefusal(num), "Round it, or send it as a string.");
 	}
 	return true;
 }
@@ -462,6 +468,79 @@ JsonbString(JsonbValue *v, const char *field, const char **out, MonkEventError *
 	return true;
 }
 
+/* customerId: a UUID in a JSON string (null: absent). */
+static bool
+ReadCustomerId(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
+{
+	const char *s;
+	pg_uuid_t  *uuid;
+
+	if (!JsonbString(v, F_CUSTOMER_ID, &s, err))
+		return false;
+	if (s == NULL)
+		return true;
+	uuid = palloc(sizeof(pg_uuid_t));
+	if (!MonkParseUuid(s, uuid))
+		return Fail(err, F_CUSTOMER_ID, "customerId must be a UUID",
+					psprintf("The value is %s.", Quoted(s)),
+					"customerId is Monk's customer UUID; use externalCustomerId for your own identifier.");
+	ev->customer_id = uuid;
+	return true;
+}
+
+/* timestamp: an ISO 8601 date and time in a JSON string (null: absent). */
+static bool
+ReadTimestamp(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
+{
+	const char *s;
+	const char *why;
+
+	if (!JsonbString(v, F_TIMESTAMP, &s, err))
+		return false;
+	if (s == NULL)
+		return true;
+	if (!MonkParseIso8601(s, &ev->timestamp, &why))
+		return Fail(err, F_TIMESTAMP, "timestamp must be an ISO 8601 date and time",
+					psprintf("The value is %s.", Quoted(s)), why);
+	ev->has_timestamp = true;
+	return true;
+}
+
+/* properties: a JSON object (null: none); its values are checked later. */
+static bool
+ReadProperties(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
+{
+	if (v->type == jbvNull)
+		return true;
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		return Fail(err, F_PROPERTIES, "properties must be a JSON object",
+					psprintf("The value is a JSON %s.",
+							 MonkJsonbTypeName(v->type, v->type == jbvBinary ? v->val.binary.data : NULL)),
+					"Pass an object such as {\"tokens\": 42}.");
+	ev->properties = JsonbValueToJsonb(v);
+	return true;
+}
+
+/* One field of an event object, by its API name. */
+static bool
+ReadField(const char *key, JsonbValue *v, MonkEvent *ev, MonkEventError *err)
+{
+	if (strcmp(key, F_EVENT_NAME) == 0)
+		return JsonbString(v, F_EVENT_NAME, &ev->event_name, err);
+	if (strcmp(key, F_EXTERNAL_ID) == 0)
+		return JsonbString(v, F_EXTERNAL_ID, &ev->external_customer_id, err);
+	if (strcmp(key, F_KEY) == 0)
+		return JsonbString(v, F_KEY, &ev->idempotency_key, err);
+	if (strcmp(key, F_CUSTOMER_ID) == 0)
+		return ReadCustomerId(v, ev, err);
+	if (strcmp(key, F_TIMESTAMP) == 0)
+		return ReadTimestamp(v, ev, err);
+	if (strcmp(key, F_PROPERTIES) == 0)
+		return ReadProperties(v, ev, err);
+	return Fail(err, key, psprintf("unknown field %s in event", Quoted(key)), NULL,
+				"The fields of an event are eventName, externalCustomerId, customerId, properties, timestamp and idempotencyKey.");
+}
+
 /*
  * Read an event given in the API's own camelCase shape.  Types are checked
  * here (with errors naming the API's field names); the rules of the API are
@@ -486,72 +565,9 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (tok == WJB_KEY)
-		{
 			key = pnstrdup(v.val.string.val, v.val.string.len);
-			continue;
-		}
-		if (tok != WJB_VALUE)
-			continue;
-
-		if (strcmp(key, F_EVENT_NAME) == 0)
-		{
-			if (!JsonbString(&v, F_EVENT_NAME, &ev->event_name, err))
-				return false;
-		}
-		else if (strcmp(key, F_EXTERNAL_ID) == 0)
-		{
-			if (!JsonbString(&v, F_EXTERNAL_ID, &ev->external_customer_id, err))
-				return false;
-		}
-		else if (strcmp(key, F_KEY) == 0)
-		{
-			if (!JsonbString(&v, F_KEY, &ev->idempotency_key, err))
-				return false;
-		}
-		else if (strcmp(key, F_CUSTOMER_ID) == 0)
-		{
-			const char *s;
-			pg_uuid_t  *uuid;
-
-			if (!JsonbString(&v, F_CUSTOMER_ID, &s, err))
-				return false;
-			if (s == NULL)
-				continue;
-			uuid = palloc(sizeof(pg_uuid_t));
-			if (!MonkParseUuid(s, uuid))
-				return Fail(err, F_CUSTOMER_ID, "customerId must be a UUID",
-							psprintf("The value is %s.", Quoted(s)),
-							"customerId is Monk's customer UUID; use externalCustomerId for your own identifier.");
-			ev->customer_id = uuid;
-		}
-		else if (strcmp(key, F_TIMESTAMP) == 0)
-		{
-			const char *s;
-			const char *why;
-
-			if (!JsonbString(&v, F_TIMESTAMP, &s, err))
-				return false;
-			if (s == NULL)
-				continue;
-			if (!MonkParseIso8601(s, &ev->timestamp, &why))
-				return Fail(err, F_TIMESTAMP, "timestamp must be an ISO 8601 date and time",
-							psprintf("The value is %s.", Quoted(s)), why);
-			ev->has_timestamp = true;
-		}
-		else if (strcmp(key, F_PROPERTIES) == 0)
-		{
-			if (v.type == jbvNull)
-				continue;
-			if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
-				return Fail(err, F_PROPERTIES, "properties must be a JSON object",
-							psprintf("The value is a JSON %s.",
-									 MonkJsonbTypeName(v.type, v.type == jbvBinary ? v.val.binary.data : NULL)),
-							"Pass an object such as {\"tokens\": 42}.");
-			ev->properties = JsonbValueToJsonb(&v);
-		}
-		else
-			return Fail(err, key, psprintf("unknown field %s in event", Quoted(key)), NULL,
-						"The fields of an event are eventName, externalCustomerId, customerId, properties, timestamp and idempotencyKey.");
+		else if (tok == WJB_VALUE && !ReadField(key, &v, ev, err))
+			return false;
 	}
 	return true;
 }

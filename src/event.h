@@ -68,6 +68,7 @@ extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
 pg_noreturn extern void MonkEventRaise(const MonkEventError *err);
 extern bool MonkTimestampInIsoRange(TimestampTz ts);
 extern bool MonkNumericFitsApi(Numeric num, char **text);
+extern char *MonkNumericRefusal(const char *text);
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);

@@ -14,10 +14,10 @@
  * before it so that the next run resumes there.
  *
  * The source is read with the caller's privileges; monk's own tables are
- * written as their owner, so that a role needs only EXECUTE on the function
- * and SELECT on its source.  The cursor row is locked for the whole export:
- * a second export of the same cursor fails at once.  Everything the export
- * records is part of the caller's transaction.
+ * written as their owner (store.c), so that a role needs only EXECUTE on the
+ * function and SELECT on its source.  The cursor row is locked for the whole
+ * export: a second export of the same cursor fails at once.  Everything the
+ * export records is part of the caller's transaction.
  */
 #include "postgres.h"
 
@@ -35,7 +35,7 @@
 #include "utils/wait_event.h"
 
 #include "event.h"
-#include "outbox.h"
+#include "store.h"
 #include "sender.h"
 #include "settings.h"
 #include "source.h"
@@ -327,9 +327,6 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	char	   *query;
 	int			positions[MONK_SOURCE_NCOLUMNS];
 	Portal		portal;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1];
-	SPIPlanPtr	plan;
 	MemoryContext cxt;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		values[5];
@@ -349,11 +346,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	ex.cursor = MonkCursorLock(ex.cursor_name, MonkSourceName(source));
 
-	plan = SPI_prepare(query, 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", query, SPI_result_code_string(SPI_result));
-	args[0] = Int64GetDatum(ex.cursor);
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	portal = MonkSourceOpen(query, ex.cursor);
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
 	/* the sender's curl handles go with cxt, on an error too */

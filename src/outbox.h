@@ -1,7 +1,7 @@
 /*
  * outbox.h
  *		Access to monk's outbox, a log of segments: queueing (backends), and
- *		reading windows, the frontier, segments, dead letters (the worker).
+ *		reading windows, the frontier, segments, parked events (the worker).
  */
 #ifndef MONK_OUTBOX_H
 #define MONK_OUTBOX_H
@@ -105,31 +105,5 @@ extern void MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *
 extern void MonkOutboxForEachAccepted(const MonkOutboxSnapshot *frontier,
 									  void (*cb) (void *arg, uint64 txid, int64 id), void *arg);
 extern void MonkOutboxNotify(const char *payload);
-
-/*
- * An event refused for good: by the Events API (source "outbox", or an
- * export's cursor), or an export's row that is not a valid event.
- */
-typedef struct MonkDeadLetter
-{
-	const char *source;			/* "outbox", or the export's cursor */
-	int64		source_id;		/* the outbox id, or the row's id */
-	const char *key;
-	int			key_len;		/* 0: key is NUL-terminated */
-	const char *event;
-	int			event_len;		/* 0: event is NUL-terminated */
-	TimestampTz queued_at;		/* 0: not queued (an export's row) */
-	bool		has_status;		/* the API answered (status) */
-	long		status;
-	const char *error;
-	const char *response;		/* the API's answer, or NULL */
-	int			attempts;
-} MonkDeadLetter;
-
-/* monk's other tables, written as their owner (SPI connected). */
-extern void MonkDeadLetterInsert(const MonkDeadLetter *dl);
-extern int64 MonkCursorLock(const char *cursor, const char *source);
-extern void MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed,
-						   const char *error);
 
 #endif

@@ -429,6 +429,45 @@ CompareKeys(const void *a, const void *b)
 }
 
 /*
+ * The keys the API holds for events at or after "since" (all, when not
+ * given), sorted, in a memory context of their own.
+ */
+static void
+CollectListedKeys(KeySet *set, bool has_since, TimestampTz since)
+{
+	set->cxt = AllocSetContextCreate(CurrentMemoryContext, "monk keys", ALLOCSET_DEFAULT_SIZES);
+	ListEvents(NULL, NULL, NULL, has_since, since, false, 0, CollectKey, set);
+	if (set->n > 1)
+		qsort(set->keys, set->n, sizeof(char *), CompareKeys);
+}
+
+static bool
+KeyListed(const KeySet *set, const char *key)
+{
+	return set->n > 0 && bsearch(&key, set->keys, set->n, sizeof(char *), CompareKeys) != NULL;
+}
+
+/* A row of the source the API does not hold, saying when it never could. */
+static void
+PutMissing(ReturnSetInfo *rsinfo, const MonkSourceRow *row, bool valid,
+		   const MonkEventError *err)
+{
+	MemoryContext old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	values[0] = Int64GetDatum(row->id);
+	values[1] = CStringGetTextDatum(row->key);
+	values[2] = row->ev.event_name ? CStringGetTextDatum(row->ev.event_name) : (nulls[2] = true, (Datum) 0);
+	values[3] = TimestampTzGetDatum(row->ev.timestamp);
+	nulls[3] = !row->ev.has_timestamp;
+	values[4] = CStringGetTextDatum(valid ? "missing"
+									: psprintf("missing: the row is invalid (%s)", err->message));
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * monk_verify_export(source regclass, since timestamptz)
  *   RETURNS TABLE (id bigint, idempotency_key text, event_name text,
  *                  "timestamp" timestamptz, reason text)
@@ -438,19 +477,13 @@ CompareKeys(const void *a, const void *b)
 Datum
 monk_verify_export(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo;
 	Oid			source;
 	bool		has_since = !PG_ARGISNULL(1);
 	TimestampTz since = has_since ? PG_GETARG_TIMESTAMPTZ(1) : 0;
 	KeySet		set = {NULL, NULL, 0, 0};
-	MemoryContext keycxt;
-	MemoryContext old;
 	int			positions[MONK_SOURCE_NCOLUMNS];
 	char	   *query;
-	SPIPlanPtr	plan;
 	Portal		portal;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(PG_INT64_MIN)};
 	TimestampTz now = GetCurrentTimestamp();
 
 	CheckApiTime("since", has_since, since);
@@ -461,24 +494,15 @@ monk_verify_export(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("%s has no column \"timestamp\" to compare with since", get_rel_name(source)),
 				 errhint("Pass NULL as since to verify every row.")));
-
 	InitMaterializedSRF(fcinfo, 0);
-	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	/* what the API holds since then */
-	keycxt = AllocSetContextCreate(CurrentMemoryContext, "monk keys", ALLOCSET_DEFAULT_SIZES);
-	set.cxt = keycxt;
-	ListEvents(NULL, NULL, NULL, has_since, since, false, 0, CollectKey, &set);
-	if (set.n > 1)
-		qsort(set.keys, set.n, sizeof(char *), CompareKeys);
+	CollectListedKeys(&set, has_since, since);
 
 	/* what the source holds, row by row */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = SPI_prepare(query, 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	portal = MonkSourceOpen(query, PG_INT64_MIN);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 10000);
@@ -490,31 +514,16 @@ monk_verify_export(PG_FUNCTION_ARGS)
 			MonkEventError err;
 			bool		valid = MonkSourceRowRead(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, now,
 												  &row, &err);
-			const char *key = row.key;
-			Datum		values[5];
-			bool		nulls[5] = {false, false, false, false, false};
 
 			if (has_since && (!row.ev.has_timestamp || row.ev.timestamp < since))
 				continue;
-			if (set.n > 0 && bsearch(&key, set.keys, set.n, sizeof(char *), CompareKeys))
-				continue;
-
-			/* say when the row could never have been accepted */
-			old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-			values[0] = Int64GetDatum(row.id);
-			values[1] = CStringGetTextDatum(key);
-			values[2] = row.ev.event_name ? CStringGetTextDatum(row.ev.event_name) : (nulls[2] = true, (Datum) 0);
-			values[3] = TimestampTzGetDatum(row.ev.timestamp);
-			nulls[3] = !row.ev.has_timestamp;
-			values[4] = CStringGetTextDatum(valid ? "missing"
-											: psprintf("missing: the row is invalid (%s)", err.message));
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-			MemoryContextSwitchTo(old);
+			if (!KeyListed(&set, row.key))
+				PutMissing((ReturnSetInfo *) fcinfo->resultinfo, &row, valid, &err);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
 	SPI_finish();
-	MemoryContextDelete(keycxt);
+	MemoryContextDelete(set.cxt);
 	return (Datum) 0;
 }

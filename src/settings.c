@@ -18,12 +18,13 @@
 
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/varlena.h"
 
 #include "compat.h"
 #include "settings.h"
 
-char	   *monk_base_url = NULL;
+static char *monk_base_url = NULL;	/* read through MonkBaseUrl() */
 char	   *monk_databases = NULL;
 int			monk_batch_size = 5000;
 int			monk_flush_interval = 1000;
@@ -276,15 +277,27 @@ MonkBaseUrl(void)
 	return pnstrdup(base, len);
 }
 
-/* The names listed in monk.databases, as a list of palloc'd strings. */
-List *
+/*
+ * The names listed in monk.databases, parsed once per process (the setting
+ * takes effect at server start only; backends inherit the postmaster's
+ * list).  Neither the list nor its names may be modified.
+ */
+const List *
 MonkDatabaseList(void)
 {
-	char	   *raw = pstrdup(monk_databases ? monk_databases : "");
-	List	   *names = NIL;
+	static List *names = NIL;
+	static bool parsed = false;
 
-	if (!SplitIdentifierString(raw, ',', &names))
-		elog(ERROR, "invalid monk.databases");
+	if (!parsed)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		char	   *raw = pstrdup(monk_databases ? monk_databases : "");
+
+		if (!SplitIdentifierString(raw, ',', &names))
+			elog(ERROR, "invalid monk.databases");
+		MemoryContextSwitchTo(old);
+		parsed = true;
+	}
 	return names;
 }
 

@@ -9,7 +9,6 @@
 
 #define MONK_MAX_BATCH_SIZE 10000
 
-extern char *monk_base_url;
 extern char *monk_databases;
 extern int	monk_batch_size;
 extern int	monk_flush_interval;
@@ -29,6 +28,6 @@ extern char *monk_ca_file;
 extern void MonkSettingsInit(void);
 extern const char *MonkApiKey(void);
 extern char *MonkBaseUrl(void);
-extern List *MonkDatabaseList(void);
+extern const List *MonkDatabaseList(void);
 
 #endif

@@ -63,7 +63,7 @@ MonkShmemStartup(void)
 	MonkShmem = ShmemInitStruct("monk", MonkShmemSize(), &found);
 	if (!found)
 	{
-		List	   *names = MonkDatabaseList();
+		const List *names = MonkDatabaseList();
 		ListCell   *lc;
 		int			i = 0;
 
@@ -90,7 +90,7 @@ MonkShmemStartup(void)
 void
 MonkShmemInit(void)
 {
-	List	   *names = MonkDatabaseList();
+	const List *names = MonkDatabaseList();
 
 	monk_nslots = list_length(names);
 	if (monk_nslots > MONK_MAX_DATABASES)

@@ -191,6 +191,22 @@ MonkSourceQuery(Oid relid, int64 max_events, int *positions)
 	return q.data;
 }
 
+/*
+ * Open a cursor, inside SPI, over the rows past an id that a query of
+ * MonkSourceQuery reads.
+ */
+Portal
+MonkSourceOpen(const char *query, int64 after)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(after)};
+	SPIPlanPtr	plan = SPI_prepare(query, 1, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", query, SPI_result_code_string(SPI_result));
+	return SPI_cursor_open(NULL, plan, args, NULL, true);
+}
+
 /* A JSON rendering of an invalid row, for the dead letters. */
 static char *
 RowJson(int64 id, const MonkEvent *ev, const char *customer_text)

@@ -1,13 +1,15 @@
 /*
  * source.h
  *		The sources of monk_batch_export and monk_verify_export: checking one,
- *		the query that reads it, its rows as events, names and default keys.
+ *		the query that reads it and its cursor, its rows as events, names and
+ *		default keys.
  */
 #ifndef MONK_SOURCE_H
 #define MONK_SOURCE_H
 
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "utils/portal.h"
 
 #include "event.h"
 
@@ -36,6 +38,7 @@ typedef struct MonkSourceRow
 
 extern Oid	MonkCheckSource(Oid source);
 extern char *MonkSourceQuery(Oid relid, int64 max_events, int *positions);
+extern Portal MonkSourceOpen(const char *query, int64 after);
 extern bool MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now,
 							  MonkSourceRow *row, MonkEventError *err);
 extern char *MonkSourceName(Oid relid);

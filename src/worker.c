@@ -48,6 +48,7 @@
 
 #include "event.h"
 #include "outbox.h"
+#include "store.h"
 #include "sender.h"
 #include "settings.h"
 #include "shmem.h"
@@ -180,7 +181,7 @@ MonkSigterm(SIGNAL_ARGS)
 void
 MonkWorkersRegister(void)
 {
-	List	   *names = MonkDatabaseList();
+	const List *names = MonkDatabaseList();
 	ListCell   *lc;
 	int			i = 0;
 

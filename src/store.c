@@ -1,0 +1,243 @@
+/*
+ * store.c
+ *		monk's tables besides the outbox: the dead letters, of the worker and
+ *		of monk_batch_export, and the cursors of the exports.
+ *
+ * Every statement here runs as the owner of monk's tables, so that neither
+ * the worker nor a role calling monk_batch_export needs rights on them (the
+ * owner's rights, switched for the statement and restored by an error's
+ * abort as well).  The caller has connected SPI.  With outbox.c, this is the
+ * one module that runs statements on monk's tables.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "store.h"
+
+/* The kept plan of the dead-letter statement (the worker's, repeated). */
+static SPIPlanPtr plan_dead_letter = NULL;
+
+static SPIPlanPtr
+KeepPlan(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+	if (p == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(p) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return p;
+}
+
+
+/* The owner of monk's tables (the extension's tables are all one owner's). */
+static Oid
+TablesOwner(void)
+{
+	Oid			nsp = get_namespace_oid("monk", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("sync_state", nsp) : InvalidOid;
+	HeapTuple	tp;
+	Oid			owner;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("monk.sync_state does not exist in this database"),
+				 errhint("Run CREATE EXTENSION monk in this database.")));
+	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
+	ReleaseSysCache(tp);
+	return owner;
+}
+
+/* Run fn(arg) as the owner of monk's tables (an error restores the user). */
+static void
+AsOwner(void (*fn) (void *), void *arg)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(TablesOwner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	fn(arg);
+	SetUserIdAndSecContext(save_user, save_sec);
+}
+
+static void
+InsertDeadLetter(void *arg)
+{
+	const MonkDeadLetter *dl = arg;
+	Oid			types[9] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+	TEXTOID, INT4OID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	if (plan_dead_letter == NULL)
+		plan_dead_letter =
+			KeepPlan("INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
+					 "        http_status, error, response_body, attempts)"
+					 " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 + CASE WHEN $1 = 'outbox'"
+					 "        THEN coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $2), 0) ELSE 0 END"
+					 " ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
+					 9, types);
+	values[0] = CStringGetTextDatum(dl->source);
+	values[1] = Int64GetDatum(dl->source_id);
+	values[2] = PointerGetDatum(cstring_to_text_with_len(dl->key, dl->key_len > 0 ? dl->key_len : strlen(dl->key)));
+	values[3] = PointerGetDatum(cstring_to_text_with_len(dl->event, dl->event_len > 0 ? dl->event_len : strlen(dl->event)));
+	values[4] = TimestampTzGetDatum(dl->queued_at);
+	nulls[4] = dl->queued_at ? ' ' : 'n';
+	values[5] = Int32GetDatum((int32) dl->status);
+	nulls[5] = dl->has_status ? ' ' : 'n';
+	values[6] = CStringGetTextDatum(dl->error);
+	values[7] = (dl->response && dl->response[0]) ? CStringGetTextDatum(dl->response) : (Datum) 0;
+	nulls[7] = (dl->response && dl->response[0]) ? ' ' : 'n';
+	values[8] = Int32GetDatum(dl->attempts);
+	ret = SPI_execute_plan(plan_dead_letter, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "dead-lettering an event failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Record an event refused for good in monk.dead_letter: one the Events API
+ * refused (with its answer), or an export's row that is not a valid event.
+ * An outbox event is recorded once: a refusal seen again after a restart
+ * adds nothing, and its attempts count the parked ones.
+ */
+void
+MonkDeadLetterInsert(const MonkDeadLetter *dl)
+{
+	AsOwner(InsertDeadLetter, (void *) dl);
+}
+
+/* Another export of the cursor runs: fail at once, having sent nothing. */
+pg_noreturn static void
+CursorBusy(const char *cursor)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("another monk_batch_export of cursor \"%s\" is running", cursor),
+			 errhint("Exports of one cursor run one at a time; this one sent nothing. Try again when the other has finished.")));
+}
+
+typedef struct CursorArgs
+{
+	const char *cursor;
+	const char *source;
+	int64		last_id;
+	int64		sent;
+	int64		failed;
+	const char *error;
+} CursorArgs;
+
+/* Run a statement on monk.sync_state (with the cursor's name as $1). */
+static int
+CursorStatement(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	return SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+}
+
+static void
+LockCursor(void *arg)
+{
+	CursorArgs *c = arg;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(c->cursor), CStringGetTextDatum(c->source)};
+	bool		isnull;
+	int			ret;
+
+	/*
+	 * First a lock of the cursor's name, tried without waiting: the row of
+	 * a new cursor, inserted by a running export and not yet committed,
+	 * would make the insert below wait for that export instead of failing.
+	 */
+	ret = CursorStatement("SELECT pg_catalog.pg_try_advisory_xact_lock("
+						  "pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",
+						  1, types, values, NULL);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "locking the cursor failed");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		CursorBusy(c->cursor);
+
+	ret = CursorStatement("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
+						  " ON CONFLICT (cursor_name) DO NOTHING", 2, types, values, NULL);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
+	PG_TRY();
+	{
+		ret = CursorStatement("SELECT last_id FROM monk.sync_state WHERE cursor_name = $1"
+							  " FOR UPDATE NOWAIT", 1, types, values, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopTransactionContext);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			PG_RE_THROW();
+		FlushErrorState();
+		CursorBusy(c->cursor);
+	}
+	PG_END_TRY();
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading monk.sync_state failed");
+	c->last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Lock an export's cursor for the rest of the transaction (creating it for
+ * source) and return the id it stands at; another export of it running
+ * fails this one at once (55P03).
+ */
+int64
+MonkCursorLock(const char *cursor, const char *source)
+{
+	CursorArgs	c = {cursor, source, 0, 0, 0, NULL};
+
+	AsOwner(LockCursor, &c);
+	return c.last_id;
+}
+
+static void
+SaveCursor(void *arg)
+{
+	CursorArgs *c = arg;
+	Oid			types[5] = {TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	values[0] = CStringGetTextDatum(c->cursor);
+	values[1] = Int64GetDatum(c->last_id);
+	values[2] = Int64GetDatum(c->sent);
+	values[3] = Int64GetDatum(c->failed);
+	values[4] = c->error ? CStringGetTextDatum(c->error) : (Datum) 0;
+	nulls[4] = c->error ? ' ' : 'n';
+	if (CursorStatement("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
+						" events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
+						" updated_at = now() WHERE cursor_name = $1",
+						5, types, values, nulls) != SPI_OK_UPDATE)
+		elog(ERROR, "updating monk.sync_state failed");
+}
+
+/* Move an export's cursor to last_id and count what the run sent and dead-lettered. */
+void
+MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed, const char *error)
+{
+	CursorArgs	c = {cursor, NULL, last_id, sent, failed, error};
+
+	AsOwner(SaveCursor, &c);
+}

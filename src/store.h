@@ -1,0 +1,37 @@
+/*
+ * store.h
+ *		monk's tables besides the outbox: the dead letters and the export
+ *		cursors (monk.dead_letter, monk.sync_state).
+ */
+#ifndef MONK_STORE_H
+#define MONK_STORE_H
+
+#include "datatype/timestamp.h"
+
+/*
+ * An event refused for good: by the Events API (source "outbox", or an
+ * export's cursor), or an export's row that is not a valid event.
+ */
+typedef struct MonkDeadLetter
+{
+	const char *source;			/* "outbox", or the export's cursor */
+	int64		source_id;		/* the outbox id, or the row's id */
+	const char *key;
+	int			key_len;		/* 0: key is NUL-terminated */
+	const char *event;
+	int			event_len;		/* 0: event is NUL-terminated */
+	TimestampTz queued_at;		/* 0: not queued (an export's row) */
+	bool		has_status;		/* the API answered (status) */
+	long		status;
+	const char *error;
+	const char *response;		/* the API's answer, or NULL */
+	int			attempts;
+} MonkDeadLetter;
+
+/* Statements run as the owner of monk's tables; the caller has connected SPI. */
+extern void MonkDeadLetterInsert(const MonkDeadLetter *dl);
+extern int64 MonkCursorLock(const char *cursor, const char *source);
+extern void MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed,
+						   const char *error);
+
+#endif
