@@ -149,14 +149,14 @@ typedef struct CaptureEntry
 	CaptureMap *map;
 } CaptureEntry;
 
-/* The text a row is rendered into, reused from row to row. */
-typedef struct RowText
+/* The buffers a row is rendered into, reused from row to row. */
+typedef struct RowBuffers
 {
 	StringInfoData key;
 	StringInfoData json;
 	StringInfoData customer;	/* the external customer id */
 	StringInfoData props;		/* the properties object */
-} RowText;
+} RowBuffers;
 
 /* The mappings of this session, by trigger. */
 static HTAB *maps = NULL;
@@ -983,7 +983,7 @@ ToTimestamptz(const CaptureColumn *col, Datum value)
 
 /* The customer: at least one of the mapped columns must hold a value. */
 static bool
-RowCustomer(const CaptureMap *map, TupleTableSlot *slot, StringInfo text, MonkEvent *ev,
+RowCustomer(const CaptureMap *map, TupleTableSlot *slot, StringInfo buf, MonkEvent *ev,
 			MonkEventError *err)
 {
 	bool		isnull;
@@ -994,9 +994,9 @@ RowCustomer(const CaptureMap *map, TupleTableSlot *slot, StringInfo text, MonkEv
 		value = slot_getattr(slot, map->external.attnum, &isnull);
 		if (!isnull)
 		{
-			resetStringInfo(text);
-			AppendText(text, &map->external, value);
-			ev->external_customer_id = text->data;
+			resetStringInfo(buf);
+			AppendText(buf, &map->external, value);
+			ev->external_customer_id = buf->data;
 		}
 	}
 	if (map->customer.attnum)
@@ -1022,16 +1022,16 @@ RowCustomer(const CaptureMap *map, TupleTableSlot *slot, StringInfo text, MonkEv
  * of the API.
  */
 static bool
-RowEvent(const CaptureMap *map, TupleTableSlot *slot, RowText *text, TimestampTz now,
+RowEvent(const CaptureMap *map, TupleTableSlot *slot, RowBuffers *bufs, TimestampTz now,
 		 MonkEventError *err)
 {
 	MonkEvent	ev;
 
 	memset(&ev, 0, sizeof(ev));
 	ev.event_name = map->event_name;
-	ev.idempotency_key = text->key.data;
+	ev.idempotency_key = bufs->key.data;
 	ev.names = &map->names;
-	if (!RowCustomer(map, slot, &text->customer, &ev, err))
+	if (!RowCustomer(map, slot, &bufs->customer, &ev, err))
 		return false;
 	if (map->timestamp.attnum)
 	{
@@ -1049,26 +1049,26 @@ RowEvent(const CaptureMap *map, TupleTableSlot *slot, RowText *text, TimestampTz
 	}
 	if (map->nprops > 0)
 	{
-		resetStringInfo(&text->props);
-		if (!RenderProperties(map, slot, &text->props, err))
+		resetStringInfo(&bufs->props);
+		if (!RenderProperties(map, slot, &bufs->props, err))
 			return false;
-		ev.properties_json = text->props.data;
+		ev.properties_json = bufs->props.data;
 	}
 	if (!MonkEventCheck(&ev, now, err))
 		return false;
-	resetStringInfo(&text->json);
-	MonkEventRender(&text->json, &ev, text->key.data);
+	resetStringInfo(&bufs->json);
+	MonkEventRender(&bufs->json, &ev, bufs->key.data);
 	return true;
 }
 
 /* Make a row's buffers. */
 static void
-InitRowText(RowText *text)
+InitRowBuffers(RowBuffers *bufs)
 {
-	initStringInfo(&text->key);
-	initStringInfo(&text->json);
-	initStringInfo(&text->customer);
-	initStringInfo(&text->props);
+	initStringInfo(&bufs->key);
+	initStringInfo(&bufs->json);
+	initStringInfo(&bufs->customer);
+	initStringInfo(&bufs->props);
 }
 
 /* An UPDATE changed the primary key, from which the default key comes. */
@@ -1091,9 +1091,9 @@ RaiseKeyChanged(const CaptureMap *map, const char *old_key, const char *new_key)
 
 /* Queue one event: a fresh outbox id, the same wake-up as monk_send. */
 static void
-Queue(MonkOutboxAppender *ap, const RowText *text, TimestampTz now)
+Queue(MonkOutboxAppender *ap, const RowBuffers *bufs, TimestampTz now)
 {
-	MonkOutboxAppend(ap, MonkOutboxNextId(), text->key.data, text->key.len, text->json.data, text->json.len, now);
+	MonkOutboxAppend(ap, MonkOutboxNextId(), bufs->key.data, bufs->key.len, bufs->json.data, bufs->json.len, now);
 }
 
 /* FOR EACH ROW: the new row's event, unless an UPDATE left it as it was. */
@@ -1103,30 +1103,30 @@ CaptureRow(const CaptureMap *map, TriggerData *td)
 	bool		update = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
 	TupleTableSlot *row = update ? td->tg_newslot : td->tg_trigslot;
 	TimestampTz now = GetCurrentTimestamp();
-	RowText		text;
+	RowBuffers	bufs;
 	MonkEventError err;
 	MonkOutboxAppender *ap;
 
-	InitRowText(&text);
-	if (!RowKey(map, row, &text.key, &err) || !RowEvent(map, row, &text, now, &err))
+	InitRowBuffers(&bufs);
+	if (!RowKey(map, row, &bufs.key, &err) || !RowEvent(map, row, &bufs, now, &err))
 		MonkEventRaise(&err);
 	if (update)
 	{
-		RowText		old;
+		RowBuffers	old;
 
-		InitRowText(&old);
+		InitRowBuffers(&old);
 		if (RowKey(map, td->tg_trigslot, &old.key, &err))
 		{
-			if (map->key.attnum == 0 && strcmp(old.key.data, text.key.data) != 0)
-				RaiseKeyChanged(map, old.key.data, text.key.data);
+			if (map->key.attnum == 0 && strcmp(old.key.data, bufs.key.data) != 0)
+				RaiseKeyChanged(map, old.key.data, bufs.key.data);
 			if (RowEvent(map, td->tg_trigslot, &old, now, &err) &&
-				strcmp(old.json.data, text.json.data) == 0)
+				strcmp(old.json.data, bufs.json.data) == 0)
 				return;			/* nothing the event holds has changed */
 		}
 	}
 	MonkOutboxCheckCapacity();
 	ap = MonkOutboxAppendBegin(false);
-	Queue(ap, &text, now);
+	Queue(ap, &bufs, now);
 	MonkOutboxAppendEnd(ap);
 	MonkWakeWorkerAtCommit(1);
 }
@@ -1167,7 +1167,7 @@ IndexOldRows(const CaptureMap *map, TriggerData *td, TupleTableSlot *slot, Times
 {
 	HASHCTL		ctl;
 	HTAB	   *old;
-	RowText		text;
+	RowBuffers	bufs;
 	MonkEventError err;
 
 	ctl.keysize = sizeof(char *);
@@ -1177,7 +1177,7 @@ IndexOldRows(const CaptureMap *map, TriggerData *td, TupleTableSlot *slot, Times
 	ctl.hcxt = CurrentMemoryContext;
 	old = hash_create("monk_capture old rows", 1024, &ctl,
 					  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	InitRowText(&text);
+	InitRowBuffers(&bufs);
 	StartReading(td->tg_oldtable);
 	while (tuplestore_gettupleslot(td->tg_oldtable, true, false, slot))
 	{
@@ -1185,11 +1185,11 @@ IndexOldRows(const CaptureMap *map, TriggerData *td, TupleTableSlot *slot, Times
 		OldRow	   *entry;
 		bool		found;
 
-		if (!RowKey(map, slot, &text.key, &err))
+		if (!RowKey(map, slot, &bufs.key, &err))
 			continue;
-		k = pstrdup(text.key.data);
+		k = pstrdup(bufs.key.data);
 		entry = hash_search(old, &k, HASH_ENTER, &found);
-		entry->json = RowEvent(map, slot, &text, now, &err) ? pstrdup(text.json.data) : NULL;
+		entry->json = RowEvent(map, slot, &bufs, now, &err) ? pstrdup(bufs.json.data) : NULL;
 	}
 	tuplestore_select_read_pointer(td->tg_oldtable, 0);
 	return old;
@@ -1209,7 +1209,7 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 	MemoryContext rowcxt;
 	HTAB	   *old;
 	MonkOutboxAppender *ap;
-	RowText		text;
+	RowBuffers	bufs;
 	int			queued = 0;
 
 	if (tuplestore_tuple_count(rows) == 0)
@@ -1219,7 +1219,7 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 	old = update ? IndexOldRows(map, td, slot, now) : NULL;
 	MonkOutboxCheckCapacity();
 	ap = MonkOutboxAppendBegin(true);
-	InitRowText(&text);
+	InitRowBuffers(&bufs);
 	StartReading(rows);
 	while (tuplestore_gettupleslot(rows, true, false, slot))
 	{
@@ -1227,19 +1227,19 @@ CaptureStatement(const CaptureMap *map, TriggerData *td)
 		MonkEventError err;
 		OldRow	   *prev = NULL;
 
-		if (!RowKey(map, slot, &text.key, &err) || !RowEvent(map, slot, &text, now, &err))
+		if (!RowKey(map, slot, &bufs.key, &err) || !RowEvent(map, slot, &bufs, now, &err))
 			MonkEventRaise(&err);
 		if (old)
 		{
-			char	   *k = text.key.data;
+			char	   *k = bufs.key.data;
 
 			prev = hash_search(old, &k, HASH_FIND, NULL);
 			if (prev == NULL && map->key.attnum == 0)
-				RaiseKeyChanged(map, NULL, text.key.data);
+				RaiseKeyChanged(map, NULL, bufs.key.data);
 		}
-		if (prev == NULL || prev->json == NULL || strcmp(prev->json, text.json.data) != 0)
+		if (prev == NULL || prev->json == NULL || strcmp(prev->json, bufs.json.data) != 0)
 		{
-			Queue(ap, &text, now);
+			Queue(ap, &bufs, now);
 			queued++;
 		}
 		MemoryContextSwitchTo(outer);

@@ -36,8 +36,8 @@ typedef enum MonkCounter
 typedef enum MonkOutcome
 {
 	MONK_OUTCOME_ACCEPTED,		/* 2xx: the events are in */
-	MONK_OUTCOME_RETRY,			/* 408, 429, 5xx, no answer, other: try again later */
-	MONK_OUTCOME_SPLIT,			/* 400, 422, 413: bad events or too large: bisect */
+	MONK_OUTCOME_RETRY,			/* 408, 429, 5xx, none, other: retry later */
+	MONK_OUTCOME_SPLIT,			/* 400, 413, 422: refused events: bisect */
 	MONK_OUTCOME_AUTH			/* 401, 403: configuration error: pause */
 } MonkOutcome;
 

@@ -39,16 +39,16 @@ typedef struct MonkEvent
 	const char *idempotency_key;
 	int			naming;			/* how errors name the fields: MonkNaming */
 	const MonkFieldNames *names;	/* or, when set, these names */
-	const char *properties_json;	/* properties already checked and rendered
-									 * as a JSON object (instead of properties) */
+	const char *properties_json;	/* instead of properties: already checked
+									 * and rendered as JSON */
 } MonkEvent;
 
 /* How error messages name an event's fields. */
 typedef enum MonkNaming
 {
-	MONK_NAMES_ARGS = 0,		/* monk_send's arguments: event_name, event_time */
+	MONK_NAMES_ARGS = 0,		/* monk_send's: event_name, event_time */
 	MONK_NAMES_API,				/* the API's fields: eventName, timestamp */
-	MONK_NAMES_COLUMNS			/* an export source's columns: event_name, timestamp */
+	MONK_NAMES_COLUMNS			/* a source's columns: event_name, timestamp */
 } MonkNaming;
 
 /* Why an event is invalid: the field and the message, as for an ERROR. */

@@ -57,7 +57,7 @@ struct MonkHttpClient
 	long		timer_ms;		/* curl's timer, -1 when none */
 	int			nsockets;
 	MonkSocket	sockets[MAX_SOCKETS];
-	dlist_head	handles;		/* MonkHttpHandle of the transfers not cleaned up */
+	dlist_head	handles;		/* MonkHttpHandle: transfers not cleaned up */
 	dlist_head	inflight;		/* requests started, not completed */
 	dlist_head	done;			/* completed requests not yet taken */
 };

@@ -18,7 +18,7 @@ typedef struct MonkHttpRequest
 {
 	void	   *owner;			/* the caller's */
 	void	   *easy;			/* CURL *, private */
-	void	   *headers;		/* the client's record of the transfer, private */
+	void	   *headers;		/* the client's record of it (private) */
 	MemoryContext cxt;			/* the client's, for big_response; private */
 	const char *method;			/* NULL: POST */
 	const char *body;			/* NULL with GET */
@@ -34,7 +34,8 @@ typedef struct MonkHttpRequest
 	char		response[MONK_RESPONSE_MAX + 1];
 	size_t		response_len;
 	bool		response_truncated;
-	char	   *big_response;	/* with max_response: the whole body, in the client's context */
+	char	   *big_response;	/* with max_response: the whole body (in the
+								 * client's context) */
 	size_t		big_len;
 	size_t		big_cap;
 	dlist_node	node;

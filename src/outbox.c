@@ -315,7 +315,7 @@ MonkOutboxAppendBegin(bool bulk)
 		relid = rels.legacy;
 	else
 	{
-		/* the transaction id first: a segment read after it is the current one */
+		/* the transaction id first: a segment read after it is current */
 		ap->txid = U64FromFullTransactionId(GetTopFullTransactionId());
 		pg_memory_barrier();
 		ap->segment = CurrentSegment();
@@ -715,7 +715,7 @@ ForEachRow(MonkOutboxRowCallback cb, void *arg)
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		MonkOutboxRow	row;
+		MonkOutboxRow row;
 		text	   *key;
 		text	   *event;
 
@@ -856,8 +856,10 @@ MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt)
 void
 MonkOutboxSaveState(MonkOutboxState *state)
 {
-	Oid			types[9] = {TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID,
-							INT8OID, INT8ARRAYOID, INT8OID, INT8OID};
+	Oid			types[9] = {
+		TIDOID, INT8OID, INT8OID, INT8ARRAYOID, INT2OID,
+		INT8OID, INT8ARRAYOID, INT8OID, INT8OID
+	};
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;

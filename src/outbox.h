@@ -67,7 +67,7 @@ typedef struct MonkOutboxState
 {
 	MonkOutboxSnapshot frontier;	/* every event visible in it is settled */
 	bool		in_window;		/* and so are, among the events visible in */
-	MonkOutboxSnapshot window;		/* window but not in frontier, those up to */
+	MonkOutboxSnapshot window;	/* window but not in frontier, those up to */
 	uint64		pos_txid;		/* (pos_txid, pos_id) */
 	int64		pos_id;
 	int			cur_segment;
@@ -77,8 +77,8 @@ typedef struct MonkOutboxState
 
 typedef enum MonkOutboxSchema
 {
-	MONK_OUTBOX_NONE,				/* no CREATE EXTENSION monk here */
-	MONK_OUTBOX_LEGACY,				/* 0.1's table: ALTER EXTENSION monk UPDATE pending */
+	MONK_OUTBOX_NONE,			/* no CREATE EXTENSION monk here */
+	MONK_OUTBOX_LEGACY,			/* 0.1's table: ALTER EXTENSION UPDATE due */
 	MONK_OUTBOX_LOG
 } MonkOutboxSchema;
 

@@ -388,7 +388,7 @@ PauseOnAuth(MonkSender *sender, MonkBatch *batch, TimestampTz now)
 {
 	MonkHttpRequest *req = &batch->req;
 
-	/* an answer to a key replaced since it was sent says nothing of the new one */
+	/* an answer for a key replaced since says nothing of the new version */
 	if (!sender->paused && batch->generation == sender->generation)
 	{
 		sender->paused = true;

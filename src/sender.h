@@ -31,7 +31,7 @@ typedef struct MonkChunk
 	TimestampTz oldest;			/* queued_at of the oldest event */
 	bool		finished;
 	int			refs;			/* batches not yet settled */
-	void	  **items;			/* the owner's record of each event, when it keeps one */
+	void	  **items;			/* the owner's record of each event, if any */
 	void	   *arg;			/* the caller's */
 	dlist_node	node;			/* in the caller's list */
 } MonkChunk;
@@ -45,7 +45,7 @@ typedef struct MonkBatch
 	int			attempts;		/* failed attempts so far */
 	uint32		generation;		/* of the configuration it was sent with */
 	TimestampTz not_before;
-	StringInfoData body;		/* built for slices; the chunk's data otherwise */
+	StringInfoData body;		/* built for slices, else the chunk's data */
 	MonkHttpRequest req;
 	dlist_node	node;
 } MonkBatch;
@@ -56,6 +56,7 @@ typedef struct MonkSenderOps
 	void		(*accepted) (void *arg, MonkBatch *batch);
 	/* the API refused this single event for good (400/422/413) */
 	void		(*refused) (void *arg, MonkBatch *batch, long status, const char *body);
+
 	/*
 	 * the batch failed monk.max_retries times: return true to keep it and try
 	 * again after monk.retry_max_delay, false to give it up (it settles)
@@ -86,7 +87,7 @@ typedef struct MonkSender
 	MonkCircuit circuit;
 	TimestampTz rate_limited_until; /* Retry-After applies to every request */
 	bool		paused;			/* authentication failed */
-	uint32		generation;		/* of the configuration: requests remember theirs */
+	uint32		generation;		/* of the settings; requests keep theirs */
 	bool		draining;		/* shutting down: start nothing new */
 	char		last_error[MONK_ERROR_MAX + 64];
 } MonkSender;

@@ -46,7 +46,7 @@ int			monk_retention = 0;
 static char *api_key_guc = NULL;	/* always API_KEY_PLACEHOLDER */
 static const char *api_key_value = "";	/* the real key, from the hook's extra */
 static char *api_key_file = NULL;	/* monk.api_key_file: a path */
-static const char *api_key_file_value = "";	/* the key read from it */
+static const char *api_key_file_value = ""; /* the key read from it */
 char	   *monk_ca_file = NULL;
 
 #define MAX_KEY_LEN 4096

@@ -32,7 +32,9 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static int	monk_nslots = 0;
 static int64 events_in_xact = 0;	/* events queued by this transaction */
-static bool wake_at_commit = false; /* wake the worker at commit, whatever the count */
+
+/* wake the worker at commit, whatever the count */
+static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 static Size
@@ -147,9 +149,9 @@ MonkXactCallback(XactEvent event, void *arg)
 					uint64		mark = pg_atomic_read_u64(&slot->wake_at);
 
 					/*
-					 * The first commit to reach the mark disarms it and wakes the
-					 * worker; a compare-and-exchange, so that a mark the worker
-					 * has just re-armed is never overwritten.
+					 * The first commit to reach the mark disarms it and wakes
+					 * the worker; a compare-and-exchange, so that a mark the
+					 * worker has just re-armed is never overwritten.
 					 */
 					while (wake_at_commit || committed >= mark)
 					{
@@ -170,7 +172,8 @@ MonkXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			/* a prepared transaction's events are found by the worker's 2PC timer */
+
+			/* a prepared transaction's events: the worker's 2PC timer */
 			events_in_xact = 0;
 			wake_at_commit = false;
 			break;

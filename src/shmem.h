@@ -62,12 +62,14 @@ typedef struct MonkWorkerSlot
 	Latch	   *latch;			/* the worker's latch, NULL when none runs */
 	int			state;			/* MonkWorkerState */
 	int			circuit;		/* MonkCircuitState (delivery.h) */
-	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];	/* by MonkCounter (delivery.h) */
-	pg_atomic_uint64 committed;	/* events committed into the outbox (about) */
+	/* by MonkCounter (delivery.h) */
+	pg_atomic_uint64 counters[MONK_NUM_COUNTERS];
+	pg_atomic_uint64 committed; /* events committed into the outbox (about) */
 	pg_atomic_uint64 wake_at;	/* wake the worker once committed reaches this */
-	pg_atomic_uint32 segment;	/* where new events go; >= MONK_SEGMENTS: ask the table */
+	pg_atomic_uint32 segment;	/* where new events go (>= MONK_SEGMENTS: ask
+								 * the table) */
 	pg_atomic_uint64 settled;	/* events settled since the worker started */
-	int64		depth_base;		/* queued at the worker's start less committed then */
+	int64		depth_base;		/* queued at start less committed then */
 	bool		depth_known;	/* depth_base is set */
 
 	slock_t		mutex;			/* protects what follows */

@@ -80,8 +80,10 @@ static void
 InsertDeadLetter(void *arg)
 {
 	const MonkDeadLetter *dl = arg;
-	Oid			types[9] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
-	TEXTOID, INT4OID};
+	Oid			types[9] = {
+		TEXTOID, INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TEXTOID, INT4OID
+	};
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
@@ -160,9 +162,9 @@ LockCursor(void *arg)
 	int			ret;
 
 	/*
-	 * First a lock of the cursor's name, tried without waiting: the row of
-	 * a new cursor, inserted by a running export and not yet committed,
-	 * would make the insert below wait for that export instead of failing.
+	 * First a lock of the cursor's name, tried without waiting: the row of a
+	 * new cursor, inserted by a running export and not yet committed, would
+	 * make the insert below wait for that export instead of failing.
 	 */
 	ret = CursorStatement("SELECT pg_catalog.pg_try_advisory_xact_lock("
 						  "pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",

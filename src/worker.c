@@ -67,8 +67,8 @@
  */
 typedef struct Window
 {
-	MonkOutboxSnapshot prev;		/* its start: the end of the previous window */
-	MonkOutboxSnapshot snap;		/* its end */
+	MonkOutboxSnapshot prev;	/* its start: the end of the previous window */
+	MonkOutboxSnapshot snap;	/* its end */
 	int			nslices;		/* slices of it not yet behind the frontier */
 	bool		read_whole;		/* every event of it has been read */
 } Window;
@@ -99,7 +99,7 @@ typedef struct KeyEntry
 /* One event in memory, from its read until it settles. */
 typedef struct Queued
 {
-	MonkOutboxRow	row;			/* key and event point into this item's own copies */
+	MonkOutboxRow row;			/* key and event: this item's own copies */
 	Slice	   *slice;
 	KeyEntry   *entry;
 	bool		parked;			/* its batch was parked once */
@@ -130,9 +130,10 @@ typedef struct MonkWorker
 	/* reading */
 	Window	   *window;			/* the window being read, or NULL */
 	Slice	   *slice;			/* the slice being read */
-	uint64	   *late;			/* the window's late transactions (finished since its start) */
+	uint64	   *late;			/* the window's transactions finished since
+								 * its start (late ones) */
 	int			nlate;
-	int			late_pos;		/* the late transaction being read; nlate: the range */
+	int			late_pos;		/* the late one being read; nlate: the range */
 	uint64		pos_txid;		/* where the read goes on from */
 	int64		pos_id;
 	dlist_head	slices;			/* oldest first */
@@ -679,11 +680,18 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
 
 	MonkDeadLetter dl = {
-		.source = "outbox", .source_id = item->row.id,
-		.key = item->row.key, .key_len = item->row.key_len,
-		.event = item->row.event, .event_len = item->row.event_len,
-		.queued_at = item->row.queued_at, .has_status = true, .status = status,
-		.error = error, .response = body, .attempts = batch->attempts + 1
+		.source = "outbox",
+		.source_id = item->row.id,
+		.key = item->row.key,
+		.key_len = item->row.key_len,
+		.event = item->row.event,
+		.event_len = item->row.event_len,
+		.queued_at = item->row.queued_at,
+		.has_status = true,
+		.status = status,
+		.error = error,
+		.response = body,
+		.attempts = batch->attempts + 1
 	};
 
 	MonkOutboxBegin("monk: dead-lettering a refused event");
@@ -825,8 +833,8 @@ static void
 RecordProgress(MonkWorker *w, bool force)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	bool		save = w->state_dirty &&
-		(force || TimestampDifferenceExceeds(w->saved_at, now, SAVE_STATE_MS));
+	bool		due = force || TimestampDifferenceExceeds(w->saved_at, now, SAVE_STATE_MS);
+	bool		save = w->state_dirty && due;
 	bool		maintain = TimestampDifferenceExceeds(w->maintained_at, now, MAINTAIN_MS);
 	bool		rotated = false;
 	dlist_mutable_iter iter;
