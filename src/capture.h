@@ -1,6 +1,7 @@
 /*
  * capture.h
- *		monk_capture, the trigger function that turns rows into events.
+ *		The check of CREATE TRIGGER ... EXECUTE FUNCTION monk_capture(...),
+ *		for the ProcessUtility hook (ddl.c); defined in capture_map.c.
  */
 #ifndef MONK_CAPTURE_H
 #define MONK_CAPTURE_H
