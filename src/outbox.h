@@ -1,7 +1,7 @@
 /*
  * outbox.h
- *		Access to monk's outbox, a log of segments: queueing (backends), and
- *		reading windows, the frontier, segments, parked events (the worker).
+ *		monk's outbox, a log of segments: queueing into it (backends,
+ *		outbox.c) and consuming it (the worker, outbox_consumer.c).
  */
 #ifndef MONK_OUTBOX_H
 #define MONK_OUTBOX_H
@@ -18,11 +18,12 @@
  */
 #define MONK_OUTBOX_KEY_INFIX "outbox_"
 
-/* The backends' side: queueing in the caller's transaction. */
+/* The backends' side (outbox.c): queueing in the caller's transaction. */
 extern int64 MonkOutboxNextId(void);
 extern void MonkOutboxInsert(int64 id, const char *key, const char *event, int event_len,
 							 TimestampTz queued_at);
 extern void MonkOutboxCheckCapacity(void);
+extern Oid	MonkOutboxSegmentOid(int segment);
 
 /* Several events at once: the segment and its indexes opened once. */
 typedef struct MonkOutboxAppender MonkOutboxAppender;
@@ -82,7 +83,7 @@ typedef enum MonkOutboxSchema
 	MONK_OUTBOX_LOG
 } MonkOutboxSchema;
 
-/* The worker's side: short transactions around SPI. */
+/* The worker's side (outbox_consumer.c): short transactions around SPI. */
 extern void MonkOutboxBegin(const char *activity);
 extern void MonkOutboxCommit(void);
 extern MonkOutboxSchema MonkOutboxFindSchema(void);
