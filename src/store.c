@@ -28,6 +28,7 @@
 /* The kept plan of the dead-letter statement (the worker's, repeated). */
 static SPIPlanPtr plan_dead_letter = NULL;
 
+/* Prepare a statement and keep its plan for the session. */
 static SPIPlanPtr
 KeepPlan(const char *sql, int nargs, Oid *types)
 {
@@ -39,7 +40,6 @@ KeepPlan(const char *sql, int nargs, Oid *types)
 		elog(ERROR, "SPI_keepplan failed");
 	return p;
 }
-
 
 /* The owner of monk's tables (the extension's tables are all one owner's). */
 static Oid
