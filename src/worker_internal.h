@@ -122,6 +122,7 @@ typedef struct MonkWorker
 	int			unpark_cap;
 } MonkWorker;
 
+/* What monk.status shows the worker doing. */
 static inline void
 MonkWorkerSetState(MonkWorker *w, MonkWorkerState state)
 {
