@@ -44,6 +44,7 @@
 #include "compat.h"
 #include "source.h"
 
+/* A trigger's mapping, in the session's hash of them. */
 typedef struct CaptureEntry
 {
 	Oid			tgoid;
