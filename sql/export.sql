@@ -23,6 +23,7 @@ SELECT * FROM monk_batch_export('src_ok', 0);
 SELECT * FROM monk_batch_export('src_ok', 10001);
 SELECT * FROM monk_batch_export('src_ok', max_events => 0);
 SELECT * FROM monk_batch_export('src_ok', cursor_name => '');
+SELECT * FROM monk_batch_export('src_ok', cursor_name => 'outbox');
 
 -- nothing past the cursor: nothing is sent, the cursor is created
 SELECT batches, events_sent, events_failed, last_id FROM monk_batch_export('src_ok');

@@ -308,6 +308,13 @@ CheckArguments(Export *ex, bool all_events, int64 max_events)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cursor_name must not be empty"),
 				 errhint("Pass NULL to use the source's qualified name.")));
+	/* an export's dead letters carry its cursor's name as their source */
+	if (strcmp(ex->cursor_name, "outbox") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cursor_name \"outbox\" is reserved"),
+				 errdetail("Dead letters of the outbox have source \"outbox\"; an export's have its cursor's name."),
+				 errhint("Pass another name, or NULL to use the source's qualified name.")));
 }
 
 /*
