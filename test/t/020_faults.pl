@@ -30,8 +30,8 @@ sub status { monk_status($node, $_[0]) }
 # When the API logged a request, in seconds since the epoch.
 sub request_time
 {
-	my ($t) = $_[0]{time} =~ /^(\d+-\d+-\d+T\d+:\d+:[\d.]+)Z$/ or die "unexpected request time $_[0]{time}";
-	my ($y, $mo, $d, $h, $mi, $sec) = $t =~ /^(\d+)-(\d+)-(\d+)T(\d+):(\d+):([\d.]+)$/;
+	my ($y, $mo, $d, $h, $mi, $sec) = $_[0]{time} =~ /^(\d+)-(\d+)-(\d+)T(\d+):(\d+):([\d.]+)Z$/
+	  or die "unexpected request time $_[0]{time}";
 	return timegm(0, $mi, $h, $d, $mo - 1, $y) + $sec;
 }
 
@@ -75,7 +75,10 @@ set_monk_conf($node, 'monk.circuit_failure_threshold' => 3, 'monk.circuit_open_t
 $api->faults({ fail_rate => { 500 => 1.0 } });
 my $logged_before = scalar(@{ $api->requests(10000) });
 # the requests answered 500 since (late answers of the slow requests above carry other statuses)
-my $failed = sub { [ grep { $_->{status} eq '500' } @{ $api->requests(10000) }[ $logged_before .. $#{ $api->requests(10000) } ] ] };
+my $failed = sub {
+	my $logged = $api->requests(10000);
+	return [ grep { $_->{status} eq '500' } @$logged[ $logged_before .. $#$logged ] ];
+};
 send_events('circuit', 5);
 ok(wait_until('the circuit to open', 30, sub { status('circuit') eq 'open' }), 'the circuit opens');
 like(status('worker_state'), qr/circuit open|backing off/, 'the worker reports it');
