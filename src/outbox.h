@@ -7,6 +7,7 @@
 #define MONK_OUTBOX_H
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "storage/itemptr.h"
 
 /* Segments of the log: monk.log_0 .. monk.log_3. */
@@ -84,6 +85,9 @@ typedef enum MonkOutboxSchema
 } MonkOutboxSchema;
 
 /* The worker's side (outbox_consumer.c): short transactions around SPI. */
+extern SPIPlanPtr MonkOutboxPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
+extern void MonkOutboxExecute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+							  int expected, const char *what);
 extern void MonkOutboxBegin(const char *activity);
 extern void MonkOutboxCommit(void);
 extern MonkOutboxSchema MonkOutboxFindSchema(void);

@@ -56,9 +56,12 @@ static SPIPlanPtr plan_notify = NULL;
 static SPIPlanPtr plan_unsettled = NULL;
 static SPIPlanPtr plan_count = NULL;
 
-/* Prepare a statement once and keep its plan. */
-static SPIPlanPtr
-Prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+/*
+ * Prepare a statement once and keep its plan for the session (the
+ * statements of store.c too).
+ */
+SPIPlanPtr
+MonkOutboxPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 {
 	if (*plan == NULL)
 	{
@@ -74,9 +77,9 @@ Prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 }
 
 /* Run a kept plan and check its result. */
-static void
-Execute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only, int expected,
-		const char *what)
+void
+MonkOutboxExecute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only, int expected,
+				  const char *what)
 {
 	int			ret = SPI_execute_plan(plan, values, nulls, read_only, 0);
 
@@ -257,14 +260,14 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	Datum		values[3];
 
-	Prepare(&plan_read_txid,
-			"SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
-			" WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
-			3, types);
+	MonkOutboxPrepare(&plan_read_txid,
+					  "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+					  " WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
+					  3, types);
 	values[0] = Int64GetDatum((int64) txid);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	Execute(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkOutboxExecute(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg);
 }
 
@@ -281,18 +284,18 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
 	Datum		values[6];
 
-	Prepare(&plan_read_range,
-			"SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
-			" WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
-			" ORDER BY txid, id LIMIT $6",
-			6, types);
+	MonkOutboxPrepare(&plan_read_range,
+					  "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+					  " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
+					  " ORDER BY txid, id LIMIT $6",
+					  6, types);
 	values[0] = Int64GetDatum((int64) from);
 	values[1] = Int64GetDatum((int64) to);
 	values[2] = Int64GetDatum((int64) after_txid);
 	values[3] = Int64GetDatum(after_id);
 	values[4] = Int8Array((const int64 *) exclude, nexclude);
 	values[5] = Int64GetDatum(limit);
-	Execute(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkOutboxExecute(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg);
 }
 
@@ -306,13 +309,13 @@ MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt)
 	bool		isnull;
 	MemoryContext old;
 
-	Prepare(&plan_state,
-			"SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
-			"       s.segment, s.rotated_at, s.settled_at, s.truncated_at,"
-			"       q.window_xmax, q.window_xip, q.window_txid, q.window_id"
-			"  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
-			0, NULL);
-	Execute(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
+	MonkOutboxPrepare(&plan_state,
+					  "SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
+					  "       s.segment, s.rotated_at, s.settled_at, s.truncated_at,"
+					  "       q.window_xmax, q.window_xip, q.window_txid, q.window_id"
+					  "  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
+					  0, NULL);
+	MonkOutboxExecute(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
 	if (SPI_processed != MONK_SEGMENTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -376,12 +379,12 @@ MonkOutboxSaveState(MonkOutboxState *state)
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 
-	Prepare(&plan_save,
-			"UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
-			"       cur_segment = $5, window_xmax = $6, window_xip = $7, window_txid = $8, window_id = $9,"
-			"       updated_at = pg_catalog.now()"
-			" WHERE ctid = $1 RETURNING ctid",
-			9, types);
+	MonkOutboxPrepare(&plan_save,
+					  "UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
+					  "       cur_segment = $5, window_xmax = $6, window_xip = $7, window_txid = $8, window_id = $9,"
+					  "       updated_at = pg_catalog.now()"
+					  " WHERE ctid = $1 RETURNING ctid",
+					  9, types);
 	values[0] = PointerGetDatum(&state->ctid);
 	values[1] = Int64GetDatum((int64) state->frontier.xmin);
 	values[2] = Int64GetDatum((int64) state->frontier.xmax);
@@ -396,7 +399,7 @@ MonkOutboxSaveState(MonkOutboxState *state)
 	}
 	else
 		nulls[5] = nulls[6] = nulls[7] = nulls[8] = 'n';
-	Execute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+	MonkOutboxExecute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	if (SPI_processed != 1)
 	{
 		/* the row moved (it was updated by hand): find it once */
@@ -412,7 +415,7 @@ MonkOutboxSaveState(MonkOutboxState *state)
 						&state->ctid);
 		SPI_freetuptable(SPI_tuptable);
 		values[0] = PointerGetDatum(&state->ctid);
-		Execute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+		MonkOutboxExecute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	}
 	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
 																SPI_tuptable->tupdesc, 1, &isnull)),
@@ -429,12 +432,12 @@ MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier)
 	bool		isnull;
 	int64		n;
 
-	Prepare(&plan_count,
-			"SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
-			2, types);
+	MonkOutboxPrepare(&plan_count,
+					  "SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
+					  2, types);
 	values[0] = Int64GetDatum((int64) frontier->xmax);
 	values[1] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
-	Execute(plan_count, values, NULL, true, SPI_OK_SELECT, "counting queued events");
+	MonkOutboxExecute(plan_count, values, NULL, true, SPI_OK_SELECT, "counting queued events");
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	return n;
@@ -481,10 +484,10 @@ MonkOutboxTryTruncate(MonkOutboxState *state, int segment, int retention_s)
 			 " OR EXISTS (SELECT FROM monk.log_%d WHERE txid = ANY ($2))",
 			 segment, segment);
 	plan_unsettled = NULL;
-	Prepare(&plan_unsettled, sql, 2, types);
+	MonkOutboxPrepare(&plan_unsettled, sql, 2, types);
 	values[0] = Int64GetDatum((int64) state->frontier.xmax);
 	values[1] = Int8Array((const int64 *) state->frontier.xip, state->frontier.nxip);
-	Execute(plan_unsettled, values, NULL, true, SPI_OK_SELECT, "checking a segment");
+	MonkOutboxExecute(plan_unsettled, values, NULL, true, SPI_OK_SELECT, "checking a segment");
 	unsettled = SPI_processed > 0;
 	SPI_freetuptable(SPI_tuptable);
 	SPI_freeplan(plan_unsettled);
@@ -526,13 +529,13 @@ MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *e
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
-	Prepare(&plan_park,
-			"INSERT INTO monk.outbox_attempts AS a (id, attempts, last_status, last_error, next_attempt_at)"
-			" SELECT i, $2, $3, $4, $5 FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i"
-			" ON CONFLICT (id) DO UPDATE SET attempts = a.attempts + excluded.attempts,"
-			"    last_status = excluded.last_status, last_error = excluded.last_error,"
-			"    next_attempt_at = excluded.next_attempt_at",
-			5, types);
+	MonkOutboxPrepare(&plan_park,
+					  "INSERT INTO monk.outbox_attempts AS a (id, attempts, last_status, last_error, next_attempt_at)"
+					  " SELECT i, $2, $3, $4, $5 FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i"
+					  " ON CONFLICT (id) DO UPDATE SET attempts = a.attempts + excluded.attempts,"
+					  "    last_status = excluded.last_status, last_error = excluded.last_error,"
+					  "    next_attempt_at = excluded.next_attempt_at",
+					  5, types);
 	values[0] = Int8Array(ids, n);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = Int32GetDatum((int32) status);
@@ -540,7 +543,7 @@ MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *e
 		nulls[2] = 'n';
 	values[3] = CStringGetTextDatum(error);
 	values[4] = TimestampTzGetDatum(next_attempt_at);
-	Execute(plan_park, values, nulls, false, SPI_OK_INSERT, "recording a parked batch");
+	MonkOutboxExecute(plan_park, values, nulls, false, SPI_OK_INSERT, "recording a parked batch");
 }
 
 /* Forget the retry state of events that were parked once and are settled. */
@@ -550,9 +553,9 @@ MonkOutboxUnpark(const int64 *ids, int n)
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 
-	Prepare(&plan_unpark, "DELETE FROM monk.outbox_attempts WHERE id = ANY ($1)", 1, types);
+	MonkOutboxPrepare(&plan_unpark, "DELETE FROM monk.outbox_attempts WHERE id = ANY ($1)", 1, types);
 	values[0] = Int8Array(ids, n);
-	Execute(plan_unpark, values, NULL, false, SPI_OK_DELETE, "updating monk.outbox_attempts");
+	MonkOutboxExecute(plan_unpark, values, NULL, false, SPI_OK_DELETE, "updating monk.outbox_attempts");
 }
 
 /*
@@ -568,10 +571,10 @@ MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, 
 	Datum		values[6];
 	uint64		max_txid = 0;
 
-	Prepare(&plan_sent,
-			"INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts)"
-			" VALUES ($1, $2, $3, $4, $5, $6)",
-			6, types);
+	MonkOutboxPrepare(&plan_sent,
+					  "INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts)"
+					  " VALUES ($1, $2, $3, $4, $5, $6)",
+					  6, types);
 	for (int i = 0; i < n; i++)
 		max_txid = Max(max_txid, txids[i]);
 	values[0] = Int16GetDatum((int16) segment);
@@ -580,7 +583,7 @@ MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, 
 	values[3] = Int8Array(ids, n);
 	values[4] = Int32GetDatum((int32) status);
 	values[5] = Int32GetDatum(attempts);
-	Execute(plan_sent, values, NULL, false, SPI_OK_INSERT, "recording a sent batch");
+	MonkOutboxExecute(plan_sent, values, NULL, false, SPI_OK_INSERT, "recording a sent batch");
 }
 
 /*
@@ -622,7 +625,7 @@ MonkOutboxNotify(const char *payload)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	Prepare(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
+	MonkOutboxPrepare(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
 	values[0] = CStringGetTextDatum(payload);
-	Execute(plan_notify, values, NULL, false, SPI_OK_SELECT, "pg_notify");
+	MonkOutboxExecute(plan_notify, values, NULL, false, SPI_OK_SELECT, "pg_notify");
 }

@@ -23,23 +23,11 @@
 #include "utils/timestamp.h"
 
 #include "compat.h"
+#include "outbox.h"
 #include "store.h"
 
 /* The kept plan of the dead-letter statement (the worker's, repeated). */
 static SPIPlanPtr plan_dead_letter = NULL;
-
-/* Prepare a statement and keep its plan for the session. */
-static SPIPlanPtr
-KeepPlan(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-	if (p == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(p) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return p;
-}
 
 /* The owner of monk's tables (the extension's tables are all one owner's). */
 static Oid
@@ -86,16 +74,14 @@ InsertDeadLetter(void *arg)
 	};
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
 
-	if (plan_dead_letter == NULL)
-		plan_dead_letter =
-			KeepPlan("INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
-					 "        http_status, error, response_body, attempts)"
-					 " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 + CASE WHEN $1 = 'outbox'"
-					 "        THEN coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $2), 0) ELSE 0 END"
-					 " ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
-					 9, types);
+	MonkOutboxPrepare(&plan_dead_letter,
+					  "INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
+					  "        http_status, error, response_body, attempts)"
+					  " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 + CASE WHEN $1 = 'outbox'"
+					  "        THEN coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $2), 0) ELSE 0 END"
+					  " ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
+					  9, types);
 	values[0] = CStringGetTextDatum(dl->source);
 	values[1] = Int64GetDatum(dl->source_id);
 	values[2] = PointerGetDatum(cstring_to_text_with_len(dl->key, dl->key_len > 0 ? dl->key_len : strlen(dl->key)));
@@ -108,9 +94,7 @@ InsertDeadLetter(void *arg)
 	values[7] = (dl->response && dl->response[0]) ? CStringGetTextDatum(dl->response) : (Datum) 0;
 	nulls[7] = (dl->response && dl->response[0]) ? ' ' : 'n';
 	values[8] = Int32GetDatum(dl->attempts);
-	ret = SPI_execute_plan(plan_dead_letter, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "dead-lettering an event failed: %s", SPI_result_code_string(ret));
+	MonkOutboxExecute(plan_dead_letter, values, nulls, false, SPI_OK_INSERT, "dead-lettering an event");
 }
 
 /*
@@ -145,13 +129,6 @@ typedef struct CursorArgs
 	const char *error;
 } CursorArgs;
 
-/* Run a statement on monk.sync_state (with the cursor's name as $1). */
-static int
-CursorStatement(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
-{
-	return SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-}
-
 static void
 LockCursor(void *arg)
 {
@@ -166,22 +143,22 @@ LockCursor(void *arg)
 	 * new cursor, inserted by a running export and not yet committed, would
 	 * make the insert below wait for that export instead of failing.
 	 */
-	ret = CursorStatement("SELECT pg_catalog.pg_try_advisory_xact_lock("
-						  "pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",
-						  1, types, values, NULL);
+	ret = SPI_execute_with_args("SELECT pg_catalog.pg_try_advisory_xact_lock("
+								"pg_catalog.hashtext('monk_batch_export'), pg_catalog.hashtext($1))",
+								1, types, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "locking the cursor failed");
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		CursorBusy(c->cursor);
 
-	ret = CursorStatement("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
-						  " ON CONFLICT (cursor_name) DO NOTHING", 2, types, values, NULL);
+	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
+								" ON CONFLICT (cursor_name) DO NOTHING", 2, types, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
 	PG_TRY();
 	{
-		ret = CursorStatement("SELECT last_id FROM monk.sync_state WHERE cursor_name = $1"
-							  " FOR UPDATE NOWAIT", 1, types, values, NULL);
+		ret = SPI_execute_with_args("SELECT last_id FROM monk.sync_state WHERE cursor_name = $1"
+									" FOR UPDATE NOWAIT", 1, types, values, NULL, false, 0);
 	}
 	PG_CATCH();
 	{
@@ -228,10 +205,10 @@ SaveCursor(void *arg)
 	values[3] = Int64GetDatum(c->failed);
 	values[4] = c->error ? CStringGetTextDatum(c->error) : (Datum) 0;
 	nulls[4] = c->error ? ' ' : 'n';
-	if (CursorStatement("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
-						" events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
-						" updated_at = now() WHERE cursor_name = $1",
-						5, types, values, nulls) != SPI_OK_UPDATE)
+	if (SPI_execute_with_args("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
+							  " events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
+							  " updated_at = now() WHERE cursor_name = $1",
+							  5, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "updating monk.sync_state failed");
 }
 
