@@ -25,6 +25,7 @@
 #include "compat.h"
 #include "outbox.h"
 #include "store.h"
+#include "xact.h"
 
 /* The kept plan of the dead-letter statement (the worker's, repeated). */
 static SPIPlanPtr plan_dead_letter = NULL;
@@ -51,16 +52,23 @@ TablesOwner(void)
 	return owner;
 }
 
-/* Run fn(arg) as the owner of monk's tables (an error restores the user). */
+/*
+ * Run fn(arg) as the owner of monk's tables, under the safe search_path (the
+ * caller's could otherwise choose the functions and operators that run with
+ * the owner's rights); an error restores the user and the search_path.
+ */
 static void
 AsOwner(void (*fn) (void *), void *arg)
 {
 	Oid			save_user;
 	int			save_sec;
+	int			nest_level;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(TablesOwner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	nest_level = MonkSafeSearchPathPush();
 	fn(arg);
+	MonkSafeSearchPathPop(nest_level);
 	SetUserIdAndSecContext(save_user, save_sec);
 }
 

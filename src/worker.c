@@ -36,6 +36,7 @@
 #include "shmem.h"
 #include "worker.h"
 #include "worker_internal.h"
+#include "xact.h"
 
 static volatile sig_atomic_t shutdown_requested = false;
 
@@ -341,6 +342,8 @@ MonkWorkerMain(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(w.slot->dbname, NULL, 0);
+	/* the database's search_path never chooses what the worker runs */
+	MonkSafeSearchPathPin();
 	pgstat_report_appname(psprintf("monk worker: %s", w.slot->dbname));
 
 	w.slot->dboid = MyDatabaseId;
