@@ -22,10 +22,11 @@ SHLIB_LINK += -lcurl -luuid
 PG_CFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 # make SANITIZE=1: UndefinedBehaviorSanitizer (any report fatal) and assertions
-# (Assert) enabled in monk's code; test/sanitize.sh runs the whole suite
-# against such a build
+# (Assert) enabled in monk's code, and a window's keys kept in memory few (so
+# that the suite's windows take the path of a large backlog); test/sanitize.sh
+# runs the whole suite against such a build
 ifdef SANITIZE
-PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DUSE_ASSERT_CHECKING
+PG_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DUSE_ASSERT_CHECKING -DMONK_WINDOW_KEYS=8
 SHLIB_LINK += -fsanitize=undefined
 endif
 
@@ -36,7 +37,7 @@ NO_LOCALE = 1
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
 # races, with isolationtester: specs in test/isolation/specs, outputs in test/isolation/expected
-ISOLATION = export_cursor outbox_visibility segment_lock
+ISOLATION = export_cursor outbox_visibility segment_lock version_order dead_letter_retry
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation --temp-instance=./tmp_isolation --temp-config=$(srcdir)/test/regress.conf
 
 TAP_TESTS = 1

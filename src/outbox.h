@@ -84,12 +84,7 @@ typedef enum MonkOutboxSchema
 	MONK_OUTBOX_LOG
 } MonkOutboxSchema;
 
-/* The worker's side (outbox_consumer.c): short transactions around SPI. */
-extern SPIPlanPtr MonkOutboxPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
-extern void MonkOutboxExecute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
-							  int expected, const char *what);
-extern void MonkOutboxBegin(const char *activity);
-extern void MonkOutboxCommit(void);
+/* The worker's side (outbox_consumer.c), in MonkXactBegin's transactions. */
 extern MonkOutboxSchema MonkOutboxFindSchema(void);
 extern void MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt);
 extern bool MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid);
@@ -107,8 +102,10 @@ extern void MonkOutboxPark(const int64 *ids, int n, int attempts, long status, c
 extern void MonkOutboxUnpark(const int64 *ids, int n);
 extern void MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n,
 								 long status, int attempts);
-extern void MonkOutboxForEachAccepted(const MonkOutboxSnapshot *frontier,
-									  void (*cb) (void *arg, uint64 txid, int64 id), void *arg);
+extern void MonkOutboxReadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
+									   const uint64 *late, int nlate,
+									   void (*cb) (void *arg, const char *key, int key_len, int64 max_id),
+									   void *arg);
 extern void MonkOutboxNotify(const char *payload);
 
 #endif

@@ -20,8 +20,7 @@
  * monk_send (outbox.c).
  *
  * The statements are parameterised SPI with kept plans, each in a short
- * transaction of its own (MonkOutboxBegin, MonkOutboxCommit).  This file
- * knows nothing of HTTP.
+ * transaction of its own (xact.c).  This file knows nothing of HTTP.
  */
 #include "postgres.h"
 
@@ -43,6 +42,7 @@
 #include "compat.h"
 #include "outbox.h"
 #include "settings.h"
+#include "xact.h"
 
 /* Saved plans of the worker's statements. */
 static SPIPlanPtr plan_read_txid = NULL;
@@ -55,66 +55,7 @@ static SPIPlanPtr plan_sent = NULL;
 static SPIPlanPtr plan_notify = NULL;
 static SPIPlanPtr plan_unsettled = NULL;
 static SPIPlanPtr plan_count = NULL;
-
-/*
- * Prepare a statement once and keep its plan for the session (the
- * statements of store.c too).
- */
-SPIPlanPtr
-MonkOutboxPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(p) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		*plan = p;
-	}
-	return *plan;
-}
-
-/* Run a kept plan and check its result. */
-void
-MonkOutboxExecute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only, int expected,
-				  const char *what)
-{
-	int			ret = SPI_execute_plan(plan, values, nulls, read_only, 0);
-
-	if (ret != expected)
-		elog(ERROR, "%s failed: %s", what, SPI_result_code_string(ret));
-}
-
-/* The caller's memory context, restored when the transaction ends. */
-static MemoryContext outbox_caller_cxt = NULL;
-
-/* Open a short transaction with a snapshot and SPI. */
-void
-MonkOutboxBegin(const char *activity)
-{
-	outbox_caller_cxt = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-/* Commit the transaction opened by MonkOutboxBegin. */
-void
-MonkOutboxCommit(void)
-{
-	if (SPI_finish() != SPI_OK_FINISH)
-		elog(ERROR, "SPI_finish failed");
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(outbox_caller_cxt);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
+static SPIPlanPtr plan_repeated = NULL;
 
 /*
  * Which outbox this database has: none (no CREATE EXTENSION monk), 0.1's
@@ -260,14 +201,14 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	Datum		values[3];
 
-	MonkOutboxPrepare(&plan_read_txid,
-					  "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
-					  " WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
-					  3, types);
+	MonkPlanKeep(&plan_read_txid,
+				 "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+				 " WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
+				 3, types);
 	values[0] = Int64GetDatum((int64) txid);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	MonkOutboxExecute(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkPlanRun(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg);
 }
 
@@ -284,18 +225,18 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
 	Datum		values[6];
 
-	MonkOutboxPrepare(&plan_read_range,
-					  "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
-					  " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
-					  " ORDER BY txid, id LIMIT $6",
-					  6, types);
+	MonkPlanKeep(&plan_read_range,
+				 "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+				 " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
+				 " ORDER BY txid, id LIMIT $6",
+				 6, types);
 	values[0] = Int64GetDatum((int64) from);
 	values[1] = Int64GetDatum((int64) to);
 	values[2] = Int64GetDatum((int64) after_txid);
 	values[3] = Int64GetDatum(after_id);
 	values[4] = Int8Array((const int64 *) exclude, nexclude);
 	values[5] = Int64GetDatum(limit);
-	MonkOutboxExecute(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkPlanRun(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg);
 }
 
@@ -309,13 +250,13 @@ MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt)
 	bool		isnull;
 	MemoryContext old;
 
-	MonkOutboxPrepare(&plan_state,
-					  "SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
-					  "       s.segment, s.rotated_at, s.settled_at, s.truncated_at,"
-					  "       q.window_xmax, q.window_xip, q.window_txid, q.window_id"
-					  "  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
-					  0, NULL);
-	MonkOutboxExecute(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
+	MonkPlanKeep(&plan_state,
+				 "SELECT q.frontier_xmin, q.frontier_xmax, q.frontier_xip, q.cur_segment, q.ctid,"
+				 "       s.segment, s.rotated_at, s.settled_at, s.truncated_at,"
+				 "       q.window_xmax, q.window_xip, q.window_txid, q.window_id"
+				 "  FROM monk.queue_state q CROSS JOIN monk.segment s ORDER BY s.segment",
+				 0, NULL);
+	MonkPlanRun(plan_state, NULL, NULL, true, SPI_OK_SELECT, "reading monk.queue_state");
 	if (SPI_processed != MONK_SEGMENTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -379,12 +320,12 @@ MonkOutboxSaveState(MonkOutboxState *state)
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 
-	MonkOutboxPrepare(&plan_save,
-					  "UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
-					  "       cur_segment = $5, window_xmax = $6, window_xip = $7, window_txid = $8, window_id = $9,"
-					  "       updated_at = pg_catalog.now()"
-					  " WHERE ctid = $1 RETURNING ctid",
-					  9, types);
+	MonkPlanKeep(&plan_save,
+				 "UPDATE monk.queue_state SET frontier_xmin = $2, frontier_xmax = $3, frontier_xip = $4,"
+				 "       cur_segment = $5, window_xmax = $6, window_xip = $7, window_txid = $8, window_id = $9,"
+				 "       updated_at = pg_catalog.now()"
+				 " WHERE ctid = $1 RETURNING ctid",
+				 9, types);
 	values[0] = PointerGetDatum(&state->ctid);
 	values[1] = Int64GetDatum((int64) state->frontier.xmin);
 	values[2] = Int64GetDatum((int64) state->frontier.xmax);
@@ -399,7 +340,7 @@ MonkOutboxSaveState(MonkOutboxState *state)
 	}
 	else
 		nulls[5] = nulls[6] = nulls[7] = nulls[8] = 'n';
-	MonkOutboxExecute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+	MonkPlanRun(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	if (SPI_processed != 1)
 	{
 		/* the row moved (it was updated by hand): find it once */
@@ -415,7 +356,7 @@ MonkOutboxSaveState(MonkOutboxState *state)
 						&state->ctid);
 		SPI_freetuptable(SPI_tuptable);
 		values[0] = PointerGetDatum(&state->ctid);
-		MonkOutboxExecute(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
+		MonkPlanRun(plan_save, values, nulls, false, SPI_OK_UPDATE_RETURNING, "updating monk.queue_state");
 	}
 	ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0],
 																SPI_tuptable->tupdesc, 1, &isnull)),
@@ -432,12 +373,12 @@ MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier)
 	bool		isnull;
 	int64		n;
 
-	MonkOutboxPrepare(&plan_count,
-					  "SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
-					  2, types);
+	MonkPlanKeep(&plan_count,
+				 "SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
+				 2, types);
 	values[0] = Int64GetDatum((int64) frontier->xmax);
 	values[1] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
-	MonkOutboxExecute(plan_count, values, NULL, true, SPI_OK_SELECT, "counting queued events");
+	MonkPlanRun(plan_count, values, NULL, true, SPI_OK_SELECT, "counting queued events");
 	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	return n;
@@ -475,19 +416,26 @@ MonkOutboxTryTruncate(MonkOutboxState *state, int segment, int retention_s)
 	bool		unsettled;
 
 	Assert(segment != state->cur_segment);
+	MonkWaitPoint("truncate");
 	if (!ConditionalLockRelationOid(MonkOutboxSegmentOid(segment), AccessExclusiveLock))
 		return false;
 
-	/* under the lock nothing can be added: is everything in it settled? */
+	/*
+	 * Under the lock nothing can be added, and every transaction that added
+	 * to the segment has ended: is everything in it settled?  Asked with a
+	 * snapshot taken now (not read-only: SPI takes a new one), which sees
+	 * each of those transactions that committed -- the transaction's first
+	 * snapshot, taken before the lock, may not.
+	 */
 	snprintf(sql, sizeof(sql),
 			 "SELECT 1 WHERE EXISTS (SELECT FROM monk.log_%d WHERE txid >= $1)"
 			 " OR EXISTS (SELECT FROM monk.log_%d WHERE txid = ANY ($2))",
 			 segment, segment);
 	plan_unsettled = NULL;
-	MonkOutboxPrepare(&plan_unsettled, sql, 2, types);
+	MonkPlanKeep(&plan_unsettled, sql, 2, types);
 	values[0] = Int64GetDatum((int64) state->frontier.xmax);
 	values[1] = Int8Array((const int64 *) state->frontier.xip, state->frontier.nxip);
-	MonkOutboxExecute(plan_unsettled, values, NULL, true, SPI_OK_SELECT, "checking a segment");
+	MonkPlanRun(plan_unsettled, values, NULL, false, SPI_OK_SELECT, "checking a segment");
 	unsettled = SPI_processed > 0;
 	SPI_freetuptable(SPI_tuptable);
 	SPI_freeplan(plan_unsettled);
@@ -529,13 +477,13 @@ MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *e
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
-	MonkOutboxPrepare(&plan_park,
-					  "INSERT INTO monk.outbox_attempts AS a (id, attempts, last_status, last_error, next_attempt_at)"
-					  " SELECT i, $2, $3, $4, $5 FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i"
-					  " ON CONFLICT (id) DO UPDATE SET attempts = a.attempts + excluded.attempts,"
-					  "    last_status = excluded.last_status, last_error = excluded.last_error,"
-					  "    next_attempt_at = excluded.next_attempt_at",
-					  5, types);
+	MonkPlanKeep(&plan_park,
+				 "INSERT INTO monk.outbox_attempts AS a (id, attempts, last_status, last_error, next_attempt_at)"
+				 " SELECT i, $2, $3, $4, $5 FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS i"
+				 " ON CONFLICT (id) DO UPDATE SET attempts = a.attempts + excluded.attempts,"
+				 "    last_status = excluded.last_status, last_error = excluded.last_error,"
+				 "    next_attempt_at = excluded.next_attempt_at",
+				 5, types);
 	values[0] = Int8Array(ids, n);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = Int32GetDatum((int32) status);
@@ -543,7 +491,7 @@ MonkOutboxPark(const int64 *ids, int n, int attempts, long status, const char *e
 		nulls[2] = 'n';
 	values[3] = CStringGetTextDatum(error);
 	values[4] = TimestampTzGetDatum(next_attempt_at);
-	MonkOutboxExecute(plan_park, values, nulls, false, SPI_OK_INSERT, "recording a parked batch");
+	MonkPlanRun(plan_park, values, nulls, false, SPI_OK_INSERT, "recording a parked batch");
 }
 
 /* Forget the retry state of events that were parked once and are settled. */
@@ -553,9 +501,9 @@ MonkOutboxUnpark(const int64 *ids, int n)
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 
-	MonkOutboxPrepare(&plan_unpark, "DELETE FROM monk.outbox_attempts WHERE id = ANY ($1)", 1, types);
+	MonkPlanKeep(&plan_unpark, "DELETE FROM monk.outbox_attempts WHERE id = ANY ($1)", 1, types);
 	values[0] = Int8Array(ids, n);
-	MonkOutboxExecute(plan_unpark, values, NULL, false, SPI_OK_DELETE, "updating monk.outbox_attempts");
+	MonkPlanRun(plan_unpark, values, NULL, false, SPI_OK_DELETE, "updating monk.outbox_attempts");
 }
 
 /*
@@ -571,10 +519,10 @@ MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, 
 	Datum		values[6];
 	uint64		max_txid = 0;
 
-	MonkOutboxPrepare(&plan_sent,
-					  "INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts)"
-					  " VALUES ($1, $2, $3, $4, $5, $6)",
-					  6, types);
+	MonkPlanKeep(&plan_sent,
+				 "INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts)"
+				 " VALUES ($1, $2, $3, $4, $5, $6)",
+				 6, types);
 	for (int i = 0; i < n; i++)
 		max_txid = Max(max_txid, txids[i]);
 	values[0] = Int16GetDatum((int16) segment);
@@ -583,39 +531,55 @@ MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, 
 	values[3] = Int8Array(ids, n);
 	values[4] = Int32GetDatum((int32) status);
 	values[5] = Int32GetDatum(attempts);
-	MonkOutboxExecute(plan_sent, values, NULL, false, SPI_OK_INSERT, "recording a sent batch");
+	MonkPlanRun(plan_sent, values, NULL, false, SPI_OK_INSERT, "recording a sent batch");
 }
 
 /*
- * Hand to cb each event accepted past the frontier (recorded by
- * MonkOutboxRecordSent): at start, so that they are not sent again.
+ * Hand to cb each key with several versions in a window -- the transactions
+ * from "from" to "to" but those of "exclude", and the "late" ones -- with
+ * the id of its newest version, through a cursor (the window may be large).
  */
 void
-MonkOutboxForEachAccepted(const MonkOutboxSnapshot *frontier,
-						  void (*cb) (void *arg, uint64 txid, int64 id), void *arg)
+MonkOutboxReadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
+						   const uint64 *late, int nlate,
+						   void (*cb) (void *arg, const char *key, int key_len, int64 max_id), void *arg)
 {
-	Datum		values[3];
-	Oid			types[3] = {INT8OID, INT8OID, INT8ARRAYOID};
-	int			ret;
+	Oid			types[4] = {INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum		values[4];
+	Portal		portal;
 
-	values[0] = Int64GetDatum((int64) frontier->xmin);
-	values[1] = Int64GetDatum((int64) frontier->xmax);
-	values[2] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
-	ret = SPI_execute_with_args("SELECT s.txid, s.id FROM monk.sent_batch b"
-								" CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(b.txids), pg_catalog.unnest(b.ids)) AS s(txid, id)"
-								" WHERE b.max_txid >= $1 AND (s.txid >= $2 OR s.txid = ANY ($3))",
-								3, types, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "reading monk.sent_batch failed: %s", SPI_result_code_string(ret));
-	for (uint64 i = 0; i < SPI_processed; i++)
+	MonkPlanKeep(&plan_repeated,
+				 "SELECT idempotency_key, pg_catalog.max(id) FROM ("
+				 "  SELECT idempotency_key, id FROM monk.log WHERE txid >= $1 AND txid < $2 AND txid <> ALL ($3)"
+				 "  UNION ALL"
+				 "  SELECT idempotency_key, id FROM monk.log WHERE txid = ANY ($4)) w"
+				 " GROUP BY idempotency_key HAVING pg_catalog.count(*) > 1",
+				 4, types);
+	values[0] = Int64GetDatum((int64) from);
+	values[1] = Int64GetDatum((int64) to);
+	values[2] = Int8Array((const int64 *) exclude, nexclude);
+	values[3] = Int8Array((const int64 *) late, nlate);
+	portal = SPI_cursor_open(NULL, plan_repeated, values, NULL, true);
+	if (portal == NULL)
+		elog(ERROR, "reading the window's repeated keys failed: %s", SPI_result_code_string(SPI_result));
+	for (;;)
 	{
-		bool		isnull;
-		HeapTuple	t = SPI_tuptable->vals[i];
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			HeapTuple	t = SPI_tuptable->vals[i];
+			text	   *key = DatumGetTextPP(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
 
-		cb(arg, (uint64) DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)),
-		   DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull)));
+			cb(arg, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+			   DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull)));
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_freetuptable(SPI_tuptable);
+	SPI_cursor_close(portal);
 }
 
 /* NOTIFY monk_alert, delivered when the current transaction commits. */
@@ -625,7 +589,7 @@ MonkOutboxNotify(const char *payload)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	MonkOutboxPrepare(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
+	MonkPlanKeep(&plan_notify, "SELECT pg_catalog.pg_notify('monk_alert', $1)", 1, types);
 	values[0] = CStringGetTextDatum(payload);
-	MonkOutboxExecute(plan_notify, values, NULL, false, SPI_OK_SELECT, "pg_notify");
+	MonkPlanRun(plan_notify, values, NULL, false, SPI_OK_SELECT, "pg_notify");
 }

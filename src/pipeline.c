@@ -35,6 +35,7 @@
 #include "outbox.h"
 #include "store.h"
 #include "worker_internal.h"
+#include "xact.h"
 
 /* How long a segment stays the current one (when the next one is free). */
 #define SEGMENT_ROTATE_MS 5000
@@ -154,43 +155,56 @@ SettleItem(MonkWorker *w, MonkQueued *item, bool was_sent)
  * ------------------------------------------------------------------------
  */
 
-/* An event accepted past the frontier before a restart. */
-typedef struct AcceptedKey
-{
-	uint64		txid;
-	int64		id;
-} AcceptedKey;
-
-static void
-AddAccepted(void *arg, uint64 txid, int64 id)
-{
-	MonkWorker *w = arg;
-	AcceptedKey key = {txid, id};
-
-	(void) hash_search(w->accepted, &key, HASH_ENTER, NULL);
-}
-
-/* Was this event accepted before a restart?  It is then settled already. */
+/*
+ * Has a newer version of this row's key been read in its window already (or,
+ * once the window's repeated keys are known, is there one in the window)?
+ * Within a window the version queued later -- the higher id -- wins; a
+ * window's versions are read in (txid, id) order, which is not that order.
+ */
 static bool
-AcceptedBefore(MonkWorker *w, const MonkOutboxRow *row)
+Superseded(MonkWorker *w, uint64 hash, const MonkOutboxRow *row)
 {
-	AcceptedKey key = {row->txid, row->id};
-	bool		found = false;
+	MonkWindow *win = w->window;
+	MonkWindowKey *k;
+	bool		found;
 
-	if (w->accepted)
-		(void) hash_search(w->accepted, &key, HASH_REMOVE, &found);
-	return found;
+	if (win->dups != NULL)
+	{
+		k = hash_search(win->dups, &hash, HASH_FIND, NULL);
+		return k != NULL && k->max_id > row->id;
+	}
+	if (win->seen == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(MonkWindowKey);
+		ctl.hcxt = w->cxt;
+		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	k = hash_search(win->seen, &hash, HASH_ENTER, &found);
+	if (found && k->max_id > row->id)
+		return true;
+	k->max_id = row->id;
+	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS)
+		win->need_dups = true;
+	return false;
 }
 
-/* Keep one event read: it waits in pending, replacing an older version. */
+/*
+ * Keep one event read: it waits in pending, replacing an older version of
+ * its key, unless a newer version of the key was read already (it is then
+ * settled unsent).
+ */
 static void
 AddRow(void *arg, const MonkOutboxRow *row)
 {
 	MonkWorker *w = arg;
-	MonkQueued *item = MemoryContextAlloc(w->cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
-	char	   *key = (char *) (item + 1);
-	char	   *event = key + row->key_len + 1;
 	uint64		hash = hash_bytes_extended((const unsigned char *) row->key, row->key_len, 0);
+	MonkQueued *item;
+	char	   *key;
+	char	   *event;
 	MonkKeyEntry *entry;
 	bool		found;
 	dlist_mutable_iter iter;
@@ -201,12 +215,14 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	w->slice->has_end = true;
 	w->slice->end_txid = row->txid;
 	w->slice->end_id = row->id;
-	if (AcceptedBefore(w, row))
+	if (Superseded(w, hash, row))
 	{
-		pfree(item);
 		pg_atomic_fetch_add_u64(&w->slot->settled, 1);
 		return;
 	}
+	item = MemoryContextAlloc(w->cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
+	key = (char *) (item + 1);
+	event = key + row->key_len + 1;
 	memcpy(key, row->key, row->key_len);
 	key[row->key_len] = '\0';
 	memcpy(event, row->event, row->event_len);
@@ -253,6 +269,45 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	}
 }
 
+/* One key with several versions in the window being read. */
+static void
+AddDup(void *arg, const char *key, int key_len, int64 max_id)
+{
+	MonkWindow *win = arg;
+	uint64		hash = hash_bytes_extended((const unsigned char *) key, key_len, 0);
+	MonkWindowKey *dup = hash_search(win->dups, &hash, HASH_ENTER, NULL);
+
+	dup->max_id = max_id;
+}
+
+/*
+ * The keys with several versions in the whole window, and the newest one's
+ * id, from the log: for a window with more keys than memory keeps, or one
+ * read partly before a restart (whose newer versions may have been sent
+ * then).  They replace the keys kept in memory.  Between reads (not in a
+ * read's callback: it runs a statement of its own).
+ */
+static void
+LoadDups(MonkWorker *w)
+{
+	MonkWindow *win = w->window;
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(MonkWindowKey);
+	ctl.hcxt = w->cxt;
+	win->dups = hash_create("monk window repeated keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	MonkOutboxReadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
+							   w->late, w->nlate, AddDup, win);
+	if (win->seen != NULL)
+	{
+		hash_destroy(win->seen);
+		win->seen = NULL;
+	}
+	win->need_dups = false;
+}
+
 /*
  * Open a window ending at snap (a snapshot of our own, or the one the
  * frontier was in at start), starting where the previous one ended: the
@@ -292,6 +347,8 @@ ResumeWindow(MonkWorker *w)
 	MonkOutboxState *st = &w->state;
 
 	OpenWindow(w, &st->window);
+	/* versions of it read before the restart may have been sent */
+	w->window->need_dups = true;
 	if (st->pos_txid >= w->window->prev.xmax)
 	{
 		w->late_pos = w->nlate;
@@ -316,12 +373,11 @@ EndWindow(MonkWorker *w)
 	pfree(w->next_prev.xip);
 	CopySnapshot(&w->next_prev, &win->snap, w->cxt);
 	w->window = NULL;
-	/* every event accepted before a restart was in the first window */
-	if (w->accepted)
-	{
-		hash_destroy(w->accepted);
-		w->accepted = NULL;
-	}
+	if (win->seen)
+		hash_destroy(win->seen);
+	if (win->dups)
+		hash_destroy(win->dups);
+	win->seen = win->dups = NULL;
 }
 
 /*
@@ -333,8 +389,9 @@ MonkPipelineRead(MonkWorker *w, int want)
 {
 	int			asked = want;
 
+	MonkWaitPointAlone("read");
 	w->read_base = pg_atomic_read_u64(&w->slot->committed);
-	MonkOutboxBegin("monk: reading queued events");
+	MonkXactBegin("monk: reading queued events");
 	if (w->window == NULL)
 	{
 		MonkOutboxSnapshot snap;
@@ -342,6 +399,7 @@ MonkPipelineRead(MonkWorker *w, int want)
 		MonkOutboxTakeSnapshot(&snap, CurrentMemoryContext);
 		OpenWindow(w, &snap);
 	}
+
 	w->slice = MemoryContextAllocZero(w->cxt, sizeof(MonkSlice));
 	w->slice->window = w->window;
 	w->window->nslices++;
@@ -349,6 +407,9 @@ MonkPipelineRead(MonkWorker *w, int want)
 	while (want > 0 && w->window != NULL)
 	{
 		int			got;
+
+		if (w->window->need_dups)
+			LoadDups(w);
 
 		if (w->late_pos < w->nlate)
 		{
@@ -368,7 +429,7 @@ MonkPipelineRead(MonkWorker *w, int want)
 		}
 		want -= got;
 	}
-	MonkOutboxCommit();
+	MonkXactCommit();
 	w->slice = NULL;
 	AdvanceFrontier(w);
 	return want == 0 && asked > 0;
@@ -397,21 +458,14 @@ MonkPipelineInit(MonkWorker *w)
 }
 
 /*
- * Load the log's state, and the events accepted past the frontier before a
- * restart (they are not sent again); in the caller's transaction.
+ * Load the log's state, and whether outbox events wait in the dead letters;
+ * in the caller's transaction.
  */
 void
 MonkPipelineLoad(MonkWorker *w)
 {
-	HASHCTL		ctl;
-
 	MonkOutboxLoadState(&w->state, w->cxt);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(AcceptedKey);
-	ctl.entrysize = sizeof(AcceptedKey);
-	ctl.hcxt = w->cxt;
-	w->accepted = hash_create("monk accepted", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	MonkOutboxForEachAccepted(&w->state.frontier, AddAccepted, w);
+	w->dead_letters = MonkDeadLettersOfOutbox();
 }
 
 /* Read on from the frontier: the next window starts there. */
@@ -488,6 +542,33 @@ BatchItem(MonkBatch *batch, int i)
 	return (MonkQueued *) batch->chunk->items[batch->start + i];
 }
 
+/*
+ * While the dead letters hold outbox events: those of older versions of the
+ * keys just accepted are superseded (never to be queued again).
+ */
+static void
+SupersedeDeadLetters(MonkBatch *batch)
+{
+	const char **keys = palloc(sizeof(char *) * batch->count);
+	int		   *lens = palloc(sizeof(int) * batch->count);
+	int64	   *ids = palloc(sizeof(int64) * batch->count);
+
+	for (int i = 0; i < batch->count; i++)
+	{
+		MonkQueued *item = BatchItem(batch, i);
+
+		keys[i] = item->row.key;
+		lens[i] = item->row.key_len;
+		ids[i] = item->row.id;
+	}
+	MonkXactBegin("monk: marking superseded dead letters");
+	MonkDeadLetterSupersede(keys, lens, ids, batch->count);
+	MonkXactCommit();
+	pfree(keys);
+	pfree(lens);
+	pfree(ids);
+}
+
 static void
 OnAccepted(void *arg, MonkBatch *batch)
 {
@@ -497,7 +578,7 @@ OnAccepted(void *arg, MonkBatch *batch)
 	 * With monk.retention, keep what was sent for monk.sent: one row per
 	 * segment the batch's events are in.  (After a restart, events accepted
 	 * past the frontier are sent again in their order, so the newest version
-	 * of each key still arrives last; these rows spare sending them again.)
+	 * of each key still arrives last.)
 	 */
 	if (monk_retention > 0)
 	{
@@ -526,6 +607,8 @@ OnAccepted(void *arg, MonkBatch *batch)
 			}
 		}
 	}
+	if (w->dead_letters)
+		SupersedeDeadLetters(batch);
 	for (int i = 0; i < batch->count; i++)
 		SettleItem(w, BatchItem(batch, i), true);
 	AdvanceFrontier(w);
@@ -553,10 +636,11 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 		.attempts = batch->attempts + 1
 	};
 
-	MonkOutboxBegin("monk: dead-lettering a refused event");
+	MonkXactBegin("monk: dead-lettering a refused event");
 	MonkDeadLetterInsert(&dl);
+	w->dead_letters = true;
 	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, status));
-	MonkOutboxCommit();
+	MonkXactCommit();
 	ereport(LOG,
 			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
 					item->row.id, status)));
@@ -575,9 +659,9 @@ OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 		BatchItem(batch, i)->parked = true;
 		ids[i] = BatchItem(batch, i)->row.id;
 	}
-	MonkOutboxBegin("monk: parking a failing batch");
+	MonkXactBegin("monk: parking a failing batch");
 	MonkOutboxPark(ids, batch->count, batch->attempts, status, error, next);
-	MonkOutboxCommit();
+	MonkXactCommit();
 	pfree(ids);
 	ereport(WARNING,
 			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
@@ -595,9 +679,9 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 	ereport(WARNING,
 			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
 			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
-	MonkOutboxBegin("monk: reporting an authentication failure");
+	MonkXactBegin("monk: reporting an authentication failure");
 	MonkOutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
-	MonkOutboxCommit();
+	MonkXactCommit();
 }
 
 static void
@@ -701,7 +785,7 @@ MonkPipelineRecord(MonkWorker *w, bool force)
 	if (!save && !maintain && dlist_is_empty(&w->sent) && w->nunpark == 0)
 		return;
 
-	MonkOutboxBegin("monk: recording delivered events");
+	MonkXactBegin("monk: recording delivered events");
 	dlist_foreach_modify(iter, &w->sent)
 	{
 		MonkSentBatch *sb = dlist_container(MonkSentBatch, node, iter.cur);
@@ -726,9 +810,10 @@ MonkPipelineRecord(MonkWorker *w, bool force)
 	if (maintain)
 	{
 		rotated = MaintainSegments(w, now);
+		w->dead_letters = MonkDeadLettersOfOutbox();
 		w->maintained_at = now;
 	}
-	MonkOutboxCommit();
+	MonkXactCommit();
 	if (rotated)
 		pg_atomic_write_u32(&w->slot->segment, (uint32) w->state.cur_segment);
 }

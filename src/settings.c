@@ -39,6 +39,7 @@ int			monk_shutdown_timeout = 10000;
 char	   *monk_idempotency_prefix = NULL;
 int			monk_max_outbox_events = 0;
 int			monk_retention = 0;
+char	   *monk_test_wait_points = NULL;
 
 /* The placeholder the monk.api_key variable always holds. */
 #define API_KEY_PLACEHOLDER "(hidden)"
@@ -444,6 +445,15 @@ MonkSettingsInit(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   CheckCaFile, NULL, NULL);
+
+	DefineCustomStringVariable("monk.test_wait_points",
+							   "For monk's tests: steps of the worker at which it waits for an advisory lock.",
+							   "Comma-separated step names (read, truncate); see test/MonkTest.pm. Leave empty.",
+							   &monk_test_wait_points,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	/* a postmaster setting can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)

@@ -24,6 +24,7 @@ extern char *monk_idempotency_prefix;
 extern int	monk_max_outbox_events;
 extern int	monk_retention;
 extern char *monk_ca_file;
+extern char *monk_test_wait_points;
 
 extern void MonkSettingsInit(void);
 extern const char *MonkApiKey(void);

@@ -16,6 +16,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -29,6 +30,7 @@
 
 /* The kept plan of the dead-letter statement (the worker's, repeated). */
 static SPIPlanPtr plan_dead_letter = NULL;
+static SPIPlanPtr plan_supersede = NULL;
 
 /* The owner of monk's tables (the extension's tables are all one owner's). */
 static Oid
@@ -83,13 +85,13 @@ InsertDeadLetter(void *arg)
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
-	MonkOutboxPrepare(&plan_dead_letter,
-					  "INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
-					  "        http_status, error, response_body, attempts)"
-					  " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 + CASE WHEN $1 = 'outbox'"
-					  "        THEN coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $2), 0) ELSE 0 END"
-					  " ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
-					  9, types);
+	MonkPlanKeep(&plan_dead_letter,
+				 "INSERT INTO monk.dead_letter (source, source_id, idempotency_key, event, queued_at,"
+				 "        http_status, error, response_body, attempts)"
+				 " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 + CASE WHEN $1 = 'outbox'"
+				 "        THEN coalesce((SELECT attempts FROM monk.outbox_attempts WHERE id = $2), 0) ELSE 0 END"
+				 " ON CONFLICT (source_id) WHERE source = 'outbox' DO NOTHING",
+				 9, types);
 	values[0] = CStringGetTextDatum(dl->source);
 	values[1] = Int64GetDatum(dl->source_id);
 	values[2] = PointerGetDatum(cstring_to_text_with_len(dl->key, dl->key_len > 0 ? dl->key_len : strlen(dl->key)));
@@ -102,7 +104,7 @@ InsertDeadLetter(void *arg)
 	values[7] = (dl->response && dl->response[0]) ? CStringGetTextDatum(dl->response) : (Datum) 0;
 	nulls[7] = (dl->response && dl->response[0]) ? ' ' : 'n';
 	values[8] = Int32GetDatum(dl->attempts);
-	MonkOutboxExecute(plan_dead_letter, values, nulls, false, SPI_OK_INSERT, "dead-lettering an event");
+	MonkPlanRun(plan_dead_letter, values, nulls, false, SPI_OK_INSERT, "dead-lettering an event");
 }
 
 /*
@@ -115,6 +117,81 @@ void
 MonkDeadLetterInsert(const MonkDeadLetter *dl)
 {
 	AsOwner(InsertDeadLetter, (void *) dl);
+}
+
+static void
+ReadDeadLettersOfOutbox(void *arg)
+{
+	bool		isnull;
+	Oid			nsp = get_namespace_oid("monk", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("dead_letter", nsp) : InvalidOid;
+
+	/* before ALTER EXTENSION monk UPDATE to 0.4: nothing to mark */
+	if (!OidIsValid(relid) || get_attnum(relid, "superseded_id") == InvalidAttrNumber)
+		return;
+	if (SPI_execute("SELECT EXISTS (SELECT FROM monk.dead_letter WHERE source = 'outbox'"
+					" AND superseded_id IS NULL)", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading monk.dead_letter failed");
+	*(bool *) arg = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* Does monk.dead_letter hold outbox events that no newer version replaced? */
+bool
+MonkDeadLettersOfOutbox(void)
+{
+	bool		any = false;
+
+	AsOwner(ReadDeadLettersOfOutbox, &any);
+	return any;
+}
+
+typedef struct SupersedeArgs
+{
+	const char *const *keys;
+	const int  *key_lens;
+	const int64 *ids;
+	int			n;
+} SupersedeArgs;
+
+static void
+SupersedeDeadLetters(void *arg)
+{
+	SupersedeArgs *a = arg;
+	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
+	Datum	   *keys = palloc(sizeof(Datum) * Max(a->n, 1));
+	Datum	   *ids = palloc(sizeof(Datum) * Max(a->n, 1));
+
+	for (int i = 0; i < a->n; i++)
+	{
+		keys[i] = PointerGetDatum(cstring_to_text_with_len(a->keys[i], a->key_lens[i]));
+		ids[i] = Int64GetDatum(a->ids[i]);
+	}
+	values[0] = PointerGetDatum(construct_array(keys, a->n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(ids, a->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	MonkPlanKeep(&plan_supersede,
+				 "UPDATE monk.dead_letter d SET superseded_id = a.id"
+				 "  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]),"
+				 "                  pg_catalog.unnest($2::pg_catalog.int8[])) AS a(key, id)"
+				 " WHERE d.source = 'outbox' AND d.idempotency_key = a.key AND d.source_id < a.id"
+				 "   AND d.superseded_id IS NULL",
+				 2, types);
+	MonkPlanRun(plan_supersede, values, NULL, false, SPI_OK_UPDATE, "marking superseded dead letters");
+}
+
+/*
+ * The API accepted these versions: a dead letter of an older version of
+ * their keys is superseded, and monk_retry_dead_letters never queues it
+ * again (it would replace the newer version at the API).
+ */
+void
+MonkDeadLetterSupersede(const char *const *keys, const int *key_lens, const int64 *ids, int n)
+{
+	SupersedeArgs a = {keys, key_lens, ids, n};
+
+	AsOwner(SupersedeDeadLetters, &a);
 }
 
 /* Another export of the cursor runs: fail at once, having sent nothing. */

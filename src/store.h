@@ -30,6 +30,8 @@ typedef struct MonkDeadLetter
 
 /* Statements run as the owner of monk's tables; the caller has connected SPI. */
 extern void MonkDeadLetterInsert(const MonkDeadLetter *dl);
+extern bool MonkDeadLettersOfOutbox(void);
+extern void MonkDeadLetterSupersede(const char *const *keys, const int *key_lens, const int64 *ids, int n);
 extern int64 MonkCursorLock(const char *cursor, const char *source);
 extern void MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed,
 						   const char *error);

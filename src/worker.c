@@ -108,11 +108,11 @@ PrepareLog(MonkWorker *w)
 	uint64		committed;
 	int64		unsettled;
 
-	MonkOutboxBegin("monk: looking for the outbox");
+	MonkXactBegin("monk: looking for the outbox");
 	schema = MonkOutboxFindSchema();
 	if (schema != MONK_OUTBOX_LOG)
 	{
-		MonkOutboxCommit();
+		MonkXactCommit();
 		if (schema == MONK_OUTBOX_LEGACY && !legacy_logged)
 		{
 			ereport(LOG,
@@ -128,7 +128,7 @@ PrepareLog(MonkWorker *w)
 	pg_atomic_write_u64(&w->slot->settled, 0);
 	committed = pg_atomic_read_u64(&w->slot->committed);
 	unsettled = MonkOutboxCountUnsettled(&w->state.frontier);
-	MonkOutboxCommit();
+	MonkXactCommit();
 
 	MonkPipelineResume(w);
 	w->slot->depth_base = unsettled - (int64) committed;

@@ -33,7 +33,33 @@ typedef struct MonkWindow
 	MonkOutboxSnapshot snap;	/* its end */
 	int			nslices;		/* slices of it not yet behind the frontier */
 	bool		read_whole;		/* every event of it has been read */
+
+	/*
+	 * The newest version read of each key of the window (MonkWindowKey), up
+	 * to MONK_WINDOW_KEYS keys; past them, or when the window was partly read
+	 * before a restart, the keys with several versions in the whole window,
+	 * from the log.
+	 */
+	HTAB	   *seen;
+	HTAB	   *dups;
+	bool		need_dups;
 } MonkWindow;
+
+/* A key of a window, and the id of its newest version (read, or in it). */
+typedef struct MonkWindowKey
+{
+	uint64		hash;			/* the hash table's key */
+	int64		max_id;
+} MonkWindowKey;
+
+/*
+ * Keys of a window kept in memory (about 40 bytes each) before the worker
+ * asks the log for the window's repeated keys instead.  The sanitizer build
+ * makes it small, so that its run of the suite takes that path everywhere.
+ */
+#ifndef MONK_WINDOW_KEYS
+#define MONK_WINDOW_KEYS 131072
+#endif
 
 /*
  * One read of a window (a tick): the frontier moves past it once every event
@@ -116,7 +142,7 @@ typedef struct MonkWorker
 	TimestampTz maintained_at;
 	bool		seen_in_cur;	/* events were read from the current segment */
 	dlist_head	sent;			/* MonkSentBatch to record */
-	HTAB	   *accepted;		/* at start: events accepted past the frontier */
+	bool		dead_letters;	/* monk.dead_letter holds outbox events */
 	int64	   *unpark;			/* settled ids that were parked once */
 	int			nunpark;
 	int			unpark_cap;

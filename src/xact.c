@@ -1,6 +1,8 @@
 /*
  * xact.c
- *		Generic helpers for the statements monk runs itself.
+ *		Generic helpers for the statements monk runs itself: a short
+ *		transaction with SPI around them, kept plans, the safe search_path,
+ *		the worker's wait points.
  *
  * Whatever monk runs with rights other than its caller's -- the worker, as
  * the bootstrap superuser, and the statements store.c runs as the owner of
@@ -8,12 +10,82 @@
  * MONK_SAFE_SEARCH_PATH, never under the caller's, a role's or a database's
  * search_path: a role that can create objects in a schema on that path could
  * otherwise shadow "=" or now() with code that then runs with those rights.
+ * Also the worker's named wait points, where a test can hold it
+ * (monk.test_wait_points).
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/memutils.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "utils/varlena.h"
 
+#include "settings.h"
 #include "xact.h"
+
+/*
+ * Prepare a statement once and keep its plan for the session.
+ */
+SPIPlanPtr
+MonkPlanKeep(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Run a kept plan and check its result. */
+void
+MonkPlanRun(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only, int expected,
+			const char *what)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, 0);
+
+	if (ret != expected)
+		elog(ERROR, "%s failed: %s", what, SPI_result_code_string(ret));
+}
+
+/* The caller's memory context, restored when the transaction ends. */
+static MemoryContext caller_cxt = NULL;
+
+/* Open a short transaction with a snapshot and SPI. */
+void
+MonkXactBegin(const char *activity)
+{
+	caller_cxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commit the transaction opened by MonkXactBegin. */
+void
+MonkXactCommit(void)
+{
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
 
 /*
  * Switch to the safe search_path until MonkSafeSearchPathPop(), as a
@@ -46,4 +118,76 @@ void
 MonkSafeSearchPathPin(void)
 {
 	SetConfigOption("search_path", MONK_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker's reasoning about what its statements see assumes READ
+	 * COMMITTED (a statement run not read-only takes a snapshot of its own)
+	 * and writable transactions, whatever the database's defaults.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/* Is step named in monk.test_wait_points? */
+static bool
+WaitPointEnabled(const char *step)
+{
+	char	   *copy;
+	List	   *names;
+	ListCell   *lc;
+	bool		found = false;
+
+	if (monk_test_wait_points == NULL || monk_test_wait_points[0] == '\0')
+		return false;
+	copy = pstrdup(monk_test_wait_points);
+	if (!SplitIdentifierString(copy, ',', &names))
+		return false;
+	foreach(lc, names)
+	{
+		if (strcmp((const char *) lfirst(lc), step) == 0)
+			found = true;
+	}
+	list_free(names);
+	pfree(copy);
+	return found;
+}
+
+/*
+ * A named step of the worker where a test can hold it: when step is listed
+ * in monk.test_wait_points, wait for the advisory lock (hashtext('monk'),
+ * hashtext(step)) that a test session holds, shared and until the end of
+ * the transaction.  In a transaction with SPI connected.
+ */
+void
+MonkWaitPoint(const char *step)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	if (!WaitPointEnabled(step))
+		return;
+	pgstat_report_activity(STATE_RUNNING, psprintf("monk: wait point %s", step));
+	values[0] = CStringGetTextDatum(step);
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock_shared("
+							  "pg_catalog.hashtext('monk'), pg_catalog.hashtext($1))",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "waiting at wait point %s failed", step);
+}
+
+/* MonkWaitPoint in a transaction of its own, when the caller has none. */
+void
+MonkWaitPointAlone(const char *step)
+{
+	if (!WaitPointEnabled(step))
+		return;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MonkWaitPoint(step);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 }

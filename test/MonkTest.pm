@@ -16,7 +16,8 @@ use Time::HiRes qw(sleep time);
 use MonkApi;
 
 our @EXPORT = qw(monk_cluster monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
-  committed_keys set_monk_conf monk_extra_conf billed_table has_library queue_events monk_status);
+  committed_keys set_monk_conf monk_extra_conf billed_table has_library queue_events monk_status
+  hold_wait_point worker_waits_at api_versions);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
 # dynamic_library_path at a sanitizer build this way.
@@ -117,6 +118,40 @@ sub monk_status
 	my ($node, $column, $db) = @_;
 	return $node->safe_psql('postgres', "SELECT $column FROM monk.status"
 		  . (defined $db ? " WHERE database = '$db'" : ''));
+}
+
+# Hold the worker at a named step (monk.test_wait_points must list it): a
+# session that holds the step's advisory lock until its quit().
+sub hold_wait_point
+{
+	my ($node, $step, $db) = @_;
+	my $session = $node->background_psql($db // 'postgres');
+	$session->query_safe("SELECT pg_advisory_lock(hashtext('monk'), hashtext('$step'))");
+	return $session;
+}
+
+# Wait (bounded) until a worker waits at the named step.
+sub worker_waits_at
+{
+	my ($node, $step) = @_;
+	return wait_until("the worker at wait point $step", 60, sub {
+		$node->safe_psql('postgres', qq{SELECT count(*) FROM pg_stat_activity
+		  WHERE query = 'monk: wait point $step' AND wait_event_type = 'Lock'}) > 0 });
+}
+
+# The value of property $prop of each key the API holds, and the values it
+# received for each, in order.
+sub api_versions
+{
+	my ($api, $prop) = @_;
+	my $events = $api->_call('GET', '/_test/events?history=1')->{events};
+	my (%final, %history);
+	for my $k (keys %$events)
+	{
+		$final{$k} = $events->{$k}{event}{properties}{$prop};
+		$history{$k} = [ map { $_->{properties}{$prop} } @{ $events->{$k}{history} } ];
+	}
+	return (\%final, \%history);
 }
 
 # Change settings by ALTER SYSTEM and reload.

@@ -24,20 +24,6 @@ my @all;
 
 sub psql { return $node->safe_psql('postgres', $_[0]) }
 
-# The version ("v" property) of each key the API holds, and the versions it
-# received, in order.
-sub api_versions
-{
-	my $events = $api->_call('GET', '/_test/events?history=1')->{events};
-	my (%final, %history);
-	for my $k (keys %$events)
-	{
-		$final{$k} = $events->{$k}{event}{properties}{v};
-		$history{$k} = [ map { $_->{properties}{v} } @{ $events->{$k}{history} } ];
-	}
-	return (\%final, \%history);
-}
-
 # Does the API hold all these keys?
 sub api_has
 {
@@ -75,7 +61,7 @@ SELECT monk_send('call', 'cus_1', '{"v": 2}', idempotency_key => 'corr_1');
 COMMIT});
 push @all, 'corr_1';
 ok(wait_outbox_empty($node), 'the correction is delivered');
-my ($final, $history) = api_versions();
+my ($final, $history) = api_versions($api, 'v');
 is($final->{corr_1}, 2, 'the API holds the newest version of the key');
 ok(histories_in_order($history, 'corr_'), 'the older version, if sent at all, was sent first');
 
@@ -96,7 +82,7 @@ for my $v (1 .. 5)
 push @all, map { "key_$_" } 1 .. 60;
 ok(wait_outbox_empty($node, undef, 120), 'every version settles under faults');
 $api->clear_faults;
-($final, $history) = api_versions();
+($final, $history) = api_versions($api, 'v');
 is(scalar(grep { ($final->{"key_$_"} // 0) == 5 } 1 .. 60), 60, 'the API ends with the newest version of every key');
 ok(histories_in_order($history, 'key_'), 'no key ever received an older version after a newer one');
 is($api->stats->{batches_with_repeated_keys}, 0, 'no batch carried two versions of a key');
@@ -109,7 +95,7 @@ psql(q{SELECT monk_send('call', 'cus_1', '{"v": 1}', idempotency_key => 'good_th
 psql(q{SELECT monk_send('call', 'cus_unknown', '{"v": 2}', idempotency_key => 'good_then_bad')});
 push @all, 'bad_then_good', 'good_then_bad';
 ok(wait_outbox_empty($node), 'the refused versions are dead-lettered');
-($final) = api_versions();
+($final) = api_versions($api, 'v');
 is($final->{bad_then_good}, 2, 'a version after a refused one is delivered');
 is($final->{good_then_bad}, 1, 'a refused version does not replace the accepted one');
 

@@ -4,8 +4,12 @@
 # a transaction that queued events is still open, moves the events (with
 # their retry state) into the log, and the API then receives each exactly
 # once.  From 0.2: events queued before the update (the worker parked on a
-# wrong key meanwhile) are sent once after it, and monk_capture works.  An
-# updated schema is the same as a fresh install's.
+# wrong key meanwhile) are sent once after it, and monk_capture works.  From
+# 0.3: events queued before the update, two versions of a key among them, a
+# captured row and a dead letter: each key arrives once at its newest
+# version, a correction made after the update lands on the key the row was
+# captured with, and the dead letter superseded by a newer version is not
+# queued again.  An updated schema is the same as a fresh install's.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -89,7 +93,8 @@ is(psql($describe), $node->safe_psql('fresh', $describe), 'an updated schema is 
 
 # --- from 0.2, with events queued that the worker cannot send yet (a wrong key parks it)
 psql('CREATE DATABASE from_0_2');
-set_monk_conf($node, 'monk.databases' => 'postgres,from_0_2', 'monk.api_key' => 'wrong_key');
+psql('CREATE DATABASE from_0_3');
+set_monk_conf($node, 'monk.databases' => 'postgres,from_0_2,from_0_3', 'monk.api_key' => 'wrong_key');
 $node->restart;
 $node->safe_psql('from_0_2', q{CREATE EXTENSION monk VERSION '0.2'});
 $node->safe_psql('from_0_2',
@@ -113,6 +118,48 @@ api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'sync_public.captur
 	'the API holds each event of both databases exactly once');
 is($node->safe_psql('from_0_2', $describe), $node->safe_psql('fresh', $describe),
 	'a schema updated from 0.2 is the same as a fresh install');
+
+# --- from 0.3: a key's versions, a captured row, a dead letter
+$api->faults({ customers => [ 'cus_1', 'cus_2' ] });
+$node->safe_psql('from_0_3', q{CREATE EXTENSION monk VERSION '0.3'});
+set_monk_conf($node, 'monk.api_key' => 'test_key');
+$node->safe_psql('from_0_3', q{SELECT monk_send('call', 'cus_unknown', '{"v": 1}', idempotency_key => 'v03_lettered')});
+ok(wait_until('the dead letter', 30, sub {
+			$node->safe_psql('from_0_3', q{SELECT count(*) FROM monk.dead_letter}) eq '1' }),
+	'0.3 dead-letters a refused event');
+set_monk_conf($node, 'monk.api_key' => 'wrong_key');
+$node->safe_psql('from_0_3', q{
+SELECT monk_send('call', 'cus_1', jsonb_build_object('v', 1), idempotency_key => 'v03_' || i) FROM generate_series(1, 100) i;
+SELECT monk_send('call', 'cus_1', jsonb_build_object('v', 2), idempotency_key => 'v03_' || i) FROM generate_series(1, 100) i;
+SELECT monk_send('call', 'cus_2', '{"v": 2}', idempotency_key => 'v03_lettered');
+CREATE TABLE captured (id int PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
+CREATE TRIGGER captured_monk AFTER INSERT OR UPDATE ON captured FOR EACH ROW
+  EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer', 'properties=tokens');
+INSERT INTO captured VALUES (1, 'cus_1', 1);
+});
+ok(wait_until('the worker to try the wrong key', 30, sub {
+			$node->safe_psql('from_0_3', q{SELECT worker_state FROM monk.status}) eq 'paused: authentication failed' }),
+	'the worker of the 0.3 database is refused');
+my $captured_key = $node->safe_psql('from_0_3', q{SELECT idempotency_key FROM monk.outbox WHERE event LIKE '%"tokens"%'});
+$node->safe_psql('from_0_3', 'ALTER EXTENSION monk UPDATE');
+is($node->safe_psql('from_0_3', q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), $default,
+	"0.3 updates to $default");
+is(outbox_count($node, 'from_0_3'), '202', 'with its 202 queued events');
+$node->safe_psql('from_0_3', q{UPDATE captured SET tokens = 2});
+set_monk_conf($node, 'monk.api_key' => 'test_key');
+ok(wait_outbox_empty($node, 'from_0_3', 60), 'they are sent once the key is right');
+my ($v) = api_versions($api, 'v');
+is(scalar(grep { ($v->{"v03_$_"} // 0) != 2 } 1 .. 100), 0, 'each key of 0.3 holds its newer version');
+is($v->{v03_lettered}, 2, 'so does the dead-lettered key');
+my ($tokens) = api_versions($api, 'tokens');
+is($tokens->{$captured_key}, 2, "the correction made after the update lands on 0.3's key ($captured_key)");
+my ($rc, $out, $err) = $node->psql('from_0_3', 'SELECT monk_retry_dead_letters()');
+is($out, '0', 'the superseded dead letter is not queued again');
+api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'sync_public.captured:1:call',
+		(map { "v03_$_" } 1 .. 100), 'v03_lettered', $captured_key ],
+	'the API holds each event of the three databases exactly once');
+is($node->safe_psql('from_0_3', $describe), $node->safe_psql('fresh', $describe),
+	'a schema updated from 0.3 is the same as a fresh install');
 
 $node->stop;
 $api->stop;

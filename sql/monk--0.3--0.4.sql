@@ -1,0 +1,78 @@
+/*
+ * monk 0.3 -> 0.4: the order of a key's versions (dead letters that a newer
+ * version supersedes are never queued again; pg_dump leaves out versions
+ * that a newer queued one supersedes).  Nothing queued is touched.
+ */
+\echo Use "ALTER EXTENSION monk UPDATE TO '0.4'" to load this file. \quit
+
+ALTER TABLE monk.dead_letter ADD COLUMN superseded_id bigint;
+-- the outbox's dead letters by key: the worker marks those a newer version of their key supersedes
+CREATE INDEX dead_letter_outbox_key ON monk.dead_letter (idempotency_key) WHERE source = 'outbox';
+COMMENT ON COLUMN monk.dead_letter.superseded_id IS
+    'the outbox id of a newer version of this key, accepted by the API or queued: monk_retry_dead_letters no longer queues this one';
+
+-- pg_dump keeps the queued events (not the settled ones, nor a version of a
+-- key that a newer queued version supersedes: restored, each segment in a
+-- transaction of its own, an older version could otherwise be read after a
+-- newer one), the dead letters and the cursors.
+SELECT pg_catalog.pg_extension_config_dump('monk.log_0', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
+   AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_0.idempotency_key AND n.id > log_0.id
+                      AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_1', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
+   AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_1.idempotency_key AND n.id > log_1.id
+                      AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_2', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
+   AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_2.idempotency_key AND n.id > log_2.id
+                      AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
+SELECT pg_catalog.pg_extension_config_dump('monk.log_3', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
+   AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_3.idempotency_key AND n.id > log_3.id
+                      AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
+
+-- replaced in place: the grants made on it stay
+CREATE OR REPLACE FUNCTION @extschema@.monk_retry_dead_letters(dead_letter_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    requeued bigint;
+    kept bigint;
+BEGIN
+    -- No version is queued while the retry decides: a transaction queueing
+    -- one now is waited for (and its version seen below), and one that
+    -- starts later waits for this one (and gets a higher id).
+    LOCK TABLE monk.log IN SHARE MODE;
+    -- A dead letter whose key has a newer version in the log (queued, or kept
+    -- for monk.retention) is superseded like one whose newer version the
+    -- worker saw accepted: queued again, it would replace that version at the
+    -- API.  It stays, marked.
+    UPDATE monk.dead_letter d
+       SET superseded_id = (SELECT max(l.id) FROM monk.log l
+                             WHERE l.idempotency_key = d.idempotency_key AND l.id > d.source_id)
+     WHERE (dead_letter_ids IS NULL OR d.id = ANY (dead_letter_ids))
+       AND d.source = 'outbox' AND d.superseded_id IS NULL
+       AND EXISTS (SELECT FROM monk.log l WHERE l.idempotency_key = d.idempotency_key AND l.id > d.source_id);
+    WITH moved AS (
+        DELETE FROM monk.dead_letter
+         WHERE (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids))
+           AND source = 'outbox' AND event IS NOT NULL AND idempotency_key IS NOT NULL
+           AND superseded_id IS NULL
+        RETURNING source_id, idempotency_key, event, queued_at
+    )
+    SELECT count(monk.requeue(coalesce(source_id, nextval('monk.outbox_id_seq')), idempotency_key,
+                              event, coalesce(queued_at, now())))
+      INTO requeued
+      FROM (SELECT * FROM moved ORDER BY source_id) m;
+    SELECT count(*) INTO kept FROM monk.dead_letter
+     WHERE (dead_letter_ids IS NULL OR id = ANY (dead_letter_ids)) AND source = 'outbox'
+       AND superseded_id IS NOT NULL;
+    IF kept > 0 THEN
+        RAISE NOTICE '% dead letters were not queued again: a newer version of their key was accepted or is queued', kept
+              USING HINT = 'Their superseded_id names that version; delete them when they are no longer needed.';
+    END IF;
+    RETURN requeued;
+END $$;
+COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
+    IS 'queue dead letters of the outbox again with their original keys, unless a newer version of their key supersedes them; returns how many were queued';
+COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
+    IS 'queue dead letters of the outbox again with their original keys, unless a newer version of their key supersedes them; returns how many were queued';
