@@ -271,7 +271,7 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 		if (ex->nslices_inflight == 0 &&
 			(source_done || ex->delivery_failed || ex->auth_status != 0))
 			break;
-		if (ex->auth_status != 0 && ex->sender->inflight == 0)
+		if (ex->auth_status != 0 && MonkSenderInflight(ex->sender) == 0)
 			break;
 
 		MonkSenderDispatch(ex->sender);

@@ -491,3 +491,38 @@ MonkSenderConfigChanged(MonkSender *sender)
 	sender->generation++;
 	sender->paused = false;
 }
+
+/* Has the API refused the key (sending paused until the settings change)? */
+bool
+MonkSenderPaused(const MonkSender *sender)
+{
+	return sender->paused;
+}
+
+/* Requests on the network now. */
+int
+MonkSenderInflight(const MonkSender *sender)
+{
+	return sender->inflight;
+}
+
+/* Batches waiting for their retry (backing off). */
+int
+MonkSenderBackingOff(const MonkSender *sender)
+{
+	return sender->nwaiting;
+}
+
+/* The circuit breaker's state. */
+MonkCircuitState
+MonkSenderCircuit(const MonkSender *sender)
+{
+	return sender->circuit.state;
+}
+
+/* Shutting down: start no new request; those in flight finish. */
+void
+MonkSenderStartDraining(MonkSender *sender)
+{
+	sender->draining = true;
+}

@@ -106,4 +106,11 @@ extern long MonkSenderNextWakeMs(MonkSender *sender);
 extern bool MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info);
 extern void MonkSenderConfigChanged(MonkSender *sender);
 
+/* What the sender is doing (its owner reads these, never its fields). */
+extern bool MonkSenderPaused(const MonkSender *sender);
+extern int	MonkSenderInflight(const MonkSender *sender);
+extern int	MonkSenderBackingOff(const MonkSender *sender);
+extern MonkCircuitState MonkSenderCircuit(const MonkSender *sender);
+extern void MonkSenderStartDraining(MonkSender *sender);
+
 #endif

@@ -4,11 +4,11 @@
  *		outbox to the Events API.
  *
  * The process: registration, signals, finding the log, the loop and its
- * wake-ups, reloads and shutdown.  The events themselves go through the
- * pipeline (pipeline.c): the log is read, through outbox_consumer.c, in
- * windows -- the events whose transactions became visible between the end
- * of the previous window and a new snapshot of its own, in commit order, a
- * window being read in slices as there is room.  Events read wait in memory
+ * wake-ups, reloads and shutdown; and what each answer of the sender means
+ * for the log.  The log (log.c) is read in windows -- the events whose
+ * transactions became visible between the end of the previous window and a
+ * new snapshot of its own, a window being read in slices as there is room --
+ * and decides which version of a key goes (log.h states its rules).  Events read wait in memory
  * until monk.batch_size of them can go, or the oldest has waited
  * monk.flush_interval; then they are handed to the sender as one chunk.
  * Every outcome is recorded in a short transaction of its own: nothing is
@@ -30,13 +30,49 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "event.h"
+#include "log.h"
 #include "outbox.h"
 #include "sender.h"
 #include "settings.h"
 #include "shmem.h"
+#include "store.h"
 #include "worker.h"
-#include "worker_internal.h"
 #include "xact.h"
+
+/*
+ * Chunks read ahead of the requests: one more than can be in flight, so that
+ * a batch is ready the moment a request slot frees.
+ */
+#define MONK_CHUNKS_AHEAD (monk_max_parallel_requests + 1)
+
+/* The state of one worker. */
+typedef struct MonkWorker
+{
+	MonkWorkerSlot *slot;
+	MonkSender *sender;
+	MonkLog    *log;
+	MemoryContext cxt;			/* the log's items, chunks */
+	bool		ready;			/* the log's state is loaded */
+	bool		need_read;
+	dlist_head	chunks;			/* submitted, not yet settled */
+	int			nchunks;
+	bool		dead_letters;	/* monk.dead_letter holds outbox events */
+} MonkWorker;
+
+/* What monk.status shows the worker doing. */
+static void
+MonkWorkerSetState(MonkWorker *w, MonkWorkerState state)
+{
+	w->slot->state = state;
+}
+
+/* How many events make a batch (monk.batch_size may change on reload). */
+static int
+MonkBatchTarget(void)
+{
+	return monk_batch_size;
+}
 
 static volatile sig_atomic_t shutdown_requested = false;
 
@@ -91,6 +127,221 @@ WorkerExit(int code, Datum arg)
 }
 
 /* ------------------------------------------------------------------------
+ * The sender's reports: what an answer means for the log
+ * ------------------------------------------------------------------------
+ */
+
+/* The JSON payload of a NOTIFY monk_alert. */
+static char *
+AlertPayload(MonkWorker *w, const char *what, int count, long status)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"event\": \"%s\", \"database\": ", what);
+	MonkEscapeJson(&buf, w->slot->dbname, strlen(w->slot->dbname));
+	appendStringInfo(&buf, ", \"count\": %d, \"status\": %ld}", count, status);
+	return buf.data;
+}
+
+/* The items of a batch. */
+static MonkQueued *
+BatchItem(MonkBatch *batch, int i)
+{
+	return (MonkQueued *) batch->chunk->items[batch->start + i];
+}
+
+/*
+ * While the dead letters hold outbox events: those of older versions of the
+ * keys just accepted are superseded (never to be queued again).
+ */
+static void
+SupersedeDeadLetters(MonkBatch *batch)
+{
+	const char **keys = palloc(sizeof(char *) * batch->count);
+	int		   *lens = palloc(sizeof(int) * batch->count);
+	int64	   *ids = palloc(sizeof(int64) * batch->count);
+
+	for (int i = 0; i < batch->count; i++)
+	{
+		MonkQueued *item = BatchItem(batch, i);
+
+		keys[i] = item->row.key;
+		lens[i] = item->row.key_len;
+		ids[i] = item->row.id;
+	}
+	MonkXactBegin("monk: marking superseded dead letters");
+	MonkDeadLetterSupersede(keys, lens, ids, batch->count);
+	MonkXactCommit();
+	pfree(keys);
+	pfree(lens);
+	pfree(ids);
+}
+
+static void
+OnAccepted(void *arg, MonkBatch *batch)
+{
+	MonkWorker *w = arg;
+	MonkQueued **items = palloc(sizeof(MonkQueued *) * batch->count);
+
+	for (int i = 0; i < batch->count; i++)
+		items[i] = BatchItem(batch, i);
+	MonkLogNoteAccepted(w->log, items, batch->count, batch->req.status, batch->attempts + 1);
+	if (w->dead_letters)
+		SupersedeDeadLetters(batch);
+	for (int i = 0; i < batch->count; i++)
+		MonkLogSettle(w->log, items[i]);
+	MonkLogAdvance(w->log);
+	pfree(items);
+}
+
+static void
+OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
+{
+	MonkWorker *w = arg;
+	MonkQueued *item = BatchItem(batch, 0);
+	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
+
+	MonkDeadLetter dl = {
+		.source = "outbox",
+		.source_id = item->row.id,
+		.key = item->row.key,
+		.key_len = item->row.key_len,
+		.event = item->row.event,
+		.event_len = item->row.event_len,
+		.queued_at = item->row.queued_at,
+		.has_status = true,
+		.status = status,
+		.error = error,
+		.response = body,
+		.attempts = batch->attempts + 1
+	};
+
+	MonkXactBegin("monk: dead-lettering a refused event");
+	MonkDeadLetterInsert(&dl);
+	w->dead_letters = true;
+	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, status));
+	MonkXactCommit();
+	ereport(LOG,
+			(errmsg("monk: the Events API refused event " INT64_FORMAT " (HTTP %ld); it was moved to monk.dead_letter",
+					item->row.id, status)));
+	MonkLogSettle(w->log, item);
+	MonkLogAdvance(w->log);
+}
+
+static bool
+OnParked(void *arg, MonkBatch *batch, long status, const char *error)
+{
+	TimestampTz next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_retry_max_delay);
+	int64	   *ids = palloc(sizeof(int64) * batch->count);
+
+	for (int i = 0; i < batch->count; i++)
+	{
+		BatchItem(batch, i)->parked = true;
+		ids[i] = BatchItem(batch, i)->row.id;
+	}
+	MonkXactBegin("monk: parking a failing batch");
+	MonkOutboxPark(ids, batch->count, batch->attempts, status, error, next);
+	MonkXactCommit();
+	pfree(ids);
+	ereport(WARNING,
+			(errmsg("monk: a batch of %d events failed %d times; it stays queued and is retried in %d ms",
+					batch->count, batch->attempts, monk_retry_max_delay),
+			 errdetail("Last error: %s", error)));
+	return true;
+}
+
+static void
+OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
+{
+	MonkWorker *w = arg;
+
+	MonkWorkerSetState(w, MONK_STATE_PAUSED_AUTH);
+	ereport(WARNING,
+			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
+			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
+	MonkXactBegin("monk: reporting an authentication failure");
+	MonkOutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
+	MonkXactCommit();
+}
+
+static void
+OnChunkDone(void *arg, MonkChunk *chunk)
+{
+	MonkWorker *w = arg;
+
+	dlist_delete(&chunk->node);
+	w->nchunks--;
+	MonkChunkFree(chunk);
+	w->need_read = true;
+}
+
+/* The sender's reports, into the worker's slot for monk.status. */
+static void
+OnCount(void *arg, MonkCounter counter, int64 n)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	pg_atomic_fetch_add_u64(&w->slot->counters[counter], n);
+}
+
+static void
+OnOutcome(void *arg, const char *error)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	if (error)
+		MonkSlotSetError(w->slot, error);
+	else
+		MonkSlotSetSuccess(w->slot);
+}
+
+static void
+OnCircuit(void *arg, MonkCircuitState state)
+{
+	MonkWorker *w = (MonkWorker *) arg;
+
+	w->slot->circuit = state;
+}
+
+static const MonkSenderOps WorkerOps = {
+	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone, OnCount, OnOutcome, OnCircuit
+};
+
+
+/* Add one event to the chunk being filled (MonkLogTake's callback). */
+static void
+TakeItem(void *arg, MonkQueued *item)
+{
+	MonkChunk  *chunk = arg;
+
+	MonkChunkAdd(chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
+	MonkChunkSetItem(chunk, item);
+}
+
+/* Hand the pending events that may go (one version per key) to the sender. */
+static void
+Submit(MonkWorker *w)
+{
+	int			target = MonkBatchTarget();
+	MonkChunk  *chunk = MonkChunkCreate(w->cxt, target);
+
+	(void) MonkLogTake(w->log, target, TakeItem, chunk);
+	dlist_push_tail(&w->chunks, &chunk->node);
+	w->nchunks++;
+	MonkSenderSubmit(w->sender, chunk);
+}
+
+/* In each upkeep of the segments: do outbox events wait in the dead letters? */
+static void
+RefreshDeadLetters(void *arg)
+{
+	MonkWorker *w = arg;
+
+	w->dead_letters = MonkDeadLettersOfOutbox();
+}
+
+/* ------------------------------------------------------------------------
  * Start, the loop, shutdown
  * ------------------------------------------------------------------------
  */
@@ -124,17 +375,16 @@ PrepareLog(MonkWorker *w)
 		}
 		return false;
 	}
-	MonkPipelineLoad(w);
 	pg_atomic_write_u64(&w->slot->settled, 0);
 	committed = pg_atomic_read_u64(&w->slot->committed);
-	unsettled = MonkOutboxCountUnsettled(&w->state.frontier);
+	unsettled = MonkLogLoad(w->log);
+	w->dead_letters = MonkDeadLettersOfOutbox();
 	MonkXactCommit();
 
-	MonkPipelineResume(w);
+	MonkLogResume(w->log);
 	w->slot->depth_base = unsettled - (int64) committed;
 	pg_write_barrier();
 	w->slot->depth_known = true;
-	pg_atomic_write_u32(&w->slot->segment, (uint32) w->state.cur_segment);
 	w->ready = true;
 	w->need_read = true;
 	return true;
@@ -144,7 +394,7 @@ PrepareLog(MonkWorker *w)
 static void
 Reload(MonkWorker *w)
 {
-	bool		was_paused = w->sender->paused;
+	bool		was_paused = MonkSenderPaused(w->sender);
 
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
@@ -163,8 +413,8 @@ Drain(MonkWorker *w)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), monk_shutdown_timeout);
 
 	MonkWorkerSetState(w, MONK_STATE_STOPPING);
-	w->sender->draining = true;
-	while (w->sender->inflight > 0)
+	MonkSenderStartDraining(w->sender);
+	while (MonkSenderInflight(w->sender) > 0)
 	{
 		long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 
@@ -172,27 +422,27 @@ Drain(MonkWorker *w)
 		{
 			ereport(LOG,
 					(errmsg("monk: %d requests still in flight after monk.shutdown_timeout; their events stay queued",
-							w->sender->inflight)));
+							MonkSenderInflight(w->sender))));
 			break;
 		}
 		MonkSenderWait(w->sender, left, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
 	}
 	if (w->ready)
-		MonkPipelineRecord(w, true);
+		MonkLogRecord(w->log, true);
 }
 
 /* Publish what the worker is doing for monk.status. */
 static void
 PublishState(MonkWorker *w)
 {
-	if (w->sender->paused)
+	if (MonkSenderPaused(w->sender))
 		MonkWorkerSetState(w, MONK_STATE_PAUSED_AUTH);
-	else if (w->sender->circuit.state == MONK_CIRCUIT_OPEN)
+	else if (MonkSenderCircuit(w->sender) == MONK_CIRCUIT_OPEN)
 		MonkWorkerSetState(w, MONK_STATE_CIRCUIT_OPEN);
-	else if (w->sender->inflight > 0)
+	else if (MonkSenderInflight(w->sender) > 0)
 		MonkWorkerSetState(w, MONK_STATE_SENDING);
-	else if (w->sender->nwaiting > 0)
+	else if (MonkSenderBackingOff(w->sender) > 0)
 		MonkWorkerSetState(w, MONK_STATE_BACKOFF);
 	else
 		MonkWorkerSetState(w, MONK_STATE_IDLE);
@@ -202,7 +452,7 @@ PublishState(MonkWorker *w)
 static bool
 HasRoom(MonkWorker *w)
 {
-	return !w->sender->paused && w->nchunks < MONK_CHUNKS_AHEAD;
+	return !MonkSenderPaused(w->sender) && w->nchunks < MONK_CHUNKS_AHEAD;
 }
 
 /*
@@ -212,12 +462,12 @@ HasRoom(MonkWorker *w)
 static int
 ReadIfRoom(MonkWorker *w, TimestampTz *oldest)
 {
-	int			sendable = MonkPipelineCountSendable(w, oldest);
+	int			sendable = MonkLogCountSendable(w->log, MonkBatchTarget(), oldest);
 
 	if (w->need_read && HasRoom(w) && sendable < MonkBatchTarget())
 	{
-		w->need_read = MonkPipelineRead(w, MonkBatchTarget() - sendable);
-		sendable = MonkPipelineCountSendable(w, oldest);
+		w->need_read = MonkLogRead(w->log, MonkBatchTarget() - sendable);
+		sendable = MonkLogCountSendable(w->log, MonkBatchTarget(), oldest);
 	}
 	return sendable;
 }
@@ -238,7 +488,7 @@ FlushIfDue(MonkWorker *w, int sendable, TimestampTz oldest)
 	now = GetCurrentTimestamp();
 	if (sendable < MonkBatchTarget() && now < due)
 		return (long) ((due - now + 999) / 1000);
-	MonkPipelineSubmit(w);
+	Submit(w);
 	MonkSenderDispatch(w->sender);
 	w->need_read = true;
 	return -1;
@@ -267,7 +517,7 @@ ArmWakeup(MonkWorker *w, int sendable, long timeout)
 	if (w->need_read && HasRoom(w))
 		timeout = 0;
 	else if (HasRoom(w))
-		wake_at = w->read_base + (sendable > 0 ? Max(MonkBatchTarget() - sendable, 1) : 1);
+		wake_at = MonkLogReadBase(w->log) + (sendable > 0 ? Max(MonkBatchTarget() - sendable, 1) : 1);
 	MonkSlotWakeAt(w->slot, wake_at);
 	if (wake_at != PG_UINT64_MAX && pg_atomic_read_u64(&w->slot->committed) >= wake_at)
 	{
@@ -297,9 +547,9 @@ BeforeSleep(MonkWorker *w, long timeout)
 {
 	if (timeout >= 0 && timeout <= MONK_MAINTAIN_MS)
 		return timeout;
-	MonkPipelineRecord(w, true);
+	MonkLogRecord(w->log, true);
 	pgstat_report_stat(true);
-	return MonkPipelineSegmentsPending(w) ? MONK_MAINTAIN_MS : timeout;
+	return MonkLogSegmentsPending(w->log) ? MONK_MAINTAIN_MS : timeout;
 }
 
 /*
@@ -316,7 +566,7 @@ Step(MonkWorker *w)
 
 	/* requests first: what is ready goes out before the bookkeeping */
 	MonkSenderDispatch(w->sender);
-	MonkPipelineRecord(w, false);
+	MonkLogRecord(w->log, false);
 
 	sendable = ReadIfRoom(w, &oldest);
 	timeout = FlushIfDue(w, sendable, oldest);
@@ -356,8 +606,9 @@ MonkWorkerMain(Datum arg)
 	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
 
 	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
-	MonkPipelineInit(&w);
-	w.sender = MonkSenderCreate(&MonkPipelineOps, &w, w.cxt);
+	dlist_init(&w.chunks);
+	w.log = MonkLogCreate(w.cxt, w.slot, RefreshDeadLetters, &w);
+	w.sender = MonkSenderCreate(&WorkerOps, &w, w.cxt);
 
 	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
 

@@ -1,0 +1,790 @@
+/*
+ * log.c
+ *		The outbox's log as the worker reads it: windows read in slices, the
+ *		rule that decides which version of a key wins, one version of a key
+ *		in flight at a time, settling, the frontier, and the segments'
+ *		upkeep.  log.h states the invariants this file keeps.
+ *
+ * The statements themselves are outbox_consumer.c's; what is sent, and what
+ * an answer means, is the worker's (worker.c) and the sender's.
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "log.h"
+#include "outbox.h"
+#include "settings.h"
+#include "xact.h"
+
+/* How long a segment stays the current one (when the next one is free). */
+#define SEGMENT_ROTATE_MS 5000
+/* The frontier is saved at most this often while requests are in flight. */
+#define SAVE_STATE_MS 200
+
+/*
+ * A window of the log: the events that became visible between two snapshots
+ * of ours, read in (txid, id) order, in slices (rule 1).
+ */
+typedef struct MonkWindow
+{
+	MonkOutboxSnapshot prev;	/* its start: the end of the previous window */
+	MonkOutboxSnapshot snap;	/* its end */
+	int			nslices;		/* slices of it not yet behind the frontier */
+	bool		read_whole;		/* every event of it has been read */
+
+	/*
+	 * The newest version read of each key of the window (MonkWindowKey), up
+	 * to MONK_WINDOW_KEYS keys; past them, or when the window was partly read
+	 * before a restart, the keys with several versions in the whole window,
+	 * from the log (rule 2).
+	 */
+	HTAB	   *seen;
+	HTAB	   *dups;
+	bool		need_dups;
+} MonkWindow;
+
+/* A key of a window, and the id of its newest version (read, or in it). */
+typedef struct MonkWindowKey
+{
+	uint64		hash;			/* the hash table's key */
+	int64		max_id;
+} MonkWindowKey;
+
+/*
+ * One read of a window: the frontier moves past it once every event read in
+ * it is settled (and past the window with its last slice; rules 4 and 5).
+ */
+typedef struct MonkSlice
+{
+	MonkWindow *window;
+	int64		unsettled;		/* events read in it and not settled */
+	bool		has_end;		/* it read events: end_* is the last one */
+	uint64		end_txid;
+	int64		end_id;
+	bool		ends_window;	/* the window was read whole with it */
+	dlist_node	node;
+} MonkSlice;
+
+/* The versions in memory of the keys with one hash (rule 3). */
+typedef struct MonkKeyEntry
+{
+	uint64		hash;			/* the hash table's key */
+	int			busy;			/* versions handed to the sender, not settled */
+	dlist_head	pending;		/* versions waiting, oldest first */
+} MonkKeyEntry;
+
+/* An accepted batch to keep in monk.sent_batch. */
+typedef struct MonkSentBatch
+{
+	int			segment;
+	int			n;
+	uint64	   *txids;
+	int64	   *ids;
+	long		status;
+	int			attempts;
+	dlist_node	node;
+} MonkSentBatch;
+
+struct MonkLog
+{
+	MemoryContext cxt;			/* items, slices, windows */
+	MonkWorkerSlot *slot;		/* counters: committed, settled, segment */
+	void		(*on_maintain) (void *arg);
+	void	   *on_maintain_arg;
+
+	/* reading */
+	MonkWindow *window;			/* the window being read, or NULL */
+	MonkSlice  *slice;			/* the slice being read */
+	uint64	   *late;			/* the window's transactions finished since
+								 * its start (late ones) */
+	int			nlate;
+	int			late_pos;		/* the late one being read; nlate: the range */
+	uint64		pos_txid;		/* where the read goes on from */
+	int64		pos_id;
+	dlist_head	slices;			/* oldest first */
+	MonkOutboxSnapshot next_prev;	/* the start of the next window */
+	uint64		read_base;		/* committed count before the last read */
+
+	/* waiting */
+	HTAB	   *keys;			/* MonkKeyEntry by hash of the key */
+	dlist_head	pending;		/* items read, not yet handed over */
+
+	/* recording */
+	MonkOutboxState state;
+	bool		state_dirty;	/* the frontier moved since it was saved */
+	TimestampTz saved_at;
+	TimestampTz maintained_at;
+	bool		seen_in_cur;	/* events were read from the current segment */
+	dlist_head	sent;			/* MonkSentBatch to record */
+	int64	   *unpark;			/* settled ids that were parked once */
+	int			nunpark;
+	int			unpark_cap;
+};
+
+/* Room for "need" elements of "size" bytes in an array of capacity *cap. */
+static void *
+Grow(MemoryContext cxt, void *array, Size size, int *cap, int need)
+{
+	if (need <= *cap)
+		return array;
+	*cap = Max(*cap * 2, need);
+	return array ? repalloc(array, size * *cap) : MemoryContextAlloc(cxt, size * *cap);
+}
+
+/* A deep copy of a snapshot in cxt. */
+static void
+CopySnapshot(MonkOutboxSnapshot *dst, const MonkOutboxSnapshot *src, MemoryContext cxt)
+{
+	*dst = *src;
+	dst->xip = MemoryContextAlloc(cxt, sizeof(uint64) * Max(src->nxip, 1));
+	memcpy(dst->xip, src->xip, sizeof(uint64) * src->nxip);
+}
+
+/* ------------------------------------------------------------------------
+ * Slices and the frontier
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Move the frontier past every leading slice whose events are all settled:
+ * to the slice's last event inside its window, or past the window with its
+ * last slice.
+ */
+static void
+AdvanceFrontier(MonkLog *log)
+{
+	MonkOutboxState *st = &log->state;
+
+	while (!dlist_is_empty(&log->slices))
+	{
+		MonkSlice  *sl = dlist_head_element(MonkSlice, node, &log->slices);
+		MonkWindow *win = sl->window;
+
+		if (sl->unsettled > 0 || sl == log->slice)
+			break;
+		if (sl->ends_window)
+		{
+			pfree(st->frontier.xip);
+			CopySnapshot(&st->frontier, &win->snap, log->cxt);
+			st->in_window = false;
+			log->state_dirty = true;
+		}
+		else if (sl->has_end)
+		{
+			if (!st->in_window)
+			{
+				CopySnapshot(&st->window, &win->snap, log->cxt);
+				st->in_window = true;
+			}
+			st->pos_txid = sl->end_txid;
+			st->pos_id = sl->end_id;
+			log->state_dirty = true;
+		}
+		dlist_delete(&sl->node);
+		pfree(sl);
+		if (--win->nslices == 0 && win->read_whole)
+		{
+			pfree(win->prev.xip);
+			pfree(win->snap.xip);
+			pfree(win);
+		}
+	}
+	if (!st->in_window && st->window.xip)
+	{
+		pfree(st->window.xip);
+		st->window.xip = NULL;
+	}
+}
+
+/* An event is done with: accepted, dead-lettered or replaced by a newer one. */
+static void
+SettleItem(MonkLog *log, MonkQueued *item, bool was_sent)
+{
+	MonkKeyEntry *entry = item->entry;
+
+	if (was_sent)
+		entry->busy--;
+	if (entry->busy == 0 && dlist_is_empty(&entry->pending))
+		hash_search(log->keys, &entry->hash, HASH_REMOVE, NULL);
+	if (item->parked)
+	{
+		log->unpark = Grow(log->cxt, log->unpark, sizeof(int64), &log->unpark_cap, log->nunpark + 1);
+		log->unpark[log->nunpark++] = item->row.id;
+	}
+	item->slice->unsettled--;
+	pg_atomic_fetch_add_u64(&log->slot->settled, 1);
+	pfree(item);
+}
+
+/* ------------------------------------------------------------------------
+ * Reading the log
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Has a newer version of this row's key been read in its window already (or,
+ * once the window's repeated keys are known, is there one in the window)?
+ * Within a window the version queued later -- the higher id -- wins; a
+ * window's versions are read in (txid, id) order, which is not that order.
+ */
+static bool
+Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
+{
+	MonkWindow *win = log->window;
+	MonkWindowKey *k;
+	bool		found;
+
+	if (win->dups != NULL)
+	{
+		k = hash_search(win->dups, &hash, HASH_FIND, NULL);
+		return k != NULL && k->max_id > row->id;
+	}
+	if (win->seen == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(MonkWindowKey);
+		ctl.hcxt = log->cxt;
+		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	k = hash_search(win->seen, &hash, HASH_ENTER, &found);
+	if (found && k->max_id > row->id)
+		return true;
+	k->max_id = row->id;
+	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS)
+		win->need_dups = true;
+	return false;
+}
+
+/*
+ * Keep one event read: it waits in pending, replacing an older version of
+ * its key, unless a newer version of the key was read already (it is then
+ * settled unsent).
+ */
+static void
+AddRow(void *arg, const MonkOutboxRow *row)
+{
+	MonkLog    *log = arg;
+	uint64		hash = hash_bytes_extended((const unsigned char *) row->key, row->key_len, 0);
+	MonkQueued *item;
+	char	   *key;
+	char	   *event;
+	MonkKeyEntry *entry;
+	bool		found;
+	dlist_mutable_iter iter;
+	dlist_head	replaced;
+
+	log->pos_txid = row->txid;
+	log->pos_id = row->id;
+	log->slice->has_end = true;
+	log->slice->end_txid = row->txid;
+	log->slice->end_id = row->id;
+	if (Superseded(log, hash, row))
+	{
+		pg_atomic_fetch_add_u64(&log->slot->settled, 1);
+		return;
+	}
+	item = MemoryContextAlloc(log->cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
+	key = (char *) (item + 1);
+	event = key + row->key_len + 1;
+	memcpy(key, row->key, row->key_len);
+	key[row->key_len] = '\0';
+	memcpy(event, row->event, row->event_len);
+	event[row->event_len] = '\0';
+	item->row = *row;
+	item->row.key = key;
+	item->row.event = event;
+	item->slice = log->slice;
+	item->parked = false;
+	log->slice->unsettled++;
+	if (row->segment == log->state.cur_segment)
+		log->seen_in_cur = true;
+
+	entry = hash_search(log->keys, &hash, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->busy = 0;
+		dlist_init(&entry->pending);
+	}
+	item->entry = entry;
+
+	dlist_push_tail(&log->pending, &item->node);
+
+	/* a waiting older version of the same key need not be sent at all */
+	dlist_init(&replaced);
+	dlist_foreach_modify(iter, &entry->pending)
+	{
+		MonkQueued *old = dlist_container(MonkQueued, enode, iter.cur);
+
+		if (old->row.key_len == row->key_len && memcmp(old->row.key, key, row->key_len) == 0)
+		{
+			dlist_delete(&old->enode);
+			dlist_delete(&old->node);
+			dlist_push_tail(&replaced, &old->enode);
+		}
+	}
+	dlist_push_tail(&entry->pending, &item->enode);
+	dlist_foreach_modify(iter, &replaced)
+	{
+		MonkQueued *old = dlist_container(MonkQueued, enode, iter.cur);
+
+		dlist_delete(&old->enode);
+		SettleItem(log, old, false);
+	}
+}
+
+/* One key with several versions in the window being read. */
+static void
+AddDup(void *arg, const char *key, int key_len, int64 max_id)
+{
+	MonkWindow *win = arg;
+	uint64		hash = hash_bytes_extended((const unsigned char *) key, key_len, 0);
+	MonkWindowKey *dup = hash_search(win->dups, &hash, HASH_ENTER, NULL);
+
+	dup->max_id = max_id;
+}
+
+/*
+ * The keys with several versions in the whole window, and the newest one's
+ * id, from the log: for a window with more keys than memory keeps, or one
+ * read partly before a restart (whose newer versions may have been sent
+ * then).  They replace the keys kept in memory.  Between reads (not in a
+ * read's callback: it runs a statement of its own).
+ */
+static void
+LoadDups(MonkLog *log)
+{
+	MonkWindow *win = log->window;
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(MonkWindowKey);
+	ctl.hcxt = log->cxt;
+	win->dups = hash_create("monk window repeated keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	MonkOutboxReadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
+							   log->late, log->nlate, AddDup, win);
+	if (win->seen != NULL)
+	{
+		hash_destroy(win->seen);
+		win->seen = NULL;
+	}
+	win->need_dups = false;
+}
+
+/*
+ * Open a window ending at snap (a snapshot of our own, or the one the
+ * frontier was in at start), starting where the previous one ended: the
+ * transactions that were in progress at its start and have finished by its
+ * end are read first, one by one (late commits), then the range of newer
+ * transaction ids; both in (txid, id) order.
+ */
+static void
+OpenWindow(MonkLog *log, const MonkOutboxSnapshot *snap)
+{
+	MonkWindow *win = MemoryContextAllocZero(log->cxt, sizeof(MonkWindow));
+
+	CopySnapshot(&win->prev, &log->next_prev, log->cxt);
+	CopySnapshot(&win->snap, snap, log->cxt);
+	if (log->late)
+		pfree(log->late);
+	log->late = MemoryContextAlloc(log->cxt, sizeof(uint64) * Max(win->prev.nxip, 1));
+	log->nlate = 0;
+	for (int i = 0; i < win->prev.nxip; i++)
+	{
+		if (MonkOutboxSnapshotSees(&win->snap, win->prev.xip[i]))
+			log->late[log->nlate++] = win->prev.xip[i];
+	}
+	log->late_pos = 0;
+	log->pos_txid = 0;
+	log->pos_id = 0;
+	log->window = win;
+}
+
+/*
+ * Go on reading the window the frontier was in when the worker stopped, from
+ * its last settled event.
+ */
+static void
+ResumeWindow(MonkLog *log)
+{
+	MonkOutboxState *st = &log->state;
+
+	OpenWindow(log, &st->window);
+	/* versions of it read before the restart may have been sent */
+	log->window->need_dups = true;
+	if (st->pos_txid >= log->window->prev.xmax)
+	{
+		log->late_pos = log->nlate;
+		log->pos_txid = st->pos_txid;
+		log->pos_id = st->pos_id;
+		return;
+	}
+	while (log->late_pos < log->nlate && log->late[log->late_pos] < st->pos_txid)
+		log->late_pos++;
+	if (log->late_pos < log->nlate && log->late[log->late_pos] == st->pos_txid)
+		log->pos_id = st->pos_id;
+}
+
+/* The window has been read whole: its end is the start of the next. */
+static void
+EndWindow(MonkLog *log)
+{
+	MonkWindow *win = log->window;
+
+	win->read_whole = true;
+	log->slice->ends_window = true;
+	pfree(log->next_prev.xip);
+	CopySnapshot(&log->next_prev, &win->snap, log->cxt);
+	log->window = NULL;
+	if (win->seen)
+		hash_destroy(win->seen);
+	if (win->dups)
+		hash_destroy(win->dups);
+	win->seen = win->dups = NULL;
+}
+
+/*
+ * Read up to "want" events into pending, as one slice.  Returns true when
+ * that many were read (more may be waiting).
+ */
+bool
+MonkLogRead(MonkLog *log, int want)
+{
+	int			asked = want;
+
+	MonkWaitPointAlone("read");
+	log->read_base = pg_atomic_read_u64(&log->slot->committed);
+	MonkXactBegin("monk: reading queued events");
+	if (log->window == NULL)
+	{
+		MonkOutboxSnapshot snap;
+
+		MonkOutboxTakeSnapshot(&snap, CurrentMemoryContext);
+		OpenWindow(log, &snap);
+	}
+
+	log->slice = MemoryContextAllocZero(log->cxt, sizeof(MonkSlice));
+	log->slice->window = log->window;
+	log->window->nslices++;
+	dlist_push_tail(&log->slices, &log->slice->node);
+	while (want > 0 && log->window != NULL)
+	{
+		int			got;
+
+		if (log->window->need_dups)
+			LoadDups(log);
+
+		if (log->late_pos < log->nlate)
+		{
+			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, AddRow, log);
+			if (got < want)
+			{
+				log->late_pos++;
+				log->pos_id = 0;
+			}
+		}
+		else
+		{
+			got = MonkOutboxReadRange(log->window->prev.xmax, log->window->snap.xmax, log->pos_txid, log->pos_id,
+									  log->window->snap.xip, log->window->snap.nxip, want, AddRow, log);
+			if (got < want)
+				EndWindow(log);
+		}
+		want -= got;
+	}
+	MonkXactCommit();
+	log->slice = NULL;
+	AdvanceFrontier(log);
+	return want == 0 && asked > 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Start
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * The log of a worker, nothing read yet; on_maintain(arg), when given, runs
+ * in the transaction of each upkeep of the segments (about every second).
+ */
+MonkLog *
+MonkLogCreate(MemoryContext cxt, MonkWorkerSlot *slot, void (*on_maintain) (void *arg), void *arg)
+{
+	MonkLog    *log = MemoryContextAllocZero(cxt, sizeof(MonkLog));
+	HASHCTL		ctl;
+
+	log->cxt = cxt;
+	log->slot = slot;
+	log->on_maintain = on_maintain;
+	log->on_maintain_arg = arg;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(MonkKeyEntry);
+	ctl.hcxt = cxt;
+	log->keys = hash_create("monk keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	dlist_init(&log->slices);
+	dlist_init(&log->pending);
+	dlist_init(&log->sent);
+	return log;
+}
+
+/*
+ * Load the frontier and the segments' state, in the caller's transaction,
+ * and publish the current segment; returns how many events are not settled.
+ */
+int64
+MonkLogLoad(MonkLog *log)
+{
+	MonkOutboxLoadState(&log->state, log->cxt);
+	pg_atomic_write_u32(&log->slot->segment, (uint32) log->state.cur_segment);
+	return MonkOutboxCountUnsettled(&log->state.frontier);
+}
+
+/* Read on from the frontier: the next window starts there. */
+void
+MonkLogResume(MonkLog *log)
+{
+	CopySnapshot(&log->next_prev, &log->state.frontier, log->cxt);
+	if (log->state.in_window)
+		ResumeWindow(log);
+}
+
+/* The count of commits that had queued events when the last read began. */
+uint64
+MonkLogReadBase(MonkLog *log)
+{
+	return log->read_base;
+}
+
+/* ------------------------------------------------------------------------
+ * Handing events to the sender, and their outcomes
+ * ------------------------------------------------------------------------
+ */
+
+/* May this pending event go now (its key busy with no older version)? */
+static bool
+Sendable(MonkQueued *item)
+{
+	return item->entry->busy == 0 && dlist_head_element(MonkQueued, enode, &item->entry->pending) == item;
+}
+
+/*
+ * Count the pending events that may go now (rule 3), up to target, and when
+ * the oldest of them was queued.
+ */
+int
+MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest)
+{
+	int			n = 0;
+	dlist_iter	iter;
+
+	*oldest = 0;
+	dlist_foreach(iter, &log->pending)
+	{
+		MonkQueued *item = dlist_container(MonkQueued, node, iter.cur);
+
+		if (!Sendable(item))
+			continue;
+		if (*oldest == 0 || item->row.queued_at < *oldest)
+			*oldest = item->row.queued_at;
+		if (++n >= target)
+			break;
+	}
+	return n;
+}
+
+/*
+ * Hand up to target pending events that may go (one version per key) to
+ * take(arg, item); their keys are busy until they settle.  Returns how many.
+ */
+int
+MonkLogTake(MonkLog *log, int target, void (*take) (void *arg, MonkQueued *item), void *arg)
+{
+	int			n = 0;
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &log->pending)
+	{
+		MonkQueued *item = dlist_container(MonkQueued, node, iter.cur);
+
+		if (item->entry->busy > 0)
+			continue;
+		dlist_delete(&item->node);
+		dlist_delete(&item->enode);
+		item->entry->busy++;
+		take(arg, item);
+		if (++n >= target)
+			break;
+	}
+	return n;
+}
+
+/*
+ * With monk.retention, keep what an accepted batch was, for monk.sent: one
+ * row per segment its events are in (recorded by MonkLogRecord).
+ */
+void
+MonkLogNoteAccepted(MonkLog *log, MonkQueued **items, int n, long status, int attempts)
+{
+	if (monk_retention <= 0)
+		return;
+	for (int seg = 0; seg < MONK_SEGMENTS; seg++)
+	{
+		MonkSentBatch *sb = NULL;
+
+		for (int i = 0; i < n; i++)
+		{
+			MonkQueued *item = items[i];
+
+			if (item->row.segment != seg)
+				continue;
+			if (sb == NULL)
+			{
+				sb = MemoryContextAllocZero(log->cxt, sizeof(MonkSentBatch));
+				sb->segment = seg;
+				sb->txids = MemoryContextAlloc(log->cxt, sizeof(uint64) * n);
+				sb->ids = MemoryContextAlloc(log->cxt, sizeof(int64) * n);
+				sb->status = status;
+				sb->attempts = attempts;
+				dlist_push_tail(&log->sent, &sb->node);
+			}
+			sb->txids[sb->n] = item->row.txid;
+			sb->ids[sb->n++] = item->row.id;
+		}
+	}
+}
+
+/*
+ * An event handed to the sender is done with (accepted or dead-lettered):
+ * it settles (rule 4), and its key is free for a newer version.  Then
+ * MonkLogAdvance moves the frontier.
+ */
+void
+MonkLogSettle(MonkLog *log, MonkQueued *item)
+{
+	SettleItem(log, item, true);
+}
+
+/* Move the frontier past the slices now settled (rule 5). */
+void
+MonkLogAdvance(MonkLog *log)
+{
+	AdvanceFrontier(log);
+}
+
+/* ------------------------------------------------------------------------
+ * Recording progress: the frontier, what was sent, the segments
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Move the current segment on when it has served long enough and the next
+ * one is free (truncated since it was last current); truncate the others
+ * once all their events are settled (and monk.retention has passed).
+ * Returns true when the current segment changed.
+ */
+static bool
+MaintainSegments(MonkLog *log, TimestampTz now)
+{
+	MonkOutboxState *st = &log->state;
+	int			next = (st->cur_segment + 1) % MONK_SEGMENTS;
+	MonkOutboxSegment *cur = &st->segments[st->cur_segment];
+	MonkOutboxSegment *nseg = &st->segments[next];
+
+	for (int s = 0; s < MONK_SEGMENTS; s++)
+	{
+		MonkOutboxSegment *seg = &st->segments[s];
+
+		/* used since it was last truncated: truncate it when it can be */
+		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
+			(void) MonkOutboxTryTruncate(st, s, monk_retention);
+	}
+	if (log->seen_in_cur &&
+		TimestampDifferenceExceeds(cur->rotated_at, now, SEGMENT_ROTATE_MS) &&
+		(nseg->rotated_at == 0 || nseg->truncated_at > nseg->rotated_at))
+	{
+		MonkOutboxRotate(st, next);
+		log->seen_in_cur = false;
+		log->state_dirty = false;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Record what settled since the last call, in one transaction: the batches
+ * to keep for monk.sent, the retry state to forget, the frontier, and the
+ * segments' upkeep.  With force (idle, stopping), the frontier is saved
+ * whatever the time since the last save.
+ */
+void
+MonkLogRecord(MonkLog *log, bool force)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		due = force || TimestampDifferenceExceeds(log->saved_at, now, SAVE_STATE_MS);
+	bool		save = log->state_dirty && due;
+	bool		maintain = TimestampDifferenceExceeds(log->maintained_at, now, MONK_MAINTAIN_MS);
+	bool		rotated = false;
+	dlist_mutable_iter iter;
+
+	if (!save && !maintain && dlist_is_empty(&log->sent) && log->nunpark == 0)
+		return;
+
+	MonkXactBegin("monk: recording delivered events");
+	dlist_foreach_modify(iter, &log->sent)
+	{
+		MonkSentBatch *sb = dlist_container(MonkSentBatch, node, iter.cur);
+
+		MonkOutboxRecordSent(sb->segment, sb->txids, sb->ids, sb->n, sb->status, sb->attempts);
+		dlist_delete(&sb->node);
+		pfree(sb->txids);
+		pfree(sb->ids);
+		pfree(sb);
+	}
+	if (log->nunpark > 0)
+	{
+		MonkOutboxUnpark(log->unpark, log->nunpark);
+		log->nunpark = 0;
+	}
+	if (save)
+	{
+		MonkOutboxSaveState(&log->state);
+		log->state_dirty = false;
+		log->saved_at = now;
+	}
+	if (maintain)
+	{
+		rotated = MaintainSegments(log, now);
+		if (log->on_maintain)
+			log->on_maintain(log->on_maintain_arg);
+		log->maintained_at = now;
+	}
+	MonkXactCommit();
+	if (rotated)
+		pg_atomic_write_u32(&log->slot->segment, (uint32) log->state.cur_segment);
+}
+
+/* Is a segment waiting to be truncated, or the current one to move on? */
+bool
+MonkLogSegmentsPending(MonkLog *log)
+{
+	MonkOutboxState *st = &log->state;
+
+	if (log->seen_in_cur || log->state_dirty)
+		return true;
+	for (int s = 0; s < MONK_SEGMENTS; s++)
+	{
+		MonkOutboxSegment *seg = &st->segments[s];
+
+		if (s != st->cur_segment && seg->rotated_at != 0 && seg->truncated_at <= seg->rotated_at)
+			return true;
+	}
+	return false;
+}
