@@ -187,10 +187,11 @@ CREATE TABLE monk.sync_state (
 );
 COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id are still to be sent';
 
--- pg_dump keeps the queued events (not the settled ones, nor a version of a
--- key that a newer queued version supersedes: restored, each segment in a
--- transaction of its own, an older version could otherwise be read after a
--- newer one), the dead letters and the cursors.
+-- pg_dump keeps the queued events (those of transactions the frontier does
+-- not see, as in monk.outbox: pg_dump refuses a view in a filter), but a
+-- version of a key that a newer queued version supersedes (restored, each
+-- segment in a transaction of its own, an older version could otherwise be
+-- read after a newer one), the dead letters and the cursors.
 SELECT pg_catalog.pg_extension_config_dump('monk.log_0', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
    AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_0.idempotency_key AND n.id > log_0.id
                       AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');

@@ -75,17 +75,6 @@ typedef struct RowBuffers
  * ------------------------------------------------------------------------
  */
 
-/* Fill *err and return false. */
-static bool
-Fail(MonkEventError *err, char *message, char *detail, char *hint)
-{
-	err->field = NULL;
-	err->message = message;
-	err->detail = detail;
-	err->hint = hint;
-	return false;
-}
-
 /*
  * Append a value as text (keys, external customer ids): the type's output,
  * except for the types whose output depends on settings (DateStyle,
@@ -153,14 +142,14 @@ AppendNumeric(StringInfo buf, const MonkCaptureColumn *col, Numeric num, MonkEve
 
 	if (numeric_is_nan(num) || numeric_is_inf(num))
 	{
-		Fail(err, psprintf("column \"%s\" is not a finite number", col->name),
-			 NULL, pstrdup("The Events API takes finite numbers only."));
+		MonkEventFail(err, NULL, psprintf("column \"%s\" is not a finite number", col->name),
+					  NULL, pstrdup("The Events API takes finite numbers only."));
 		return PROPERTY_REFUSED;
 	}
 	if (!MonkNumericFitsApi(num, &s))
 	{
-		Fail(err, psprintf("column \"%s\" holds a number the Events API cannot hold exactly", col->name),
-			 MonkNumericRefusal(s), pstrdup("Round it, or map a text column."));
+		MonkEventFail(err, NULL, psprintf("column \"%s\" holds a number the Events API cannot hold exactly", col->name),
+					  MonkNumericRefusal(s), pstrdup("Round it, or map a text column."));
 		return PROPERTY_REFUSED;
 	}
 	appendStringInfoString(buf, s);
@@ -175,9 +164,9 @@ AppendJsonb(StringInfo buf, const MonkCaptureColumn *col, Jsonb *jb, MonkEventEr
 
 	if (!JsonbExtractScalar(&jb->root, &v))
 	{
-		Fail(err, psprintf("column \"%s\" holds a JSON %s, not a string, number or boolean",
-						   col->name, JsonContainerIsArray(&jb->root) ? "array" : "object"),
-			 NULL, pstrdup("Map each value as a column of its own, for example a generated column."));
+		MonkEventFail(err, NULL, psprintf("column \"%s\" holds a JSON %s, not a string, number or boolean",
+										  col->name, JsonContainerIsArray(&jb->root) ? "array" : "object"),
+					  NULL, pstrdup("Map each value as a column of its own, for example a generated column."));
 		return PROPERTY_REFUSED;
 	}
 	switch (v.type)
@@ -213,8 +202,8 @@ AppendValue(StringInfo buf, const MonkCaptureColumn *col, Datum value, MonkEvent
 
 				if (isnan(v) || isinf(v))
 				{
-					Fail(err, psprintf("column \"%s\" is not a finite number", col->name),
-						 NULL, pstrdup("The Events API takes finite numbers only."));
+					MonkEventFail(err, NULL, psprintf("column \"%s\" is not a finite number", col->name),
+								  NULL, pstrdup("The Events API takes finite numbers only."));
 					return PROPERTY_REFUSED;
 				}
 				AppendText(buf, col, value);
@@ -242,8 +231,8 @@ AppendValue(StringInfo buf, const MonkCaptureColumn *col, Datum value, MonkEvent
 		case MONK_CAPTURE_TIMESTAMPTZ:
 			if (!MonkTimestampInIsoRange(DatumGetTimestampTz(value)))
 			{
-				Fail(err, psprintf("column \"%s\" is out of range", col->name),
-					 pstrdup("Timestamps must be finite and between the years 1 and 9999."), NULL);
+				MonkEventFail(err, NULL, psprintf("column \"%s\" is out of range", col->name),
+							  pstrdup("Timestamps must be finite and between the years 1 and 9999."), NULL);
 				return PROPERTY_REFUSED;
 			}
 			break;
@@ -260,7 +249,7 @@ AppendValue(StringInfo buf, const MonkCaptureColumn *col, Datum value, MonkEvent
 
 /* The properties object; NULL columns (and JSON nulls) are left out. */
 static bool
-RenderProperties(const MonkCaptureMap *map, TupleTableSlot *slot, StringInfo buf, MonkEventError *err)
+RenderColumnProperties(const MonkCaptureMap *map, TupleTableSlot *slot, StringInfo buf, MonkEventError *err)
 {
 	bool		first = true;
 
@@ -331,8 +320,8 @@ RowKey(const MonkCaptureMap *map, TupleTableSlot *slot, StringInfo key, MonkEven
 		Datum		value = slot_getattr(slot, map->key.attnum, &isnull);
 
 		if (isnull)
-			return Fail(err, psprintf("column \"%s\" (the key) is null", map->key.name), NULL,
-						pstrdup("Leave key= out to have the key derived from the primary key."));
+			return MonkEventFail(err, NULL, psprintf("column \"%s\" (the key) is null", map->key.name), NULL,
+								 pstrdup("Leave key= out to have the key derived from the primary key."));
 		AppendText(key, &map->key, value);
 		return true;
 	}
@@ -395,13 +384,13 @@ RowCustomer(const MonkCaptureMap *map, TupleTableSlot *slot, StringInfo buf, Mon
 	}
 	if (ev->external_customer_id || ev->customer_id)
 		return true;
-	return Fail(err,
-				map->external.attnum && map->customer.attnum ?
-				psprintf("columns \"%s\" and \"%s\" are both null", map->customer.name, map->external.name) :
-				psprintf("column \"%s\" is null",
-						 map->external.attnum ? map->external.name : map->customer.name),
-				pstrdup("Every event needs a customer."),
-				pstrdup("Make the column NOT NULL, or leave such rows out with WHEN (...) in CREATE TRIGGER."));
+	return MonkEventFail(err, NULL,
+						 map->external.attnum && map->customer.attnum ?
+						 psprintf("columns \"%s\" and \"%s\" are both null", map->customer.name, map->external.name) :
+						 psprintf("column \"%s\" is null",
+								  map->external.attnum ? map->external.name : map->customer.name),
+						 pstrdup("Every event needs a customer."),
+						 pstrdup("Make the column NOT NULL, or leave such rows out with WHEN (...) in CREATE TRIGGER."));
 }
 
 /*
@@ -438,7 +427,7 @@ RowEvent(const MonkCaptureMap *map, TupleTableSlot *slot, RowBuffers *bufs, Time
 	if (map->nprops > 0)
 	{
 		resetStringInfo(&bufs->props);
-		if (!RenderProperties(map, slot, &bufs->props, err))
+		if (!RenderColumnProperties(map, slot, &bufs->props, err))
 			return false;
 		ev.properties_json = bufs->props.data;
 	}

@@ -9,7 +9,7 @@
  * explicitly).  CREATE EXTENSION monk in a database that no worker exports
  * succeeds with a WARNING naming monk.databases, since its events would wait
  * forever.  CREATE TRIGGER ... EXECUTE FUNCTION monk_capture(...) has its form
- * and arguments checked (capture.c) before it commits.
+ * and arguments checked (capture_map.c) before it commits.
  */
 #include "postgres.h"
 

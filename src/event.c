@@ -35,10 +35,31 @@
 
 static const char hex_digits[] = "0123456789abcdef";
 
-/* Fill *err and return false, for the checks below. */
-static bool
-Fail(MonkEventError *err, const char *field, const char *message,
-	 char *detail, const char *hint)
+/* monk_send's arguments: event_name, event_time. */
+const MonkFieldNames MonkNamesArgs = {
+	.event_name = "event_name",.external_customer_id = "external_customer_id",
+	.customer_id = "customer_id",.timestamp = "event_time",.idempotency_key = "idempotency_key"
+};
+
+/* The API's fields (the jsonb form of monk_send). */
+const MonkFieldNames MonkNamesApi = {
+	.event_name = F_EVENT_NAME,.external_customer_id = F_EXTERNAL_ID,
+	.customer_id = F_CUSTOMER_ID,.timestamp = F_TIMESTAMP,.idempotency_key = F_KEY
+};
+
+/* The columns of an export's source. */
+const MonkFieldNames MonkNamesColumns = {
+	.event_name = "event_name",.external_customer_id = "external_customer_id",
+	.customer_id = "customer_id",.timestamp = F_TIMESTAMP,.idempotency_key = "idempotency_key"
+};
+
+/*
+ * Why an event is invalid: fill *err (the field as the API names it, or
+ * NULL) and return false.  The one way an error is filled.
+ */
+bool
+MonkEventFail(MonkEventError *err, const char *field, const char *message,
+			  char *detail, const char *hint)
 {
 	err->field = field;
 	err->message = pstrdup(message);
@@ -198,10 +219,10 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 	char	   *num;
 
 	if (!JB_ROOT_IS_OBJECT(props) || JB_ROOT_IS_SCALAR(props))
-		return Fail(err, F_PROPERTIES, "properties must be a JSON object",
-					psprintf("The value is a JSON %s.",
-							 JB_ROOT_IS_SCALAR(props) ? "scalar" : "array"),
-					"Pass an object such as {\"tokens\": 42}, or NULL.");
+		return MonkEventFail(err, F_PROPERTIES, "properties must be a JSON object",
+							 psprintf("The value is a JSON %s.",
+									  JB_ROOT_IS_SCALAR(props) ? "scalar" : "array"),
+							 "Pass an object such as {\"tokens\": 42}, or NULL.");
 
 	it = JsonbIteratorInit(&props->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
@@ -209,17 +230,17 @@ CheckProperties(Jsonb *props, MonkEventError *err)
 		if (tok == WJB_KEY)
 			key = pnstrdup(v.val.string.val, v.val.string.len);
 		else if (tok == WJB_VALUE && v.type == jbvBinary)
-			return Fail(err, F_PROPERTIES,
-						psprintf("property %s of properties must be a string, number or boolean",
-								 Quoted(key)),
-						psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
-								 MonkJsonbTypeName(v.type, v.val.binary.data)),
-						"Flatten the value into separate properties, or send it as a string.");
+			return MonkEventFail(err, F_PROPERTIES,
+								 psprintf("property %s of properties must be a string, number or boolean",
+										  Quoted(key)),
+								 psprintf("The value is a JSON %s; nested objects and arrays are not supported.",
+										  MonkJsonbTypeName(v.type, v.val.binary.data)),
+								 "Flatten the value into separate properties, or send it as a string.");
 		else if (tok == WJB_VALUE && v.type == jbvNumeric && !MonkNumericFitsApi(v.val.numeric, &num))
-			return Fail(err, F_PROPERTIES,
-						psprintf("property %s of properties is a number the Events API cannot hold exactly",
-								 Quoted(key)),
-						MonkNumericRefusal(num), "Round it, or send it as a string.");
+			return MonkEventFail(err, F_PROPERTIES,
+								 psprintf("property %s of properties is a number the Events API cannot hold exactly",
+										  Quoted(key)),
+								 MonkNumericRefusal(num), "Round it, or send it as a string.");
 	}
 	return true;
 }
@@ -246,38 +267,29 @@ bool
 MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 {
 	/* name the fields as the caller named them */
-	bool		api = ev->naming == MONK_NAMES_API;
-	const char *n_name = api ? F_EVENT_NAME : "event_name";
-	const char *n_ext = api ? F_EXTERNAL_ID : "external_customer_id";
-	const char *n_cust = api ? F_CUSTOMER_ID : "customer_id";
-	const char *n_key = api ? F_KEY : "idempotency_key";
-	const char *n_ts = ev->naming == MONK_NAMES_ARGS ? "event_time" : F_TIMESTAMP;
-
-	if (ev->names)
-	{
-		n_name = ev->names->event_name;
-		n_ext = ev->names->external_customer_id;
-		n_cust = ev->names->customer_id;
-		n_key = ev->names->idempotency_key;
-		n_ts = ev->names->timestamp;
-	}
+	const MonkFieldNames *names = ev->names ? ev->names : &MonkNamesArgs;
+	const char *n_name = names->event_name;
+	const char *n_ext = names->external_customer_id;
+	const char *n_cust = names->customer_id;
+	const char *n_key = names->idempotency_key;
+	const char *n_ts = names->timestamp;
 
 	if (ev->event_name == NULL)
-		return Fail(err, F_EVENT_NAME, psprintf("%s is required", n_name), NULL,
-					"Name the kind of usage, for example 'api_call'.");
+		return MonkEventFail(err, F_EVENT_NAME, psprintf("%s is required", n_name), NULL,
+							 "Name the kind of usage, for example 'api_call'.");
 	if (ev->event_name[0] == '\0')
-		return Fail(err, F_EVENT_NAME, psprintf("%s must not be empty", n_name), NULL,
-					"Name the kind of usage, for example 'api_call'.");
+		return MonkEventFail(err, F_EVENT_NAME, psprintf("%s must not be empty", n_name), NULL,
+							 "Name the kind of usage, for example 'api_call'.");
 
 	if (ev->external_customer_id != NULL && ev->external_customer_id[0] == '\0')
-		return Fail(err, F_EXTERNAL_ID, psprintf("%s must not be empty", n_ext), NULL,
-					psprintf("Pass your identifier of the customer, or leave %s out and pass %s.",
-							 n_ext, n_cust));
+		return MonkEventFail(err, F_EXTERNAL_ID, psprintf("%s must not be empty", n_ext), NULL,
+							 psprintf("Pass your identifier of the customer, or leave %s out and pass %s.",
+									  n_ext, n_cust));
 	if (ev->external_customer_id == NULL && ev->customer_id == NULL)
-		return Fail(err, F_CUSTOMER_ID,
-					psprintf("an event needs %s or %s", n_cust, n_ext), NULL,
-					psprintf("Pass Monk's customer UUID as %s, or your own identifier as %s.",
-							 n_cust, n_ext));
+		return MonkEventFail(err, F_CUSTOMER_ID,
+							 psprintf("an event needs %s or %s", n_cust, n_ext), NULL,
+							 psprintf("Pass Monk's customer UUID as %s, or your own identifier as %s.",
+									  n_cust, n_ext));
 
 	if (ev->properties != NULL && !CheckProperties(ev->properties, err))
 		return false;
@@ -285,9 +297,9 @@ MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 	if (ev->has_timestamp)
 	{
 		if (!MonkTimestampInIsoRange(ev->timestamp))
-			return Fail(err, F_TIMESTAMP, psprintf("%s is out of range", n_ts),
-						pstrdup("Timestamps must be finite and between the years 1 and 9999."),
-						NULL);
+			return MonkEventFail(err, F_TIMESTAMP, psprintf("%s is out of range", n_ts),
+								 pstrdup("Timestamps must be finite and between the years 1 and 9999."),
+								 NULL);
 		if (ev->timestamp > now + MONK_MAX_FUTURE_USECS)
 		{
 			StringInfoData d;
@@ -298,16 +310,16 @@ MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err)
 			appendStringInfoString(&d, "; the database clock reads ");
 			MonkRenderTimestamp(&d, now);
 			appendStringInfoChar(&d, '.');
-			return Fail(err, F_TIMESTAMP,
-						psprintf("%s must not be more than 1 hour in the future", n_ts),
-						d.data,
-						"The Events API refuses events more than one hour ahead; check the clock of the system that produced the event.");
+			return MonkEventFail(err, F_TIMESTAMP,
+								 psprintf("%s must not be more than 1 hour in the future", n_ts),
+								 d.data,
+								 "The Events API refuses events more than one hour ahead; check the clock of the system that produced the event.");
 		}
 	}
 
 	if (ev->idempotency_key != NULL && ev->idempotency_key[0] == '\0')
-		return Fail(err, F_KEY, psprintf("%s must not be empty", n_key), NULL,
-					psprintf("Leave %s out to have a key assigned.", n_key));
+		return MonkEventFail(err, F_KEY, psprintf("%s must not be empty", n_key), NULL,
+							 psprintf("Leave %s out to have a key assigned.", n_key));
 	return true;
 }
 
@@ -460,10 +472,10 @@ JsonbString(JsonbValue *v, const char *field, const char **out, MonkEventError *
 		return true;
 	}
 	if (v->type != jbvString)
-		return Fail(err, field, psprintf("%s must be a JSON string", field),
-					psprintf("The value is a JSON %s.",
-							 MonkJsonbTypeName(v->type, v->type == jbvBinary ? v->val.binary.data : NULL)),
-					NULL);
+		return MonkEventFail(err, field, psprintf("%s must be a JSON string", field),
+							 psprintf("The value is a JSON %s.",
+									  MonkJsonbTypeName(v->type, v->type == jbvBinary ? v->val.binary.data : NULL)),
+							 NULL);
 	*out = pnstrdup(v->val.string.val, v->val.string.len);
 	return true;
 }
@@ -481,9 +493,9 @@ ReadCustomerId(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
 		return true;
 	uuid = palloc(sizeof(pg_uuid_t));
 	if (!MonkParseUuid(s, uuid))
-		return Fail(err, F_CUSTOMER_ID, "customerId must be a UUID",
-					psprintf("The value is %s.", Quoted(s)),
-					"customerId is Monk's customer UUID; use externalCustomerId for your own identifier.");
+		return MonkEventFail(err, F_CUSTOMER_ID, "customerId must be a UUID",
+							 psprintf("The value is %s.", Quoted(s)),
+							 "customerId is Monk's customer UUID; use externalCustomerId for your own identifier.");
 	ev->customer_id = uuid;
 	return true;
 }
@@ -500,8 +512,8 @@ ReadTimestamp(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
 	if (s == NULL)
 		return true;
 	if (!MonkParseIso8601(s, &ev->timestamp, &why))
-		return Fail(err, F_TIMESTAMP, "timestamp must be an ISO 8601 date and time",
-					psprintf("The value is %s.", Quoted(s)), why);
+		return MonkEventFail(err, F_TIMESTAMP, "timestamp must be an ISO 8601 date and time",
+							 psprintf("The value is %s.", Quoted(s)), why);
 	ev->has_timestamp = true;
 	return true;
 }
@@ -513,10 +525,10 @@ ReadProperties(JsonbValue *v, MonkEvent *ev, MonkEventError *err)
 	if (v->type == jbvNull)
 		return true;
 	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
-		return Fail(err, F_PROPERTIES, "properties must be a JSON object",
-					psprintf("The value is a JSON %s.",
-							 MonkJsonbTypeName(v->type, v->type == jbvBinary ? v->val.binary.data : NULL)),
-					"Pass an object such as {\"tokens\": 42}.");
+		return MonkEventFail(err, F_PROPERTIES, "properties must be a JSON object",
+							 psprintf("The value is a JSON %s.",
+									  MonkJsonbTypeName(v->type, v->type == jbvBinary ? v->val.binary.data : NULL)),
+							 "Pass an object such as {\"tokens\": 42}.");
 	ev->properties = JsonbValueToJsonb(v);
 	return true;
 }
@@ -537,8 +549,8 @@ ReadField(const char *key, JsonbValue *v, MonkEvent *ev, MonkEventError *err)
 		return ReadTimestamp(v, ev, err);
 	if (strcmp(key, F_PROPERTIES) == 0)
 		return ReadProperties(v, ev, err);
-	return Fail(err, key, psprintf("unknown field %s in event", Quoted(key)), NULL,
-				"The fields of an event are eventName, externalCustomerId, customerId, properties, timestamp and idempotencyKey.");
+	return MonkEventFail(err, key, psprintf("unknown field %s in event", Quoted(key)), NULL,
+						 "The fields of an event are eventName, externalCustomerId, customerId, properties, timestamp and idempotencyKey.");
 }
 
 /*
@@ -555,11 +567,11 @@ MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err)
 	char	   *key = NULL;
 
 	memset(ev, 0, sizeof(*ev));
-	ev->naming = MONK_NAMES_API;
+	ev->names = &MonkNamesApi;
 	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
-		return Fail(err, "event", "event must be a JSON object",
-					psprintf("The value is a JSON %s.", JB_ROOT_IS_SCALAR(jb) ? "scalar" : "array"),
-					"Pass an object such as {\"eventName\": \"api_call\", \"externalCustomerId\": \"cus_1\"}.");
+		return MonkEventFail(err, "event", "event must be a JSON object",
+							 psprintf("The value is a JSON %s.", JB_ROOT_IS_SCALAR(jb) ? "scalar" : "array"),
+							 "Pass an object such as {\"eventName\": \"api_call\", \"externalCustomerId\": \"cus_1\"}.");
 
 	it = JsonbIteratorInit(&jb->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)

@@ -15,8 +15,9 @@
 #include "compat.h"
 
 /*
- * How error messages name an event's fields when the caller knows better
- * than MonkNaming (monk_capture names the columns they come from).
+ * How error messages name an event's fields: monk_send's arguments
+ * (MonkNamesArgs), the API's fields (MonkNamesApi), a source's columns
+ * (MonkNamesColumns), or the columns a monk_capture trigger maps.
  */
 typedef struct MonkFieldNames
 {
@@ -37,19 +38,15 @@ typedef struct MonkEvent
 	bool		has_timestamp;
 	TimestampTz timestamp;
 	const char *idempotency_key;
-	int			naming;			/* how errors name the fields: MonkNaming */
-	const MonkFieldNames *names;	/* or, when set, these names */
+	const MonkFieldNames *names;	/* how errors name the fields (NULL:
+									 * MonkNamesArgs) */
 	const char *properties_json;	/* instead of properties: already checked
 									 * and rendered as JSON */
 } MonkEvent;
 
-/* How error messages name an event's fields. */
-typedef enum MonkNaming
-{
-	MONK_NAMES_ARGS = 0,		/* monk_send's: event_name, event_time */
-	MONK_NAMES_API,				/* the API's fields: eventName, timestamp */
-	MONK_NAMES_COLUMNS			/* a source's columns: event_name, timestamp */
-} MonkNaming;
+extern const MonkFieldNames MonkNamesArgs;
+extern const MonkFieldNames MonkNamesApi;
+extern const MonkFieldNames MonkNamesColumns;
 
 /* Why an event is invalid: the field and the message, as for an ERROR. */
 typedef struct MonkEventError
@@ -63,6 +60,8 @@ typedef struct MonkEventError
 /* How far in the future an event's timestamp may be (the API's rule). */
 #define MONK_MAX_FUTURE_USECS ((int64) 3600 * USECS_PER_SEC)
 
+extern bool MonkEventFail(MonkEventError *err, const char *field, const char *message,
+						  char *detail, const char *hint);
 extern bool MonkEventCheck(const MonkEvent *ev, TimestampTz now, MonkEventError *err);
 extern bool MonkEventFromJsonb(Jsonb *jb, MonkEvent *ev, MonkEventError *err);
 pg_noreturn extern void MonkEventRaise(const MonkEventError *err);

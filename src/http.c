@@ -242,10 +242,10 @@ MonkHttpCreate(MemoryContext parent)
 static void
 RequestCleanup(MonkHttpClient *client, MonkHttpRequest *req)
 {
-	if (req->headers)
-		HandleCleanup(client, (MonkHttpHandle *) req->headers);
+	if (req->handle)
+		HandleCleanup(client, (MonkHttpHandle *) req->handle);
 	req->easy = NULL;
-	req->headers = NULL;
+	req->handle = NULL;
 }
 
 /* Free a client: its context, whose callback releases curl's handles. */
@@ -348,7 +348,7 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	handle->headers = headers;
 	dlist_push_tail(&client->handles, &handle->node);
 	req->easy = easy;
-	req->headers = handle;
+	req->handle = handle;
 	req->cxt = client->cxt;
 	if (!SetOptions(req, headers, url, timeout_ms))
 	{

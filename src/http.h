@@ -18,7 +18,7 @@ typedef struct MonkHttpRequest
 {
 	void	   *owner;			/* the caller's */
 	void	   *easy;			/* CURL *, private */
-	void	   *headers;		/* the client's record of it (private) */
+	void	   *handle;			/* the client's record of it (private) */
 	MemoryContext cxt;			/* the client's, for big_response; private */
 	const char *method;			/* NULL: POST */
 	const char *body;			/* NULL with GET */

@@ -20,7 +20,7 @@
  * EXTENSION monk UPDATE not yet run) keeps queueing into 0.1's monk.outbox
  * table; its worker waits for the update.
  *
- * With outbox_consumer.c and store.c, this is the one module that writes
+ * This file, outbox_consumer.c and store.c are the only ones that write
  * monk's tables.
  */
 #include "postgres.h"

@@ -44,6 +44,13 @@
 #include "settings.h"
 #include "xact.h"
 
+/*
+ * "Not settled", the one place C writes it: the event's transaction is not
+ * visible in the frontier, given as $1 (its xmax) and $2 (its transactions
+ * in progress).  SQL writes it once too, in the view monk.outbox.
+ */
+#define UNSETTLED "(txid >= $1 OR txid = ANY ($2))"
+
 /* Saved plans of the worker's statements. */
 static SPIPlanPtr plan_read_txid = NULL;
 static SPIPlanPtr plan_read_range = NULL;
@@ -374,7 +381,7 @@ MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier)
 	int64		n;
 
 	MonkPlanKeep(&plan_count,
-				 "SELECT pg_catalog.count(*) FROM monk.log WHERE txid >= $1 OR txid = ANY ($2)",
+				 "SELECT pg_catalog.count(*) FROM monk.log WHERE " UNSETTLED,
 				 2, types);
 	values[0] = Int64GetDatum((int64) frontier->xmax);
 	values[1] = Int8Array((const int64 *) frontier->xip, frontier->nxip);
@@ -428,9 +435,8 @@ MonkOutboxTryTruncate(MonkOutboxState *state, int segment, int retention_s)
 	 * snapshot, taken before the lock, may not.
 	 */
 	snprintf(sql, sizeof(sql),
-			 "SELECT 1 WHERE EXISTS (SELECT FROM monk.log_%d WHERE txid >= $1)"
-			 " OR EXISTS (SELECT FROM monk.log_%d WHERE txid = ANY ($2))",
-			 segment, segment);
+			 "SELECT 1 WHERE EXISTS (SELECT FROM monk.log_%d WHERE " UNSETTLED ")",
+			 segment);
 	plan_unsettled = NULL;
 	MonkPlanKeep(&plan_unsettled, sql, 2, types);
 	values[0] = Int64GetDatum((int64) state->frontier.xmax);

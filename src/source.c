@@ -266,7 +266,7 @@ MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now, MonkSourceRo
 	MonkEvent  *ev = &row->ev;
 
 	memset(row, 0, sizeof(*row));
-	ev->naming = MONK_NAMES_COLUMNS;
+	ev->names = &MonkNamesColumns;
 	d = SPI_getbinval(tuple, desc, 1, &isnull);
 	if (isnull)
 		ereport(ERROR,
@@ -295,10 +295,8 @@ MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now, MonkSourceRo
 
 		if (!MonkParseUuid(row->customer_text, uuid))
 		{
-			err->field = "customer_id";
-			err->message = "customer_id must be a UUID";
-			err->detail = psprintf("The value is \"%s\".", row->customer_text);
-			err->hint = NULL;
+			MonkEventFail(err, "customer_id", "customer_id must be a UUID",
+						  psprintf("The value is \"%s\".", row->customer_text), NULL);
 			row->json = RowJson(row->id, ev, row->customer_text);
 			return false;
 		}

@@ -6,8 +6,8 @@
  * Every statement here runs as the owner of monk's tables, so that neither
  * the worker nor a role calling monk_batch_export needs rights on them (the
  * owner's rights, switched for the statement and restored by an error's
- * abort as well).  The caller has connected SPI.  With outbox.c and
- * outbox_consumer.c, this is the one module that writes monk's tables.
+ * abort as well).  The caller has connected SPI.  This file, outbox.c and
+ * outbox_consumer.c are the only ones that write monk's tables.
  */
 #include "postgres.h"
 

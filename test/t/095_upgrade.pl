@@ -28,7 +28,11 @@ sub psql { return $node->safe_psql('postgres', $_[0]) }
 is(psql(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), '0.1', 'monk 0.1 is installed');
 psql(q{SELECT monk_send('call', 'cus_1', jsonb_build_object('n', i), idempotency_key => 'before_' || i) FROM generate_series(1, 300) i});
 push @all, map { "before_$_" } 1 .. 300;
-is(psql(q{SELECT count(*) FROM monk.outbox}), '300', "monk_send queues into 0.1's outbox");
+# two versions of one key, in two transactions
+psql(q{SELECT monk_send('call', 'cus_1', '{"v": 1}', idempotency_key => 'v01_k')});
+psql(q{SELECT monk_send('call', 'cus_1', '{"v": 2}', idempotency_key => 'v01_k')});
+push @all, 'v01_k';
+is(psql(q{SELECT count(*) FROM monk.outbox}), '302', "monk_send queues into 0.1's outbox");
 psql(q{UPDATE monk.outbox SET attempts = 3, last_status = 503, last_error = 'HTTP 503' WHERE id <= 10});
 $node->wait_for_log(qr/nothing is sent until ALTER EXTENSION monk UPDATE/);
 is($api->stats->{events_received}, 0, 'the worker waits for the update');
@@ -56,8 +60,9 @@ push @all, map { "after_$_" } 1 .. 100;
 ok(wait_outbox_empty($node, undef, 60), 'every event queued before, during and after the update is sent');
 api_holds_exactly($api, \@all, 'the API holds each exactly once');
 is($api->_call('GET', '/_test/events')->{events}{before_7}{event}{properties}{n}, 7, 'as it was queued');
+is((api_versions($api, 'v'))[0]->{v01_k}, 2, "a key queued twice under 0.1 holds its newer version");
 my $receipts = $api->events;
-is(scalar(grep { $receipts->{$_}{receipts} > 1 } keys %$receipts), 0, 'none was sent twice');
+is(scalar(grep { $receipts->{$_}{receipts} > 1 } grep { $_ ne 'v01_k' } keys %$receipts), 0, 'none was sent twice');
 
 # the updated schema is a fresh install's
 my $describe = q{
@@ -99,13 +104,15 @@ $node->restart;
 $node->safe_psql('from_0_2', q{CREATE EXTENSION monk VERSION '0.2'});
 $node->safe_psql('from_0_2',
 	q{SELECT monk_send('call', 'cus_1', idempotency_key => 'v02_' || i) FROM generate_series(1, 200) i});
+$node->safe_psql('from_0_2', q{SELECT monk_send('call', 'cus_1', '{"v": 1}', idempotency_key => 'v02_k')});
+$node->safe_psql('from_0_2', q{SELECT monk_send('call', 'cus_1', '{"v": 2}', idempotency_key => 'v02_k')});
 ok(wait_until('the worker to try the wrong key', 30, sub {
 			$node->safe_psql('from_0_2', q{SELECT coalesce(last_error, '') FROM monk.status}) ne '' }),
 	'the worker of the 0.2 database is refused');
 $node->safe_psql('from_0_2', 'ALTER EXTENSION monk UPDATE');
 is($node->safe_psql('from_0_2', q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), $default,
 	"0.2 updates to $default");
-is(outbox_count($node, 'from_0_2'), '200', 'with its 200 queued events');
+is(outbox_count($node, 'from_0_2'), '202', 'with its 202 queued events');
 $node->safe_psql('from_0_2', q{
 CREATE TABLE captured (id int PRIMARY KEY, customer text NOT NULL);
 CREATE TRIGGER captured_monk AFTER INSERT ON captured FOR EACH ROW
@@ -114,8 +121,9 @@ INSERT INTO captured VALUES (1, 'cus_1');
 });
 set_monk_conf($node, 'monk.api_key' => 'test_key');
 ok(wait_outbox_empty($node, 'from_0_2', 60), 'they are sent once the key is right');
-api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'sync_public.captured:1:call' ],
+api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'v02_k', 'sync_public.captured:1:call' ],
 	'the API holds each event of both databases exactly once');
+is((api_versions($api, 'v'))[0]->{v02_k}, 2, "a key queued twice under 0.2 holds its newer version");
 is($node->safe_psql('from_0_2', $describe), $node->safe_psql('fresh', $describe),
 	'a schema updated from 0.2 is the same as a fresh install');
 
@@ -155,7 +163,7 @@ my ($tokens) = api_versions($api, 'tokens');
 is($tokens->{$captured_key}, 2, "the correction made after the update lands on 0.3's key ($captured_key)");
 my ($rc, $out, $err) = $node->psql('from_0_3', 'SELECT monk_retry_dead_letters()');
 is($out, '0', 'the superseded dead letter is not queued again');
-api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'sync_public.captured:1:call',
+api_holds_exactly($api, [ @all, (map { "v02_$_" } 1 .. 200), 'v02_k', 'sync_public.captured:1:call',
 		(map { "v03_$_" } 1 .. 100), 'v03_lettered', $captured_key ],
 	'the API holds each event of the three databases exactly once');
 is($node->safe_psql('from_0_3', $describe), $node->safe_psql('fresh', $describe),
