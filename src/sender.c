@@ -222,6 +222,8 @@ Settle(MonkSender *sender, MonkBatch *batch)
 		sender->ops->chunk_done(sender->arg, chunk);
 }
 
+static void RecordOutcome(MonkSender *sender, bool success, TimestampTz now);
+
 /* Start as many due batches as the limits allow. */
 void
 MonkSenderDispatch(MonkSender *sender)
@@ -256,8 +258,12 @@ MonkSenderDispatch(MonkSender *sender)
 		sender->inflight++;
 		if (!MonkHttpStart(sender->http, &batch->req, url, MonkApiKey(), monk_request_timeout))
 		{
-			/* could not even start: retried like a connection error */
+			/*
+			 * could not even start: retried like a connection error, and
+			 * counted as one by the circuit (a probe that never left ends)
+			 */
 			sender->inflight--;
+			RecordOutcome(sender, false, now);
 			dlist_push_tail(&sender->waiting, &batch->node);
 			sender->nwaiting++;
 			batch->not_before = TimestampTzPlusMilliseconds(now, MonkBackoffMs(++batch->attempts, -1));
@@ -457,7 +463,9 @@ Complete(MonkSender *sender, MonkBatch *batch)
 			SplitRefused(sender, batch, now);
 			break;
 		case MONK_OUTCOME_AUTH:
+			/* the API answered (a half-open probe too): the key is wrong */
 			SetLastError(sender, req);
+			RecordOutcome(sender, true, now);
 			PauseOnAuth(sender, batch, now);
 			break;
 		case MONK_OUTCOME_RETRY:
@@ -484,12 +492,31 @@ MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info)
 	return latch_set;
 }
 
-/* The configuration was reloaded (perhaps a new key): send again. */
+/*
+ * The configuration was reloaded: send again (an authentication pause ends);
+ * with another destination (URL, key or CA), start afresh.
+ */
 void
-MonkSenderConfigChanged(MonkSender *sender)
+MonkSenderConfigChanged(MonkSender *sender, bool destination)
 {
+	dlist_iter	iter;
+
 	sender->generation++;
 	sender->paused = false;
+	if (!destination)
+		return;
+
+	/*
+	 * Another URL, key or CA: what the old one answered says nothing of it.
+	 * The circuit closes, Retry-After and every backoff end: the waiting
+	 * batches go at the next dispatch.
+	 */
+	memset(&sender->circuit, 0, sizeof(sender->circuit));
+	sender->circuit.state = MONK_CIRCUIT_CLOSED;
+	sender->rate_limited_until = 0;
+	dlist_foreach(iter, &sender->waiting)
+		dlist_container(MonkBatch, node, iter.cur)->not_before = 0;
+	ReportCircuit(sender);
 }
 
 /* Has the API refused the key (sending paused until the settings change)? */

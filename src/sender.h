@@ -104,7 +104,7 @@ extern void MonkSenderSubmit(MonkSender *sender, MonkChunk *chunk);
 extern void MonkSenderDispatch(MonkSender *sender);
 extern long MonkSenderNextWakeMs(MonkSender *sender);
 extern bool MonkSenderWait(MonkSender *sender, long timeout_ms, uint32 wait_event_info);
-extern void MonkSenderConfigChanged(MonkSender *sender);
+extern void MonkSenderConfigChanged(MonkSender *sender, bool destination);
 
 /* What the sender is doing (its owner reads these, never its fields). */
 extern bool MonkSenderPaused(const MonkSender *sender);

@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
+
 #include <ctype.h>
 #include <limits.h>
 #include <unistd.h>
@@ -276,6 +278,25 @@ MonkBaseUrl(void)
 	while (len > 0 && base[len - 1] == '/')
 		len--;
 	return pnstrdup(base, len);
+}
+
+/*
+ * A hash of where events go and how: the base URL, the key in force and the
+ * CA file.  A reload that changes it starts the sender afresh.
+ */
+uint64
+MonkDestinationHash(void)
+{
+	char	   *url = MonkBaseUrl();
+	const char *key = MonkApiKey();
+	const char *ca = monk_ca_file ? monk_ca_file : "";
+	uint64		h;
+
+	h = hash_bytes_extended((const unsigned char *) url, strlen(url), 0);
+	h = hash_bytes_extended((const unsigned char *) key, strlen(key), h);
+	h = hash_bytes_extended((const unsigned char *) ca, strlen(ca), h);
+	pfree(url);
+	return h;
 }
 
 /*

@@ -29,6 +29,7 @@ extern char *monk_test_wait_points;
 extern void MonkSettingsInit(void);
 extern const char *MonkApiKey(void);
 extern char *MonkBaseUrl(void);
+extern uint64 MonkDestinationHash(void);
 extern const List *MonkDatabaseList(void);
 
 #endif

@@ -390,15 +390,20 @@ PrepareLog(MonkWorker *w)
 	return true;
 }
 
-/* Reload the configuration; a new key ends an authentication pause. */
+/*
+ * Reload the configuration: it ends an authentication pause; a new URL, key
+ * or CA also closes the circuit and ends every backoff and Retry-After (a
+ * reload that changes none of them leaves those as they were).
+ */
 static void
 Reload(MonkWorker *w)
 {
 	bool		was_paused = MonkSenderPaused(w->sender);
+	uint64		destination = MonkDestinationHash();
 
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
-	MonkSenderConfigChanged(w->sender);
+	MonkSenderConfigChanged(w->sender, MonkDestinationHash() != destination);
 	if (was_paused)
 	{
 		ereport(LOG, (errmsg("monk: configuration reloaded; sending resumes")));
