@@ -108,16 +108,37 @@ SELECT * FROM queued();
 SELECT * FROM try($$INSERT INTO orders VALUES ('n', 'n', 'cus_1', NULL)$$);
 \x off
 
--- a partitioned table: keys name it, whether a row comes through it or into a partition
-CREATE TABLE metered (id int, region text, customer text, units int, PRIMARY KEY (id, region))
+-- a partitioned table: the default key would change when a row moves to
+-- another partition (it holds the partition key), so key=<column> is
+-- required, on the table and on a partition; a move is then a correction
+CREATE TABLE metered (id int, region text, customer text, units int, PRIMARY KEY (id, region),
+                      event_key text GENERATED ALWAYS AS ('sync_metered_' || id) STORED)
   PARTITION BY LIST (region);
 CREATE TABLE metered_eu PARTITION OF metered FOR VALUES IN ('eu');
 CREATE TABLE metered_us PARTITION OF metered FOR VALUES IN ('us');
+\x on
+SELECT * FROM try($$CREATE TRIGGER metered_monk AFTER INSERT OR UPDATE ON metered FOR EACH ROW
+  EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer', 'properties=units')$$);
+SELECT * FROM try($$CREATE TRIGGER metered_monk AFTER INSERT ON metered_eu FOR EACH ROW
+  EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer')$$);
+SELECT * FROM try($$CREATE TRIGGER metered_monk AFTER INSERT ON metered REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer')$$);
+\x off
 CREATE TRIGGER metered_monk AFTER INSERT OR UPDATE ON metered FOR EACH ROW
-  EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer', 'properties=units');
+  EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer', 'properties=units', 'key=event_key');
 INSERT INTO metered VALUES (1, 'eu', 'cus_1', 10);
 INSERT INTO metered_us VALUES (2, 'us', 'cus_2', 20);
 UPDATE metered SET units = 11 WHERE id = 1;
+-- a move from eu to us: the same key, the new data
+UPDATE metered SET region = 'us', units = 12 WHERE id = 1;
+SELECT * FROM queued();
+-- at statement level, the root's transition tables show the move as an update
+DROP TRIGGER metered_monk ON metered;
+CREATE TRIGGER metered_monk_ins AFTER INSERT ON metered REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer', 'properties=units', 'key=event_key');
+CREATE TRIGGER metered_monk_upd AFTER UPDATE ON metered REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer', 'properties=units', 'key=event_key');
+UPDATE metered SET region = 'eu', units = 13 WHERE id = 1;
 SELECT * FROM queued();
 
 -- statement level: one pass over the transition table

@@ -500,6 +500,24 @@ MonkCaptureCheckCreate(CreateTrigStmt *stmt)
 		args[nargs++] = strVal(lfirst(lc));
 	rel = relation_open(RangeVarGetRelid(stmt->relation, NoLock, false), AccessShareLock);
 	map = BuildMap(rel, RelationGetRelid(rel), nargs, args);
+
+	/*
+	 * A row moved to another partition by an UPDATE of its partition key is
+	 * deleted from one partition and inserted into the other (at row level
+	 * only the destination's AFTER INSERT fires): its default key, made of
+	 * the primary key, which holds the partition key, would change with it,
+	 * and the row would be billed twice.
+	 */
+	if (map->key.attnum == 0 &&
+		(rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE || rel->rd_rel->relispartition))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("monk_capture on %s \"%s\" needs key=<column>",
+						rel->rd_rel->relispartition ? "partition" : "partitioned table", RelationGetRelationName(rel)),
+				 errdetail("A row that an UPDATE moves to another partition is inserted there anew; the default key, "
+						   "derived from the primary key (which holds the partition key), would change, and the row be billed twice."),
+				 errhint("Pass 'key=<column>' naming a column whose value is the row's idempotency key and stays when the row moves, "
+						 "for example key text GENERATED ALWAYS AS ('sync_orders_' || id) STORED.")));
 	MemoryContextDelete(map->cxt);
 	relation_close(rel, AccessShareLock);
 }
