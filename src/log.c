@@ -556,6 +556,16 @@ MonkLogResume(MonkLog *log)
 		ResumeWindow(log);
 }
 
+/*
+ * How many events the frontier has not passed (settled ones among them that
+ * it will pass in a moment), in the caller's transaction.
+ */
+int64
+MonkLogCountUnsettled(MonkLog *log)
+{
+	return MonkOutboxCountUnsettled(&log->state.frontier);
+}
+
 /* The count of commits that had queued events when the last read began. */
 uint64
 MonkLogReadBase(MonkLog *log)

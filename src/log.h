@@ -76,6 +76,7 @@ extern MonkLog *MonkLogCreate(MemoryContext cxt, MonkWorkerSlot *slot,
 							  void (*on_maintain) (void *arg), void *arg);
 extern int64 MonkLogLoad(MonkLog *log);
 extern void MonkLogResume(MonkLog *log);
+extern int64 MonkLogCountUnsettled(MonkLog *log);
 extern bool MonkLogRead(MonkLog *log, int want);
 extern uint64 MonkLogReadBase(MonkLog *log);
 extern int	MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest);

@@ -21,6 +21,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "settings.h"
@@ -36,6 +37,22 @@ static int64 events_in_xact = 0;	/* events queued by this transaction */
 /* wake the worker at commit, whatever the count */
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
+
+/*
+ * Events queued in subtransactions still open or committed into an open
+ * parent: (subtransaction, count), innermost last.  A rolled-back
+ * subtransaction takes its events (and its committed children's) back out
+ * of events_in_xact.  Kept only while events are queued in subtransactions.
+ */
+typedef struct SubXactEvents
+{
+	SubTransactionId subid;
+	int64		nevents;
+} SubXactEvents;
+
+static SubXactEvents *subxact_events = NULL;
+static int	nsubxact_events = 0;
+static int	subxact_events_cap = 0;
 
 static Size
 MonkShmemSize(void)
@@ -168,6 +185,7 @@ MonkXactCallback(XactEvent event, void *arg)
 			}
 			events_in_xact = 0;
 			wake_at_commit = false;
+			nsubxact_events = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -176,6 +194,7 @@ MonkXactCallback(XactEvent event, void *arg)
 			/* a prepared transaction's events: the worker's 2PC timer */
 			events_in_xact = 0;
 			wake_at_commit = false;
+			nsubxact_events = 0;
 			break;
 		default:
 			break;
@@ -183,8 +202,67 @@ MonkXactCallback(XactEvent event, void *arg)
 }
 
 /*
- * Count nevents queued by the current transaction for its commit; 0 asks
- * for a wake-up at commit whatever the worker's mark.
+ * A subtransaction ends: a rolled-back one's events are not queued (nor
+ * those of its children, committed into it); a committed one's now belong
+ * to its parent.
+ */
+static void
+MonkSubXactCallback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void *arg)
+{
+	if (nsubxact_events == 0 ||
+		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+		return;
+	while (nsubxact_events > 0 && subxact_events[nsubxact_events - 1].subid >= mySubid)
+	{
+		SubXactEvents *top = &subxact_events[--nsubxact_events];
+
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			events_in_xact -= top->nevents;
+		else if (parentSubid != TopSubTransactionId)
+		{
+			/* into the parent's entry (the last one, if it is the parent's) */
+			if (nsubxact_events > 0 && subxact_events[nsubxact_events - 1].subid == parentSubid)
+				subxact_events[nsubxact_events - 1].nevents += top->nevents;
+			else
+				subxact_events[nsubxact_events++] = (SubXactEvents)
+			{
+				parentSubid, top->nevents
+			};
+			break;
+		}
+	}
+}
+
+/* Note nevents queued in the current subtransaction. */
+static void
+CountInSubXact(int nevents)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	if (subid == TopSubTransactionId)
+		return;
+	if (nsubxact_events > 0 && subxact_events[nsubxact_events - 1].subid == subid)
+	{
+		subxact_events[nsubxact_events - 1].nevents += nevents;
+		return;
+	}
+	if (nsubxact_events == subxact_events_cap)
+	{
+		subxact_events_cap = Max(16, subxact_events_cap * 2);
+		subxact_events = subxact_events
+			? repalloc(subxact_events, sizeof(SubXactEvents) * subxact_events_cap)
+			: MemoryContextAlloc(TopMemoryContext, sizeof(SubXactEvents) * subxact_events_cap);
+	}
+	subxact_events[nsubxact_events++] = (SubXactEvents)
+	{
+		subid, nevents
+	};
+}
+
+/*
+ * Count nevents queued by the current transaction for its commit (less
+ * those of subtransactions rolled back); 0 asks for a wake-up at commit
+ * whatever the worker's mark.
  */
 void
 MonkWakeWorkerAtCommit(int nevents)
@@ -192,11 +270,14 @@ MonkWakeWorkerAtCommit(int nevents)
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(MonkXactCallback, NULL);
+		RegisterSubXactCallback(MonkSubXactCallback, NULL);
 		xact_callback_registered = true;
 	}
 	if (nevents == 0)
 		wake_at_commit = true;
 	events_in_xact += nevents;
+	if (nevents > 0)
+		CountInSubXact(nevents);
 }
 
 /* The worker: wake me when the committed count reaches wake_at. */

@@ -46,6 +46,9 @@
  */
 #define MONK_CHUNKS_AHEAD (monk_max_parallel_requests + 1)
 
+/* How often the worker counts the queued events again (monk.status, the limit). */
+#define RECOUNT_MS 10000
+
 /* The state of one worker. */
 typedef struct MonkWorker
 {
@@ -58,6 +61,7 @@ typedef struct MonkWorker
 	dlist_head	chunks;			/* submitted, not yet settled */
 	int			nchunks;
 	bool		dead_letters;	/* monk.dead_letter holds outbox events */
+	TimestampTz counted_at;		/* when the queued events were last counted */
 } MonkWorker;
 
 /* What monk.status shows the worker doing. */
@@ -332,13 +336,33 @@ Submit(MonkWorker *w)
 	MonkSenderSubmit(w->sender, chunk);
 }
 
-/* In each upkeep of the segments: do outbox events wait in the dead letters? */
+/*
+ * In each upkeep of the segments (in its transaction): do outbox events wait
+ * in the dead letters?  And every RECOUNT_MS, count the queued events again,
+ * so that the depth behind monk.status and monk.max_outbox_events follows
+ * what is really queued whatever moved it without the worker's knowledge
+ * (events discarded with DELETE FROM monk.outbox, prepared transactions
+ * committed or rolled back, restores).
+ */
 static void
-RefreshDeadLetters(void *arg)
+OnMaintain(void *arg)
 {
 	MonkWorker *w = arg;
+	TimestampTz now = GetCurrentTimestamp();
 
 	w->dead_letters = MonkDeadLettersOfOutbox();
+	if (TimestampDifferenceExceeds(w->counted_at, now, RECOUNT_MS))
+	{
+		int64		unsettled = MonkLogCountUnsettled(w->log);
+
+		/*
+		 * commits and settlements after this transaction's snapshot count on
+		 * top
+		 */
+		w->slot->depth_base = unsettled - (int64) pg_atomic_read_u64(&w->slot->committed) +
+			(int64) pg_atomic_read_u64(&w->slot->settled);
+		w->counted_at = now;
+	}
 }
 
 /* ------------------------------------------------------------------------
@@ -383,6 +407,7 @@ PrepareLog(MonkWorker *w)
 
 	MonkLogResume(w->log);
 	w->slot->depth_base = unsettled - (int64) committed;
+	w->counted_at = GetCurrentTimestamp();
 	pg_write_barrier();
 	w->slot->depth_known = true;
 	w->ready = true;
@@ -554,7 +579,12 @@ BeforeSleep(MonkWorker *w, long timeout)
 		return timeout;
 	MonkLogRecord(w->log, true);
 	pgstat_report_stat(true);
-	return MonkLogSegmentsPending(w->log) ? MONK_MAINTAIN_MS : timeout;
+	if (MonkLogSegmentsPending(w->log))
+		return MONK_MAINTAIN_MS;
+	/* events believed queued: count them again now and then (OnMaintain) */
+	if (MonkSlotDepth(w->slot) > 0 && (timeout < 0 || timeout > RECOUNT_MS))
+		return RECOUNT_MS;
+	return timeout;
 }
 
 /*
@@ -612,7 +642,7 @@ MonkWorkerMain(Datum arg)
 
 	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
 	dlist_init(&w.chunks);
-	w.log = MonkLogCreate(w.cxt, w.slot, RefreshDeadLetters, &w);
+	w.log = MonkLogCreate(w.cxt, w.slot, OnMaintain, &w);
 	w.sender = MonkSenderCreate(&WorkerOps, &w, w.cxt);
 
 	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
