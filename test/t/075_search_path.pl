@@ -6,8 +6,10 @@
 # when a superuser runs it), on its session's search_path and on the
 # database's (ALTER DATABASE ... SET search_path), then the worker (plain,
 # late and prepared commits, a dead letter), monk_batch_export (with a dead
-# letter), monk_verify_export, monk_capture and monk_retry_dead_letters run:
-# none of them ever runs a shadow with another role's rights.
+# letter), monk_verify_export, monk_capture, monk_retry_dead_letters and
+# ALTER EXTENSION monk UPDATE (from 0.3, with the shadows in schema public too,
+# which the database's owner owns) run: none of them ever runs a shadow with
+# another role's rights.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -17,12 +19,12 @@ use MonkApi;
 use MonkTest;
 
 my $api = MonkApi->new(api_key => 'test_key', customers => [ map { "cus_$_" } 0 .. 9 ]);
-my $node = monk_node(api => $api, databases => ['app'],
+my $node = monk_node(api => $api, databases => ['app'], version => '0.3',
 	conf => { 'monk.batch_size' => 5, 'monk.flush_interval' => '10ms', 'max_prepared_transactions' => 2 });
 
 # Statements of the test itself (as the superuser) in app: under pg_catalog's
 # names, so that only monk's own code can meet the shadows.
-sub app { return $node->safe_psql('app', "SET search_path = pg_catalog, public; $_[0]") }
+sub app { return $node->safe_psql('app', "SET search_path = pg_catalog; $_[0]") }
 
 # The attacker's statements: its own session, its own search_path.
 sub attacker
@@ -34,9 +36,9 @@ sub attacker
 app(q{
 CREATE ROLE attacker LOGIN;
 ALTER DATABASE app OWNER TO attacker;
-GRANT EXECUTE ON FUNCTION monk_send(text, text, jsonb, timestamptz, text, uuid), monk_send(jsonb),
-  monk_batch_export(regclass, integer, bigint, text), monk_verify_export(regclass, timestamptz),
-  monk_list_events(text, text, timestamptz, timestamptz, text), monk_capture() TO attacker;
+GRANT EXECUTE ON FUNCTION public.monk_send(text, text, jsonb, timestamptz, text, uuid), public.monk_send(jsonb),
+  public.monk_batch_export(regclass, integer, bigint, text), public.monk_verify_export(regclass, timestamptz),
+  public.monk_list_events(text, text, timestamptz, timestamptz, text), public.monk_capture() TO attacker;
 });
 
 # The shadows: every plain function and every operator of pg_catalog whose
@@ -60,7 +62,9 @@ DO $$
 DECLARE
     f record;
     n int := 0;
+    nsp text;
 BEGIN
+  FOREACH nsp IN ARRAY ARRAY['evil', 'public'] LOOP
     FOR f IN
         SELECT p.oid, p.proname,
                (SELECT string_agg(format('a%s %s', i, format_type(t, NULL)), ', ' ORDER BY i)
@@ -75,9 +79,9 @@ BEGIN
                                                    AND t.typtype = 'p' AND t.oid <> 'void'::regtype)
     LOOP
         BEGIN
-            EXECUTE format('CREATE FUNCTION evil.%I(%s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
+            EXECUTE format('CREATE FUNCTION %I.%I(%s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
                            ' AS $f$BEGIN PERFORM evil.trip(%L); %s pg_catalog.%I(%s); END$f$',
-                           f.proname, coalesce(f.params, ''), f.ret, f.proname || '()',
+                           nsp, f.proname, coalesce(f.params, ''), f.ret, f.proname || '()',
                            CASE f.ret WHEN 'void' THEN 'PERFORM' ELSE 'RETURN' END, f.proname,
                            coalesce(f.args, ''));
             n := n + 1;
@@ -98,16 +102,16 @@ BEGIN
     LOOP
         BEGIN
             IF f.oprleft = 0 THEN
-                EXECUTE format('CREATE FUNCTION evil.op_%s(b %s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
+                EXECUTE format('CREATE FUNCTION %I.op_%s(b %s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
                                ' AS $f$BEGIN PERFORM evil.trip(%L); RETURN pg_catalog.%I(b); END$f$',
-                               f.oid, f.r, f.ret, f.oprname, f.proname);
-                EXECUTE format('CREATE OPERATOR evil.%s (RIGHTARG = %s, FUNCTION = evil.op_%s)', f.oprname, f.r, f.oid);
+                               nsp, f.oid, f.r, f.ret, f.oprname, f.proname);
+                EXECUTE format('CREATE OPERATOR %I.%s (RIGHTARG = %s, FUNCTION = %I.op_%s)', nsp, f.oprname, f.r, nsp, f.oid);
             ELSE
-                EXECUTE format('CREATE FUNCTION evil.op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
+                EXECUTE format('CREATE FUNCTION %I.op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql SET search_path = pg_catalog'
                                ' AS $f$BEGIN PERFORM evil.trip(%L); RETURN pg_catalog.%I(a, b); END$f$',
-                               f.oid, f.l, f.r, f.ret, f.oprname, f.proname);
-                EXECUTE format('CREATE OPERATOR evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = evil.op_%s)',
-                               f.oprname, f.l, f.r, f.oid);
+                               nsp, f.oid, f.l, f.r, f.ret, f.oprname, f.proname);
+                EXECUTE format('CREATE OPERATOR %I.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = %I.op_%s)',
+                               nsp, f.oprname, f.l, f.r, nsp, f.oid);
             END IF;
             n := n + 1;
         EXCEPTION WHEN OTHERS THEN
@@ -115,9 +119,10 @@ BEGIN
         END;
     END LOOP;
     RAISE NOTICE 'operators shadowed: %', n;
+  END LOOP;
 END $$;
 });
-my $shadows = app(q{SELECT count(*) FROM pg_proc WHERE pronamespace = 'evil'::regnamespace});
+my $shadows = app(q{SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace});
 cmp_ok($shadows, '>', 2000, "the attacker shadows pg_catalog's functions and operators ($shadows functions)");
 for my $name (qw(now hashtext pg_try_advisory_xact_lock pg_notify))
 {
@@ -135,6 +140,10 @@ app(q{ALTER ROLE attacker NOSUPERUSER; TRUNCATE evil.tripped});
 
 # the database's search_path, which the worker would inherit; a restart, so that the worker starts with it
 app(q{ALTER DATABASE app SET search_path = evil, pg_catalog, public});
+
+# the update from 0.3 by a superuser whose session has the database's search_path
+$node->safe_psql('app', 'ALTER EXTENSION monk UPDATE');
+is(app(q{SELECT extversion FROM pg_extension WHERE extname = 'monk'}), '0.4', 'the extension is updated from 0.3');
 $node->restart;
 ok(wait_until('the worker', 30, sub { app(q{SELECT worker_state FROM monk.status}) =~ /idle|sending/ }), 'the worker runs');
 
@@ -144,7 +153,7 @@ attacker(q{SELECT monk_send('call', 'cus_1', idempotency_key => 'plain_' || i) F
 push @committed, map { "plain_$_" } 1 .. 12;
 my $late = $node->background_psql('app');
 $late->query_safe(q{SET ROLE attacker; BEGIN; SELECT pg_catalog.pg_current_xact_id()});
-app(q{BEGIN; SELECT monk_send('call', 'cus_1', idempotency_key => 'prepared_1'); PREPARE TRANSACTION 'p1'});
+app(q{BEGIN; SELECT public.monk_send('call', 'cus_1', idempotency_key => 'prepared_1'); PREPARE TRANSACTION 'p1'});
 attacker(q{SELECT monk_send('call', 'cus_2', idempotency_key => 'after_1')});
 push @committed, 'after_1';
 ok(wait_until('after_1 at the API', 60, sub { grep { $_ eq 'after_1' } @{ $api->keys } }), 'a later transaction is sent first');
