@@ -435,6 +435,7 @@ RowEvent(const MonkCaptureMap *map, TupleTableSlot *slot, RowBuffers *bufs, Time
 		return false;
 	resetStringInfo(&bufs->json);
 	MonkEventRender(&bufs->json, &ev, bufs->key.data);
+	MonkEventCheckSize(bufs->json.len);
 	return true;
 }
 

@@ -24,6 +24,7 @@
 #include "utils/numeric.h"
 
 #include "event.h"
+#include "settings.h"
 
 /* The fields of an event, named as the API names them. */
 #define F_EVENT_NAME	"eventName"
@@ -716,4 +717,35 @@ MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key)
 		RenderProperties(buf, ev->properties);
 	}
 	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * Does a rendered event of len bytes fit monk.max_event_size?  If not,
+ * *err says why (for a dead letter).
+ */
+bool
+MonkEventFits(int len, MonkEventError *err)
+{
+	int			max = MonkMaxEventBytes();
+
+	if (len <= max)
+		return true;
+	return MonkEventFail(err, NULL, psprintf("the event is %d bytes, more than monk.max_event_size", len),
+						 psprintf("monk.max_event_size allows %d bytes (at most monk.max_request_size less 64 bytes).", max),
+						 "Send smaller properties, or raise monk.max_event_size.");
+}
+
+/* Refuse an event larger than monk.max_event_size (54000), when queueing it. */
+void
+MonkEventCheckSize(int len)
+{
+	MonkEventError err;
+
+	if (MonkEventFits(len, &err))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("invalid event: %s", err.message),
+			 errdetail_internal("%s", err.detail),
+			 errhint("%s", err.hint)));
 }

@@ -69,6 +69,8 @@ extern bool MonkTimestampInIsoRange(TimestampTz ts);
 extern bool MonkNumericFitsApi(Numeric num, char **text);
 extern char *MonkNumericRefusal(const char *text);
 extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
+extern bool MonkEventFits(int len, MonkEventError *err);
+extern void MonkEventCheckSize(int len);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);
 extern void MonkEscapeJson(StringInfo buf, const char *s, int len);

@@ -210,7 +210,18 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		{
 			initStringInfo(&json);
 			MonkEventRender(&json, &row.ev, row.key);
-			MonkChunkAdd(slice->chunk, row.id, json.data, json.len, now);
+			if (MonkEventFits(json.len, &err))
+				MonkChunkAdd(slice->chunk, row.id, json.data, json.len, now);
+			else
+			{
+				MonkDeadLetter dl = {0};
+
+				dl.source_id = row.id;
+				dl.key = row.key;
+				dl.event = json.data;
+				dl.error = psprintf("invalid event: %s (%s)", err.message, err.detail);
+				DeadLetterRow(ex, &dl);
+			}
 		}
 		if (r == 0)
 			slice->first_id = row.id;

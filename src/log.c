@@ -112,6 +112,7 @@ struct MonkLog
 	/* waiting */
 	HTAB	   *keys;			/* MonkKeyEntry by hash of the key */
 	dlist_head	pending;		/* items read, not yet handed over */
+	int64		pending_bytes;	/* their events' size */
 
 	/* recording */
 	MonkOutboxState state;
@@ -315,6 +316,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	item->entry = entry;
 
 	dlist_push_tail(&log->pending, &item->node);
+	log->pending_bytes += row->event_len;
 
 	/* a waiting older version of the same key need not be sent at all */
 	dlist_init(&replaced);
@@ -326,6 +328,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 		{
 			dlist_delete(&old->enode);
 			dlist_delete(&old->node);
+			log->pending_bytes -= old->row.event_len;
 			dlist_push_tail(&replaced, &old->enode);
 		}
 	}
@@ -451,13 +454,15 @@ EndWindow(MonkLog *log)
 }
 
 /*
- * Read up to "want" events into pending, as one slice.  Returns true when
- * that many were read (more may be waiting).
+ * Read up to "want" events into pending, as one slice, within "budget" bytes
+ * of events (the first always comes).  Returns true when more may be
+ * waiting: that many were read, or the budget stopped the read.
  */
 bool
-MonkLogRead(MonkLog *log, int want)
+MonkLogRead(MonkLog *log, int want, int64 budget)
 {
 	int			asked = want;
+	bool		cut = false;
 
 	MonkWaitPointAlone("read");
 	log->read_base = pg_atomic_read_u64(&log->slot->committed);
@@ -474,7 +479,7 @@ MonkLogRead(MonkLog *log, int want)
 	log->slice->window = log->window;
 	log->window->nslices++;
 	dlist_push_tail(&log->slices, &log->slice->node);
-	while (want > 0 && log->window != NULL)
+	while (want > 0 && log->window != NULL && !cut)
 	{
 		int			got;
 
@@ -483,8 +488,8 @@ MonkLogRead(MonkLog *log, int want)
 
 		if (log->late_pos < log->nlate)
 		{
-			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, AddRow, log);
-			if (got < want)
+			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, &budget, &cut, AddRow, log);
+			if (got < want && !cut)
 			{
 				log->late_pos++;
 				log->pos_id = 0;
@@ -493,8 +498,9 @@ MonkLogRead(MonkLog *log, int want)
 		else
 		{
 			got = MonkOutboxReadRange(log->window->prev.xmax, log->window->snap.xmax, log->pos_txid, log->pos_id,
-									  log->window->snap.xip, log->window->snap.nxip, want, AddRow, log);
-			if (got < want)
+									  log->window->snap.xip, log->window->snap.nxip, want, &budget, &cut,
+									  AddRow, log);
+			if (got < want && !cut)
 				EndWindow(log);
 		}
 		want -= got;
@@ -502,7 +508,7 @@ MonkLogRead(MonkLog *log, int want)
 	MonkXactCommit();
 	log->slice = NULL;
 	AdvanceFrontier(log);
-	return want == 0 && asked > 0;
+	return (want == 0 || cut) && asked > 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -612,10 +618,11 @@ MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest)
 
 /*
  * Hand up to target pending events that may go (one version per key) to
- * take(arg, item); their keys are busy until they settle.  Returns how many.
+ * take(arg, item), until it declines one (a body full by bytes); their keys
+ * are busy until they settle.  Returns how many were taken.
  */
 int
-MonkLogTake(MonkLog *log, int target, void (*take) (void *arg, MonkQueued *item), void *arg)
+MonkLogTake(MonkLog *log, int target, bool (*take) (void *arg, MonkQueued *item), void *arg)
 {
 	int			n = 0;
 	dlist_mutable_iter iter;
@@ -626,14 +633,23 @@ MonkLogTake(MonkLog *log, int target, void (*take) (void *arg, MonkQueued *item)
 
 		if (item->entry->busy > 0)
 			continue;
+		if (!take(arg, item))
+			break;
 		dlist_delete(&item->node);
 		dlist_delete(&item->enode);
 		item->entry->busy++;
-		take(arg, item);
+		log->pending_bytes -= item->row.event_len;
 		if (++n >= target)
 			break;
 	}
 	return n;
+}
+
+/* The bytes of the events read and not yet handed over. */
+int64
+MonkLogPendingBytes(MonkLog *log)
+{
+	return log->pending_bytes;
 }
 
 /*

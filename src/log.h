@@ -77,10 +77,11 @@ extern MonkLog *MonkLogCreate(MemoryContext cxt, MonkWorkerSlot *slot,
 extern int64 MonkLogLoad(MonkLog *log);
 extern void MonkLogResume(MonkLog *log);
 extern int64 MonkLogCountUnsettled(MonkLog *log);
-extern bool MonkLogRead(MonkLog *log, int want);
+extern bool MonkLogRead(MonkLog *log, int want, int64 budget);
 extern uint64 MonkLogReadBase(MonkLog *log);
 extern int	MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest);
-extern int	MonkLogTake(MonkLog *log, int target, void (*take) (void *arg, MonkQueued *item), void *arg);
+extern int	MonkLogTake(MonkLog *log, int target, bool (*take) (void *arg, MonkQueued *item), void *arg);
+extern int64 MonkLogPendingBytes(MonkLog *log);
 extern void MonkLogNoteAccepted(MonkLog *log, MonkQueued **items, int n, long status, int attempts);
 extern void MonkLogSettle(MonkLog *log, MonkQueued *item);
 extern void MonkLogAdvance(MonkLog *log);

@@ -88,9 +88,10 @@ typedef enum MonkOutboxSchema
 extern MonkOutboxSchema MonkOutboxFindSchema(void);
 extern void MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt);
 extern bool MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid);
-extern int	MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback cb, void *arg);
+extern int	MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, int64 *budget, bool *cut,
+							   MonkOutboxRowCallback cb, void *arg);
 extern int	MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
-								const uint64 *exclude, int nexclude, int limit,
+								const uint64 *exclude, int nexclude, int limit, int64 *budget, bool *cut,
 								MonkOutboxRowCallback cb, void *arg);
 extern void MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt);
 extern void MonkOutboxSaveState(MonkOutboxState *state);

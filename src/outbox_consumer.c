@@ -24,6 +24,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -167,13 +168,21 @@ MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid)
 	return bsearch(&txid, snap->xip, snap->nxip, sizeof(uint64), CompareU64) == NULL;
 }
 
-/* Hand each row of the last SPI result to cb. */
+/*
+ * Hand each row of the last SPI result to cb, in order, while the events'
+ * bytes stay within *budget (the first row always goes); *budget is what is
+ * left.  Returns how many rows went, and in *cut whether the budget stopped
+ * it.  An event's size is read from its header: one that is not handed over
+ * is never decompressed or fetched from TOAST.
+ */
 static int
-ForEachRow(MonkOutboxRowCallback cb, void *arg)
+ForEachRow(MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
 {
 	uint64		n = SPI_processed;
+	uint64		i;
 
-	for (uint64 i = 0; i < n; i++)
+	*cut = false;
+	for (i = 0; i < n; i++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -181,29 +190,41 @@ ForEachRow(MonkOutboxRowCallback cb, void *arg)
 		MonkOutboxRow row;
 		text	   *key;
 		text	   *event;
+		Datum		event_datum = SPI_getbinval(tuple, desc, 5, &isnull);
+		int64		size = (int64) toast_raw_datum_size(event_datum) - VARHDRSZ;
 
+		if (i > 0 && size > *budget)
+		{
+			*cut = true;
+			break;
+		}
+		*budget -= size;
 		row.segment = DatumGetInt16(SPI_getbinval(tuple, desc, 1, &isnull));
 		row.txid = (uint64) DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
 		row.id = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
 		key = DatumGetTextPP(SPI_getbinval(tuple, desc, 4, &isnull));
-		event = DatumGetTextPP(SPI_getbinval(tuple, desc, 5, &isnull));
+		event = DatumGetTextPP(event_datum);
 		row.queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
 		row.key = VARDATA_ANY(key);
 		row.key_len = VARSIZE_ANY_EXHDR(key);
 		row.event = VARDATA_ANY(event);
 		row.event_len = VARSIZE_ANY_EXHDR(event);
 		cb(arg, &row);
+		if ((Pointer) event != DatumGetPointer(event_datum))
+			pfree(event);
 	}
 	SPI_freetuptable(SPI_tuptable);
-	return (int) n;
+	return (int) i;
 }
 
 /*
  * Read up to "limit" events of transaction txid with id > after_id, in id
- * order (the events of a transaction that committed late).
+ * order (the events of a transaction that committed late), within *budget
+ * bytes (ForEachRow).
  */
 int
-MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback cb, void *arg)
+MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, int64 *budget, bool *cut,
+				   MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	Datum		values[3];
@@ -216,17 +237,17 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, MonkOutboxRowCallback
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
 	MonkPlanRun(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
-	return ForEachRow(cb, arg);
+	return ForEachRow(cb, arg, budget, cut);
 }
 
 /*
  * Read up to "limit" events with from <= txid < to, past (after_txid,
  * after_id), in (txid, id) order, leaving out the given transactions (those
- * in progress at the window's end).
+ * in progress at the window's end), within *budget bytes (ForEachRow).
  */
 int
 MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
-					const uint64 *exclude, int nexclude, int limit,
+					const uint64 *exclude, int nexclude, int limit, int64 *budget, bool *cut,
 					MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
@@ -244,7 +265,7 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	values[4] = Int8Array((const int64 *) exclude, nexclude);
 	values[5] = Int64GetDatum(limit);
 	MonkPlanRun(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
-	return ForEachRow(cb, arg);
+	return ForEachRow(cb, arg, budget, cut);
 }
 
 /*

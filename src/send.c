@@ -106,6 +106,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 
 	initStringInfo(&json);
 	MonkEventRender(&json, ev, key);
+	MonkEventCheckSize(json.len);
 	MonkOutboxInsert(id, key, json.data, json.len, now);
 	MonkWakeWorkerAtCommit(1);
 	pfree(json.data);

@@ -41,6 +41,8 @@ int			monk_shutdown_timeout = 10000;
 char	   *monk_idempotency_prefix = NULL;
 int			monk_max_outbox_events = 0;
 int			monk_retention = 0;
+int			monk_max_event_size = 1024; /* kB */
+int			monk_max_request_size = 4096;	/* kB */
 char	   *monk_test_wait_points = NULL;
 
 /* The placeholder the monk.api_key variable always holds. */
@@ -300,6 +302,23 @@ MonkDestinationHash(void)
 }
 
 /*
+ * The largest event monk queues or sends, in bytes: monk.max_event_size, and
+ * never more than fits a request with its envelope.
+ */
+int
+MonkMaxEventBytes(void)
+{
+	return (int) Min((int64) monk_max_event_size * 1024, (int64) monk_max_request_size * 1024 - 64);
+}
+
+/* The largest request body the worker sends, in bytes. */
+int
+MonkMaxRequestBytes(void)
+{
+	return (int) Min((int64) monk_max_request_size * 1024, (int64) MaxAllocSize);
+}
+
+/*
  * The names listed in monk.databases, parsed once per process (the setting
  * takes effect at server start only; backends inherit the postmaster's
  * list).  Neither the list nor its names may be modified.
@@ -466,6 +485,23 @@ MonkSettingsInit(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   CheckCaFile, NULL, NULL);
+
+	DefineCustomIntVariable("monk.max_event_size",
+							"Largest event, in bytes of the JSON sent to the Events API.",
+							"A larger one is refused when queued (54000); one queued under a higher limit is dead-lettered. "
+							"At most monk.max_request_size less 64 bytes counts.",
+							&monk_max_event_size,
+							1024, 1, 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("monk.max_request_size",
+							"Largest request body the worker sends; a batch is cut by bytes as well as by count.",
+							"The bodies in flight (monk.max_parallel_requests of them) and the events read ahead stay within a few times this.",
+							&monk_max_request_size,
+							4096, 64, 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("monk.test_wait_points",
 							   "For monk's tests: steps of the worker at which it waits for an advisory lock.",

@@ -23,6 +23,8 @@ extern int	monk_shutdown_timeout;
 extern char *monk_idempotency_prefix;
 extern int	monk_max_outbox_events;
 extern int	monk_retention;
+extern int	monk_max_event_size;
+extern int	monk_max_request_size;
 extern char *monk_ca_file;
 extern char *monk_test_wait_points;
 
@@ -30,6 +32,8 @@ extern void MonkSettingsInit(void);
 extern const char *MonkApiKey(void);
 extern char *MonkBaseUrl(void);
 extern uint64 MonkDestinationHash(void);
+extern int	MonkMaxEventBytes(void);
+extern int	MonkMaxRequestBytes(void);
 extern const List *MonkDatabaseList(void);
 
 #endif

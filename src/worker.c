@@ -313,27 +313,92 @@ static const MonkSenderOps WorkerOps = {
 };
 
 
-/* Add one event to the chunk being filled (MonkLogTake's callback). */
-static void
+/* The chunk being filled, and the events too large to send. */
+typedef struct Filling
+{
+	MonkChunk  *chunk;
+	List	   *too_large;
+} Filling;
+
+/*
+ * Add one event to the chunk being filled (MonkLogTake's callback), unless
+ * the body would pass monk.max_request_size; an event larger than
+ * monk.max_event_size (queued under a higher limit) is put aside.
+ */
+static bool
 TakeItem(void *arg, MonkQueued *item)
 {
-	MonkChunk  *chunk = arg;
+	Filling    *f = arg;
 
-	MonkChunkAdd(chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
-	MonkChunkSetItem(chunk, item);
+	if (item->row.event_len > MonkMaxEventBytes())
+	{
+		f->too_large = lappend(f->too_large, item);
+		return true;
+	}
+	if (f->chunk->n > 0 &&
+		(int64) f->chunk->data.len + item->row.event_len + 32 > MonkMaxRequestBytes())
+		return false;
+	MonkChunkAdd(f->chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
+	MonkChunkSetItem(f->chunk, item);
+	return true;
 }
 
-/* Hand the pending events that may go (one version per key) to the sender. */
+/*
+ * An event larger than monk.max_event_size now than when it was queued goes
+ * to the dead letters with the reason: it never stops the events behind it.
+ */
+static void
+DeadLetterTooLarge(MonkWorker *w, MonkQueued *item)
+{
+	MonkEventError err;
+	MonkDeadLetter dl = {
+		.source = "outbox",
+		.source_id = item->row.id,
+		.key = item->row.key,
+		.key_len = item->row.key_len,
+		.event = item->row.event,
+		.event_len = item->row.event_len,
+		.queued_at = item->row.queued_at,
+	};
+
+	(void) MonkEventFits(item->row.event_len, &err);
+	dl.error = psprintf("%s (%s)", err.message, err.detail);
+	MonkXactBegin("monk: dead-lettering an event too large");
+	MonkDeadLetterInsert(&dl);
+	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, 0));
+	MonkXactCommit();
+	w->dead_letters = true;
+	ereport(LOG,
+			(errmsg("monk: event " INT64_FORMAT " is %d bytes, more than monk.max_event_size; it was moved to monk.dead_letter",
+					item->row.id, item->row.event_len)));
+	pg_atomic_fetch_add_u64(&w->slot->counters[MONK_EVENTS_FAILED], 1);
+	MonkLogSettle(w->log, item);
+}
+
+/*
+ * Hand the pending events that may go (one version per key) to the sender,
+ * as many as monk.batch_size and monk.max_request_size allow.
+ */
 static void
 Submit(MonkWorker *w)
 {
 	int			target = MonkBatchTarget();
-	MonkChunk  *chunk = MonkChunkCreate(w->cxt, target);
+	Filling		f = {MonkChunkCreate(w->cxt, target), NIL};
+	ListCell   *lc;
 
-	(void) MonkLogTake(w->log, target, TakeItem, chunk);
-	dlist_push_tail(&w->chunks, &chunk->node);
+	(void) MonkLogTake(w->log, target, TakeItem, &f);
+	foreach(lc, f.too_large)
+		DeadLetterTooLarge(w, (MonkQueued *) lfirst(lc));
+	if (f.too_large != NIL)
+		MonkLogAdvance(w->log);
+	if (f.chunk->n == 0)
+	{
+		MonkChunkFree(f.chunk);
+		return;
+	}
+	dlist_push_tail(&w->chunks, &f.chunk->node);
 	w->nchunks++;
-	MonkSenderSubmit(w->sender, chunk);
+	MonkSenderSubmit(w->sender, f.chunk);
 }
 
 /*
@@ -496,7 +561,10 @@ ReadIfRoom(MonkWorker *w, TimestampTz *oldest)
 
 	if (w->need_read && HasRoom(w) && sendable < MonkBatchTarget())
 	{
-		w->need_read = MonkLogRead(w->log, MonkBatchTarget() - sendable);
+		int64		room = (int64) MonkMaxRequestBytes() - MonkLogPendingBytes(w->log);
+
+		if (room > 0)
+			w->need_read = MonkLogRead(w->log, MonkBatchTarget() - sendable, room);
 		sendable = MonkLogCountSendable(w->log, MonkBatchTarget(), oldest);
 	}
 	return sendable;
@@ -516,7 +584,8 @@ FlushIfDue(MonkWorker *w, int sendable, TimestampTz oldest)
 		return -1;
 	due = TimestampTzPlusMilliseconds(oldest, monk_flush_interval);
 	now = GetCurrentTimestamp();
-	if (sendable < MonkBatchTarget() && now < due)
+	/* a batch is full by count, or by bytes (monk.max_request_size) */
+	if (sendable < MonkBatchTarget() && MonkLogPendingBytes(w->log) < MonkMaxRequestBytes() && now < due)
 		return (long) ((due - now + 999) / 1000);
 	Submit(w);
 	MonkSenderDispatch(w->sender);

@@ -13,7 +13,7 @@ use MonkApi;
 use MonkTest;
 
 my $api = MonkApi->new(api_key => 'test_key');
-my $node = monk_node(api => $api, conf => { 'monk.flush_interval' => '10ms' });
+my $node = monk_node(api => $api, conf => { 'monk.flush_interval' => '10ms', 'monk.max_event_size' => '4MB', 'monk.max_request_size' => '8MB' });
 
 # hostile strings, built in SQL so that psql's quoting plays no part
 $node->safe_psql('postgres', <<'SQL');
