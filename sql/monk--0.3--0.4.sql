@@ -5,6 +5,17 @@
  */
 \echo Use "ALTER EXTENSION monk UPDATE TO '0.4'" to load this file. \quit
 
+-- Names a view binds when it is created are resolved under the extension's
+-- schema (public, which a database's owner can create objects in): every
+-- function a view calls is qualified, so that a public.unnest(bigint[])
+-- made beforehand is never bound.
+CREATE OR REPLACE VIEW monk.sent AS
+    SELECT l.id, l.idempotency_key, l.event::json AS event, l.queued_at,
+           b.accepted_at, b.http_status, b.attempts
+      FROM monk.sent_batch b
+      CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(b.txids), pg_catalog.unnest(b.ids)) AS e(txid, id)
+      JOIN monk.log l ON l.txid = e.txid AND l.id = e.id;
+
 ALTER TABLE monk.dead_letter ADD COLUMN superseded_id bigint;
 -- the outbox's dead letters by key: the worker marks those a newer version of their key supersedes
 CREATE INDEX dead_letter_outbox_key ON monk.dead_letter (idempotency_key) WHERE source = 'outbox';
@@ -28,6 +39,9 @@ SELECT pg_catalog.pg_extension_config_dump('monk.log_2', 'WHERE (txid >= (SELECT
 SELECT pg_catalog.pg_extension_config_dump('monk.log_3', 'WHERE (txid >= (SELECT frontier_xmax FROM monk.queue_state) OR txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[]))
    AND NOT EXISTS (SELECT FROM monk.log n WHERE n.idempotency_key = log_3.idempotency_key AND n.id > log_3.id
                       AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
+
+-- the dead letters' ids go on after a restore where the restored ones end
+SELECT pg_catalog.pg_extension_config_dump('monk.dead_letter_id_seq', '');
 
 -- replaced in place: the grants made on it stay
 CREATE OR REPLACE FUNCTION @extschema@.monk_retry_dead_letters(dead_letter_ids bigint[] DEFAULT NULL)

@@ -169,7 +169,7 @@ CREATE VIEW monk.sent AS
     SELECT l.id, l.idempotency_key, l.event::json AS event, l.queued_at,
            b.accepted_at, b.http_status, b.attempts
       FROM monk.sent_batch b
-      CROSS JOIN LATERAL ROWS FROM (unnest(b.txids), unnest(b.ids)) AS e(txid, id)
+      CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(b.txids), pg_catalog.unnest(b.ids)) AS e(txid, id)
       JOIN monk.log l ON l.txid = e.txid AND l.id = e.id;
 COMMENT ON VIEW monk.sent IS 'events the Events API accepted, while their segment is kept (monk.retention)';
 
@@ -206,6 +206,8 @@ SELECT pg_catalog.pg_extension_config_dump('monk.log_3', 'WHERE (txid >= (SELECT
                       AND (n.txid >= (SELECT frontier_xmax FROM monk.queue_state) OR n.txid = ANY ((SELECT frontier_xip FROM monk.queue_state)::bigint[])))');
 SELECT pg_catalog.pg_extension_config_dump('monk.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.dead_letter', '');
+-- the dead letters' ids go on after a restore where the restored ones end
+SELECT pg_catalog.pg_extension_config_dump('monk.dead_letter_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.sync_state', '');
 
 -- Queue an event in the caller's transaction; returns its idempotency key.

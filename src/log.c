@@ -44,14 +44,28 @@ typedef struct MonkWindow
 	 */
 	HTAB	   *seen;
 	HTAB	   *dups;
+	MemoryContext seen_cxt;		/* each table and its keys */
+	MemoryContext dups_cxt;
 	bool		need_dups;
 } MonkWindow;
 
-/* A key of a window, and the id of its newest version (read, or in it). */
+/*
+ * The keys of a window with one hash, each with the id of its newest version
+ * (read, or in the window): the key itself is compared, since different keys
+ * can share a hash.
+ */
+typedef struct MonkKeyVersion
+{
+	struct MonkKeyVersion *next;
+	int64		max_id;
+	int			len;
+	char		key[FLEXIBLE_ARRAY_MEMBER];
+} MonkKeyVersion;
+
 typedef struct MonkWindowKey
 {
 	uint64		hash;			/* the hash table's key */
-	int64		max_id;
+	MonkKeyVersion *keys;
 } MonkWindowKey;
 
 /*
@@ -227,6 +241,37 @@ SettleItem(MonkLog *log, MonkQueued *item, bool was_sent)
  */
 
 /*
+ * The entry of one key in a window's table (MonkWindowKey by hash), made
+ * with max_id -1 when "enter" and it is not there yet; NULL otherwise.
+ */
+static MonkKeyVersion *
+FindKeyVersion(HTAB *table, uint64 hash, const char *key, int len, bool enter, MemoryContext cxt)
+{
+	bool		found;
+	MonkWindowKey *k = hash_search(table, &hash, enter ? HASH_ENTER : HASH_FIND, &found);
+	MonkKeyVersion *v;
+
+	if (k == NULL)
+		return NULL;
+	if (!found)
+		k->keys = NULL;
+	for (v = k->keys; v != NULL; v = v->next)
+	{
+		if (v->len == len && memcmp(v->key, key, len) == 0)
+			return v;
+	}
+	if (!enter)
+		return NULL;
+	v = MemoryContextAlloc(cxt, offsetof(MonkKeyVersion, key) + len);
+	v->len = len;
+	memcpy(v->key, key, len);
+	v->max_id = -1;
+	v->next = k->keys;
+	k->keys = v;
+	return v;
+}
+
+/*
  * Has a newer version of this row's key been read in its window already (or,
  * once the window's repeated keys are known, is there one in the window)?
  * Within a window the version queued later -- the higher id -- wins; a
@@ -236,13 +281,12 @@ static bool
 Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 {
 	MonkWindow *win = log->window;
-	MonkWindowKey *k;
-	bool		found;
+	MonkKeyVersion *v;
 
 	if (win->dups != NULL)
 	{
-		k = hash_search(win->dups, &hash, HASH_FIND, NULL);
-		return k != NULL && k->max_id > row->id;
+		v = FindKeyVersion(win->dups, hash, row->key, row->key_len, false, win->dups_cxt);
+		return v != NULL && v->max_id > row->id;
 	}
 	if (win->seen == NULL)
 	{
@@ -251,13 +295,14 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(uint64);
 		ctl.entrysize = sizeof(MonkWindowKey);
-		ctl.hcxt = log->cxt;
+		win->seen_cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
+		ctl.hcxt = win->seen_cxt;
 		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	k = hash_search(win->seen, &hash, HASH_ENTER, &found);
-	if (found && k->max_id > row->id)
+	v = FindKeyVersion(win->seen, hash, row->key, row->key_len, true, win->seen_cxt);
+	if (v->max_id > row->id)
 		return true;
-	k->max_id = row->id;
+	v->max_id = row->id;
 	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS)
 		win->need_dups = true;
 	return false;
@@ -346,11 +391,10 @@ AddRow(void *arg, const MonkOutboxRow *row)
 static void
 AddDup(void *arg, const char *key, int key_len, int64 max_id)
 {
-	MonkWindow *win = arg;
+	MonkLog    *log = arg;
 	uint64		hash = hash_bytes_extended((const unsigned char *) key, key_len, 0);
-	MonkWindowKey *dup = hash_search(win->dups, &hash, HASH_ENTER, NULL);
 
-	dup->max_id = max_id;
+	FindKeyVersion(log->window->dups, hash, key, key_len, true, log->window->dups_cxt)->max_id = max_id;
 }
 
 /*
@@ -369,15 +413,15 @@ LoadDups(MonkLog *log)
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(MonkWindowKey);
-	ctl.hcxt = log->cxt;
+	win->dups_cxt = AllocSetContextCreate(log->cxt, "monk window repeated keys", ALLOCSET_DEFAULT_SIZES);
+	ctl.hcxt = win->dups_cxt;
 	win->dups = hash_create("monk window repeated keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	MonkOutboxReadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
-							   log->late, log->nlate, AddDup, win);
-	if (win->seen != NULL)
-	{
-		hash_destroy(win->seen);
-		win->seen = NULL;
-	}
+							   log->late, log->nlate, AddDup, log);
+	if (win->seen_cxt != NULL)
+		MemoryContextDelete(win->seen_cxt);
+	win->seen = NULL;
+	win->seen_cxt = NULL;
 	win->need_dups = false;
 }
 
@@ -446,11 +490,12 @@ EndWindow(MonkLog *log)
 	pfree(log->next_prev.xip);
 	CopySnapshot(&log->next_prev, &win->snap, log->cxt);
 	log->window = NULL;
-	if (win->seen)
-		hash_destroy(win->seen);
-	if (win->dups)
-		hash_destroy(win->dups);
+	if (win->seen_cxt)
+		MemoryContextDelete(win->seen_cxt);
+	if (win->dups_cxt)
+		MemoryContextDelete(win->dups_cxt);
 	win->seen = win->dups = NULL;
+	win->seen_cxt = win->dups_cxt = NULL;
 }
 
 /*

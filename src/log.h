@@ -51,12 +51,13 @@
 #define MONK_MAINTAIN_MS 1000
 
 /*
- * Keys of a window kept in memory (about 40 bytes each) before the worker
- * asks the log for the window's repeated keys instead.  The sanitizer build
- * makes it small, so that its run of the suite takes that path everywhere.
+ * Keys of a window kept in memory (about 80 bytes each, and the key) before
+ * the worker asks the log for the window's repeated keys instead.  The
+ * sanitizer build makes it small, so that its run of the suite takes that
+ * path everywhere.
  */
 #ifndef MONK_WINDOW_KEYS
-#define MONK_WINDOW_KEYS 131072
+#define MONK_WINDOW_KEYS 65536
 #endif
 
 typedef struct MonkLog MonkLog;

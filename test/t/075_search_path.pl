@@ -122,6 +122,11 @@ BEGIN
   END LOOP;
 END $$;
 });
+# and a polymorphic function made concrete, which an exact match prefers to pg_catalog's
+attacker(q{
+CREATE FUNCTION public.unnest(a bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN PERFORM evil.trip('unnest(bigint[])'); RETURN QUERY SELECT pg_catalog.unnest(a); END $$;
+});
 my $shadows = app(q{SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace});
 cmp_ok($shadows, '>', 2000, "the attacker shadows pg_catalog's functions and operators ($shadows functions)");
 for my $name (qw(now hashtext pg_try_advisory_xact_lock pg_notify))
@@ -189,6 +194,24 @@ CREATE TRIGGER capture AFTER INSERT OR UPDATE ON public.captured
 $node->safe_psql('app', q{INSERT INTO public.captured VALUES (1, 'cus_4', 5)});
 ok(wait_until('the outbox to drain', 60, sub { app(q{SELECT count(*) FROM monk.outbox}) eq '0' }), 'the worker drains the outbox again');
 is(scalar(grep { /captured/ } @{ $api->keys }), 1, 'the captured row arrived');
+
+# the views monk created or replaced, read by a superuser: monk.sent calls unnest(bigint[])
+app(q{INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts) VALUES (0, 1, '{1}', '{1}', 202, 1)});
+$node->safe_psql('app', q{SELECT count(*) FROM monk.sent; SELECT count(*) FROM monk.outbox; SELECT count(*) FROM monk.status});
+# and a database created by the attacker, its shadows made before CREATE EXTENSION
+$node->safe_psql('postgres', 'CREATE DATABASE app2 OWNER attacker');
+$node->safe_psql('app2', q{SET ROLE attacker;
+CREATE SCHEMA evil; GRANT USAGE ON SCHEMA evil TO PUBLIC;
+CREATE TABLE evil.tripped (what text, by_role name); GRANT INSERT ON evil.tripped TO PUBLIC;
+CREATE FUNCTION public.unnest(a bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN IF current_user <> 'attacker' THEN INSERT INTO evil.tripped VALUES ('unnest(bigint[])', current_user); END IF;
+      RETURN QUERY SELECT pg_catalog.unnest(a); END $$;
+});
+$node->safe_psql('app2', q{CREATE EXTENSION monk;
+INSERT INTO monk.sent_batch (segment, max_txid, txids, ids, http_status, attempts) VALUES (0, 1, '{1}', '{1}', 202, 1);
+SELECT count(*) FROM monk.sent});
+is($node->safe_psql('app2', q{SELECT count(*) FROM evil.tripped}), '0',
+	"CREATE EXTENSION binds pg_catalog's functions in its views, not a database owner's in public");
 
 is(app(q{SELECT coalesce(string_agg(DISTINCT what || ' as ' || by_role, ', '), 'nothing') FROM evil.tripped}), 'nothing',
 	'no shadow ever ran with rights other than the attacker\'s');

@@ -81,6 +81,19 @@ for my $round ([ 'several slices', 5 ], [ 'one slice', 1000 ])
 }
 set_monk_conf($node, 'monk.batch_size' => 5);
 
+# two different keys whose hashes are equal (hashtextextended(k, 0) of both is
+# 1311768467463790320): the one read second, with the lower id, is not taken
+# for an older version of the other
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT hashtextextended(k, 0)) FROM unnest(ARRAY['oRhNwN3RYnmY', '8UXHuyIWSgvH']) k}),
+	'1', 'two keys with one hash');
+serialized_writers(0, 1,
+	sub { "SELECT monk_send('call', 'cus_1', '{\"v\": \"B\"}', idempotency_key => '8UXHuyIWSgvH')" },
+	sub { "SELECT monk_send('call', 'cus_1', '{\"v\": \"A\"}', idempotency_key => 'oRhNwN3RYnmY')" });
+ok(wait_outbox_empty($node), 'both are sent');
+my ($collided) = api_versions($api, 'v');
+is(($collided->{'8UXHuyIWSgvH'} // 'nothing') . ',' . ($collided->{oRhNwN3RYnmY} // 'nothing'), 'B,A',
+	'the API holds both keys');
+
 # 3. a segment's truncation never removes an event whose transaction
 # committed while the worker was looking: the transaction stays open while
 # the current segment moves on, the worker is held just before it locks the
@@ -164,6 +177,13 @@ is($node->safe_psql('restored', q{SELECT count(*) FROM monk.log WHERE idempotenc
 set_monk_conf($node, 'monk.api_key' => 'test_key');
 ok(wait_outbox_empty($node, 'restored', 60), 'the restored database sends its events');
 is((api_versions($api, 'v'))[0]->{wrapped}, 2, 'the API holds the newer version');
+# the restored dead letters keep their ids; new ones go on after them
+my $restored_letters = $node->safe_psql('restored', 'SELECT count(*) FROM monk.dead_letter');
+cmp_ok($restored_letters, '>', 0, 'the dead letters are restored');
+$node->safe_psql('restored', q{SELECT monk_send('call', 'cus_unknown', idempotency_key => 'refused_after_restore')});
+ok(wait_until('the new dead letter', 30, sub {
+	$node->safe_psql('restored', q{SELECT count(*) FROM monk.dead_letter WHERE idempotency_key = 'refused_after_restore'}) == 1 }),
+	'a refusal after the restore is dead-lettered (its id follows the restored ones)');
 
 $node->stop;
 $api->stop;
