@@ -337,10 +337,19 @@ DECLARE
     requeued bigint;
     kept bigint;
 BEGIN
-    -- No version is queued while the retry decides: a transaction queueing
-    -- one now is waited for (and its version seen below), and one that
-    -- starts later waits for this one (and gets a higher id).
-    LOCK TABLE monk.log IN SHARE MODE;
+    -- No version is queued while the retry decides: it needs the log to
+    -- itself (no transaction that queued events still open, a prepared one
+    -- included), and one that starts later waits for this one's commit (and
+    -- gets a higher id).  It never waits: waiting, it would queue every
+    -- monk_send of the database behind it.
+    BEGIN
+        LOCK TABLE monk.log IN SHARE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'monk_retry_dead_letters cannot run while transactions that queued events are open'
+              USING ERRCODE = 'lock_not_available',
+                    DETAIL = 'A dead letter is queued again only when no newer version of its key can be committed meanwhile.',
+                    HINT = 'Try again in a moment; pg_locks shows the open transactions on monk.log''s segments (a prepared one too).';
+    END;
     -- A dead letter whose key has a newer version in the log (queued, or kept
     -- for monk.retention) is superseded like one whose newer version the
     -- worker saw accepted: queued again, it would replace that version at the

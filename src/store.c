@@ -171,12 +171,15 @@ SupersedeDeadLetters(void *arg)
 	values[0] = PointerGetDatum(construct_array(keys, a->n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[1] = PointerGetDatum(construct_array(ids, a->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
+	/* a dead letter a session holds locked is left (the worker never waits) */
 	MonkPlanKeep(&plan_supersede,
-				 "UPDATE monk.dead_letter d SET superseded_id = a.id"
-				 "  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]),"
-				 "                  pg_catalog.unnest($2::pg_catalog.int8[])) AS a(key, id)"
-				 " WHERE d.source = 'outbox' AND d.idempotency_key = a.key AND d.source_id < a.id"
-				 "   AND d.superseded_id IS NULL",
+				 "WITH l AS (SELECT d.id, a.id AS newer FROM monk.dead_letter d"
+				 "             JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]),"
+				 "                             pg_catalog.unnest($2::pg_catalog.int8[])) AS a(key, id)"
+				 "               ON d.idempotency_key = a.key"
+				 "            WHERE d.source = 'outbox' AND d.source_id < a.id AND d.superseded_id IS NULL"
+				 "              FOR UPDATE OF d SKIP LOCKED)"
+				 " UPDATE monk.dead_letter d SET superseded_id = l.newer FROM l WHERE d.id = l.id",
 				 2, types);
 	MonkPlanRun(plan_supersede, values, NULL, false, SPI_OK_UPDATE, "marking superseded dead letters");
 }

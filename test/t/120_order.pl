@@ -154,6 +154,17 @@ is(psql('SELECT monk_retry_dead_letters()'), '0', 'a newer version still queued 
 $hold->quit;
 ok(wait_outbox_empty($node), 'the outbox drains');
 is((api_versions($api, 'v'))[0]->{lettered}, 2, 'the API holds the newer version of the first key');
+# a dead letter a session holds locked never stops the worker
+psql(q{SELECT monk_send('call', 'cus_unknown', '{"v": 1}', idempotency_key => 'locked_letter')});
+ok(wait_until('the dead letter', 30, sub { psql(q{SELECT count(*) FROM monk.dead_letter WHERE idempotency_key = 'locked_letter'}) == 1 }),
+	'a third refused version is dead-lettered');
+my $locker = $node->background_psql('postgres');
+$locker->query_safe(q{BEGIN; SELECT id FROM monk.dead_letter WHERE idempotency_key = 'locked_letter' FOR UPDATE});
+psql(q{SELECT monk_send('call', 'cus_1', '{"v": 2}', idempotency_key => 'locked_letter')});
+queue_events($node, 'behind_lock', 20);
+ok(wait_outbox_empty($node), 'with that dead letter locked by a session, the newer version and the events behind it are sent');
+$locker->query_safe('COMMIT');
+$locker->quit;
 is((api_versions($api, 'v'))[0]->{lettered2}, 2, 'and of the second');
 
 # 6. pg_dump / pg_restore with two versions of a key in two segments, the
