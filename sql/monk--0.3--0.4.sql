@@ -21,6 +21,12 @@ ALTER TABLE monk.dead_letter ADD COLUMN superseded_id bigint;
 CREATE INDEX dead_letter_outbox_key ON monk.dead_letter (idempotency_key) WHERE source = 'outbox';
 COMMENT ON COLUMN monk.dead_letter.superseded_id IS
     'the outbox id of a newer version of this key, accepted by the API or queued: monk_retry_dead_letters no longer queues this one';
+-- the dead letters of 0.3 whose key has a newer version in the log now
+UPDATE monk.dead_letter d
+   SET superseded_id = (SELECT pg_catalog.max(l.id) FROM monk.log l
+                         WHERE l.idempotency_key = d.idempotency_key AND l.id > d.source_id)
+ WHERE d.source = 'outbox'
+   AND EXISTS (SELECT FROM monk.log l WHERE l.idempotency_key = d.idempotency_key AND l.id > d.source_id);
 
 -- pg_dump keeps the queued events (those of transactions the frontier does
 -- not see, as in monk.outbox: pg_dump refuses a view in a filter), but a

@@ -44,6 +44,8 @@ typedef struct MonkWindow
 	 */
 	HTAB	   *seen;
 	HTAB	   *dups;
+	int64		max_id_read;	/* the highest id read in the window */
+	bool		overflowed;		/* seen had too many keys, and was let go */
 	MemoryContext seen_cxt;		/* each table and its keys */
 	MemoryContext dups_cxt;
 	bool		need_dups;
@@ -271,23 +273,48 @@ FindKeyVersion(HTAB *table, uint64 hash, const char *key, int len, bool enter, M
 	return v;
 }
 
+/* What the order of a window says of a version read. */
+typedef enum Verdict
+{
+	VERSION_NEWEST,				/* no newer version of its key read so far */
+	VERSION_SUPERSEDED,			/* a newer one of its window exists */
+	VERSION_ASK_LOG				/* unknown until the window's repeated keys
+								 * are read from the log */
+} Verdict;
+
 /*
  * Has a newer version of this row's key been read in its window already (or,
  * once the window's repeated keys are known, is there one in the window)?
  * Within a window the version queued later -- the higher id -- wins; a
  * window's versions are read in (txid, id) order, which is not that order.
+ * Only a row read after one with a higher id can be superseded by what was
+ * read before it: past MONK_WINDOW_KEYS keys, the keys read are let go, and
+ * the first such row asks the log for the window's repeated keys.
  */
-static bool
+static Verdict
 Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 {
 	MonkWindow *win = log->window;
 	MonkKeyVersion *v;
+	bool		in_order = row->id > win->max_id_read;
 
 	if (win->dups != NULL)
 	{
 		v = FindKeyVersion(win->dups, hash, row->key, row->key_len, false, win->dups_cxt);
-		return v != NULL && v->max_id > row->id;
+		return v != NULL && v->max_id > row->id ? VERSION_SUPERSEDED : VERSION_NEWEST;
 	}
+	if (win->overflowed)
+	{
+		if (!in_order)
+		{
+			win->need_dups = true;
+			return VERSION_ASK_LOG;
+		}
+		win->max_id_read = row->id;
+		return VERSION_NEWEST;
+	}
+	if (in_order)
+		win->max_id_read = row->id;
 	if (win->seen == NULL)
 	{
 		HASHCTL		ctl;
@@ -301,11 +328,16 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 	}
 	v = FindKeyVersion(win->seen, hash, row->key, row->key_len, true, win->seen_cxt);
 	if (v->max_id > row->id)
-		return true;
+		return VERSION_SUPERSEDED;
 	v->max_id = row->id;
 	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS)
-		win->need_dups = true;
-	return false;
+	{
+		MemoryContextDelete(win->seen_cxt);
+		win->seen = NULL;
+		win->seen_cxt = NULL;
+		win->overflowed = true;
+	}
+	return VERSION_NEWEST;
 }
 
 /*
@@ -313,7 +345,7 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
  * its key, unless a newer version of the key was read already (it is then
  * settled unsent).
  */
-static void
+static bool
 AddRow(void *arg, const MonkOutboxRow *row)
 {
 	MonkLog    *log = arg;
@@ -326,15 +358,19 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	dlist_mutable_iter iter;
 	dlist_head	replaced;
 
+	Verdict		verdict = Superseded(log, hash, row);
+
+	if (verdict == VERSION_ASK_LOG)
+		return false;
 	log->pos_txid = row->txid;
 	log->pos_id = row->id;
 	log->slice->has_end = true;
 	log->slice->end_txid = row->txid;
 	log->slice->end_id = row->id;
-	if (Superseded(log, hash, row))
+	if (verdict == VERSION_SUPERSEDED)
 	{
 		pg_atomic_fetch_add_u64(&log->slot->settled, 1);
-		return;
+		return true;
 	}
 	item = MemoryContextAlloc(log->cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
 	key = (char *) (item + 1);
@@ -385,6 +421,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 		dlist_delete(&old->enode);
 		SettleItem(log, old, false);
 	}
+	return true;
 }
 
 /* One key with several versions in the window being read. */
@@ -549,6 +586,9 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 				EndWindow(log);
 		}
 		want -= got;
+		/* a row that needs the window's repeated keys: read them, go on */
+		if (cut && log->window != NULL && log->window->need_dups)
+			cut = false;
 	}
 	MonkXactCommit();
 	log->slice = NULL;

@@ -55,7 +55,8 @@ typedef struct MonkOutboxRow
 	TimestampTz queued_at;
 } MonkOutboxRow;
 
-typedef void (*MonkOutboxRowCallback) (void *arg, const MonkOutboxRow *row);
+/* Takes one row; false: not taken, stop the read before it. */
+typedef bool (*MonkOutboxRowCallback) (void *arg, const MonkOutboxRow *row);
 
 typedef struct MonkOutboxSegment
 {

@@ -170,9 +170,9 @@ MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid)
 
 /*
  * Hand each row of the last SPI result to cb, in order, while the events'
- * bytes stay within *budget (the first row always goes); *budget is what is
- * left.  Returns how many rows went, and in *cut whether the budget stopped
- * it.  An event's size is read from its header: one that is not handed over
+ * bytes stay within *budget (the first row always goes) and cb takes them;
+ * *budget is what is left.  Returns how many rows went, and in *cut whether
+ * the budget or cb stopped it.  An event's size is read from its header: one that is not handed over
  * is never decompressed or fetched from TOAST.
  */
 static int
@@ -209,7 +209,12 @@ ForEachRow(MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
 		row.key_len = VARSIZE_ANY_EXHDR(key);
 		row.event = VARDATA_ANY(event);
 		row.event_len = VARSIZE_ANY_EXHDR(event);
-		cb(arg, &row);
+		if (!cb(arg, &row))
+		{
+			*budget += size;
+			*cut = true;
+			break;
+		}
 		if ((Pointer) event != DatumGetPointer(event_datum))
 			pfree(event);
 	}
