@@ -402,6 +402,21 @@ Submit(MonkWorker *w)
 }
 
 /*
+ * Is counting the queued events again worth it?  Up to a million (a count
+ * takes a fraction of a second), or near monk.max_outbox_events, where a
+ * drift would refuse or admit events wrongly; a larger backlog's figure in
+ * monk.status may drift meanwhile, by what rolled back or was discarded.
+ */
+static bool
+WorthRecounting(MonkWorker *w)
+{
+	int64		depth = MonkSlotDepth(w->slot);
+
+	return depth <= 1000000 ||
+		(monk_max_outbox_events > 0 && depth <= 2 * (int64) monk_max_outbox_events);
+}
+
+/*
  * In each upkeep of the segments (in its transaction): do outbox events wait
  * in the dead letters?  And every RECOUNT_MS, count the queued events again,
  * so that the depth behind monk.status and monk.max_outbox_events follows
@@ -416,7 +431,7 @@ OnMaintain(void *arg)
 	TimestampTz now = GetCurrentTimestamp();
 
 	w->dead_letters = MonkDeadLettersOfOutbox();
-	if (TimestampDifferenceExceeds(w->counted_at, now, RECOUNT_MS))
+	if (TimestampDifferenceExceeds(w->counted_at, now, RECOUNT_MS) && WorthRecounting(w))
 	{
 		int64		unsettled = MonkLogCountUnsettled(w->log);
 
