@@ -242,6 +242,20 @@ SettleItem(MonkLog *log, MonkQueued *item, bool was_sent)
  * ------------------------------------------------------------------------
  */
 
+/* A window's table of keys (MonkWindowKey by hash), in a context of its own. */
+static HTAB *
+NewKeyTable(MonkLog *log, MemoryContext *cxt)
+{
+	HASHCTL		ctl;
+
+	*cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(MonkWindowKey);
+	ctl.hcxt = *cxt;
+	return hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
 /*
  * The entry of one key in a window's table (MonkWindowKey by hash), made
  * with max_id -1 when "enter" and it is not there yet; NULL otherwise.
@@ -316,16 +330,7 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 	if (in_order)
 		win->max_id_read = row->id;
 	if (win->seen == NULL)
-	{
-		HASHCTL		ctl;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(MonkWindowKey);
-		win->seen_cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
-		ctl.hcxt = win->seen_cxt;
-		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
+		win->seen = NewKeyTable(log, &win->seen_cxt);
 	v = FindKeyVersion(win->seen, hash, row->key, row->key_len, true, win->seen_cxt);
 	if (v->max_id > row->id)
 		return VERSION_SUPERSEDED;
@@ -445,14 +450,8 @@ static void
 LoadDups(MonkLog *log)
 {
 	MonkWindow *win = log->window;
-	HASHCTL		ctl;
 
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(MonkWindowKey);
-	win->dups_cxt = AllocSetContextCreate(log->cxt, "monk window repeated keys", ALLOCSET_DEFAULT_SIZES);
-	ctl.hcxt = win->dups_cxt;
-	win->dups = hash_create("monk window repeated keys", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	win->dups = NewKeyTable(log, &win->dups_cxt);
 	MonkOutboxReadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
 							   log->late, log->nlate, AddDup, log);
 	if (win->seen_cxt != NULL)

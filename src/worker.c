@@ -199,13 +199,10 @@ OnAccepted(void *arg, MonkBatch *batch)
 	pfree(items);
 }
 
-static void
-OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
+/* The dead letter of an outbox event (the caller says why). */
+static MonkDeadLetter
+OutboxDeadLetter(MonkQueued *item)
 {
-	MonkWorker *w = arg;
-	MonkQueued *item = BatchItem(batch, 0);
-	char	   *error = psprintf("refused by the Events API (HTTP %ld)", status);
-
 	MonkDeadLetter dl = {
 		.source = "outbox",
 		.source_id = item->row.id,
@@ -214,12 +211,23 @@ OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
 		.event = item->row.event,
 		.event_len = item->row.event_len,
 		.queued_at = item->row.queued_at,
-		.has_status = true,
-		.status = status,
-		.error = error,
-		.response = body,
-		.attempts = batch->attempts + 1
 	};
+
+	return dl;
+}
+
+static void
+OnRefused(void *arg, MonkBatch *batch, long status, const char *body)
+{
+	MonkWorker *w = arg;
+	MonkQueued *item = BatchItem(batch, 0);
+	MonkDeadLetter dl = OutboxDeadLetter(item);
+
+	dl.has_status = true;
+	dl.status = status;
+	dl.error = psprintf("refused by the Events API (HTTP %ld)", status);
+	dl.response = body;
+	dl.attempts = batch->attempts + 1;
 
 	MonkXactBegin("monk: dead-lettering a refused event");
 	MonkDeadLetterInsert(&dl);
@@ -351,15 +359,7 @@ static void
 DeadLetterTooLarge(MonkWorker *w, MonkQueued *item)
 {
 	MonkEventError err;
-	MonkDeadLetter dl = {
-		.source = "outbox",
-		.source_id = item->row.id,
-		.key = item->row.key,
-		.key_len = item->row.key_len,
-		.event = item->row.event,
-		.event_len = item->row.event_len,
-		.queued_at = item->row.queued_at,
-	};
+	MonkDeadLetter dl = OutboxDeadLetter(item);
 
 	(void) MonkEventFits(item->row.event_len, &err);
 	dl.error = psprintf("%s (%s)", err.message, err.detail);
