@@ -132,6 +132,14 @@ UPDATE metered SET units = 11 WHERE id = 1;
 -- a move from eu to us: the same key, the new data
 UPDATE metered SET region = 'us', units = 12 WHERE id = 1;
 SELECT * FROM queued();
+-- a table with a capture trigger of its own and no key= cannot become a partition either
+CREATE TABLE metered_ap (LIKE metered INCLUDING GENERATED, PRIMARY KEY (id, region));
+CREATE TRIGGER metered_ap_monk AFTER INSERT ON metered_ap FOR EACH ROW
+  EXECUTE FUNCTION monk_capture('metered', 'external_customer_id=customer');
+\x on
+SELECT * FROM try($$ALTER TABLE metered ATTACH PARTITION metered_ap FOR VALUES IN ('ap')$$);
+\x off
+DROP TABLE metered_ap;
 -- at statement level, the root's transition tables show the move as an update
 DROP TRIGGER metered_monk ON metered;
 CREATE TRIGGER metered_monk_ins AFTER INSERT ON metered REFERENCING NEW TABLE AS new_rows

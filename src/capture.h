@@ -9,5 +9,6 @@
 #include "nodes/parsenodes.h"
 
 extern void MonkCaptureCheckCreate(CreateTrigStmt *stmt);
+extern void MonkCaptureCheckAttach(Oid relid);
 
 #endif

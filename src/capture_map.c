@@ -461,6 +461,57 @@ IsMonkCapture(Oid funcoid)
 }
 
 /*
+ * A row moved to another partition by an UPDATE of its partition key is
+ * deleted from one partition and inserted into the other (at row level only
+ * the destination's AFTER INSERT fires): its default key, made of the
+ * primary key, which holds the partition key, would change with it, and the
+ * row would be billed twice.  So a partitioned table or a partition needs
+ * key=<column>.
+ */
+static void
+CheckPartitionKey(Relation rel, bool has_key)
+{
+	if (has_key ||
+		(rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE && !rel->rd_rel->relispartition))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("monk_capture on %s \"%s\" needs key=<column>",
+					rel->rd_rel->relispartition ? "partition" : "partitioned table", RelationGetRelationName(rel)),
+			 errdetail("A row that an UPDATE moves to another partition is inserted there anew; the default key, "
+					   "derived from the primary key (which holds the partition key), would change, and the row be billed twice."),
+			 errhint("Pass 'key=<column>' naming a column whose value is the row's idempotency key and stays when the row moves, "
+					 "for example key text GENERATED ALWAYS AS ('sync_orders_' || id) STORED.")));
+}
+
+/*
+ * ALTER TABLE ... ATTACH PARTITION just ran: a monk_capture trigger the
+ * table had of its own (not one cloned from its new parent) must name its
+ * key= too, as CREATE TRIGGER on a partition must.
+ */
+void
+MonkCaptureCheckAttach(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+
+	for (int i = 0; rel->trigdesc && i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *tg = &rel->trigdesc->triggers[i];
+		bool		has_key = false;
+
+		if (tg->tgisclone || !IsMonkCapture(tg->tgfoid))
+			continue;
+		for (int a = 0; a < tg->tgnargs; a++)
+		{
+			if (strncmp(tg->tgargs[a], "key=", 4) == 0)
+				has_key = true;
+		}
+		CheckPartitionKey(rel, has_key);
+	}
+	relation_close(rel, AccessShareLock);
+}
+
+/*
  * CREATE TRIGGER ... EXECUTE FUNCTION monk_capture(...) just ran (from the
  * ProcessUtility hook, in its transaction): check its form and resolve its
  * arguments, so that a mistake is an error now rather than at the first row.
@@ -501,23 +552,7 @@ MonkCaptureCheckCreate(CreateTrigStmt *stmt)
 	rel = relation_open(RangeVarGetRelid(stmt->relation, NoLock, false), AccessShareLock);
 	map = BuildMap(rel, RelationGetRelid(rel), nargs, args);
 
-	/*
-	 * A row moved to another partition by an UPDATE of its partition key is
-	 * deleted from one partition and inserted into the other (at row level
-	 * only the destination's AFTER INSERT fires): its default key, made of
-	 * the primary key, which holds the partition key, would change with it,
-	 * and the row would be billed twice.
-	 */
-	if (map->key.attnum == 0 &&
-		(rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE || rel->rd_rel->relispartition))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("monk_capture on %s \"%s\" needs key=<column>",
-						rel->rd_rel->relispartition ? "partition" : "partitioned table", RelationGetRelationName(rel)),
-				 errdetail("A row that an UPDATE moves to another partition is inserted there anew; the default key, "
-						   "derived from the primary key (which holds the partition key), would change, and the row be billed twice."),
-				 errhint("Pass 'key=<column>' naming a column whose value is the row's idempotency key and stays when the row moves, "
-						 "for example key text GENERATED ALWAYS AS ('sync_orders_' || id) STORED.")));
+	CheckPartitionKey(rel, map->key.attnum != 0);
 	MemoryContextDelete(map->cxt);
 	relation_close(rel, AccessShareLock);
 }

@@ -152,6 +152,27 @@ WarnIfNotExported(CreateExtensionStmt *stmt)
 					 dbname)));
 }
 
+/* ALTER TABLE ... ATTACH PARTITION: the attached table's capture triggers. */
+static void
+CheckAttachedPartitions(AlterTableStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		if (cmd->subtype == AT_AttachPartition)
+		{
+			PartitionCmd *pc = (PartitionCmd *) cmd->def;
+			Oid			relid = RangeVarGetRelid(pc->name, NoLock, true);
+
+			if (OidIsValid(relid))
+				MonkCaptureCheckAttach(relid);
+		}
+	}
+}
+
 static void
 MonkProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				   ProcessUtilityContext context, ParamListInfo params,
@@ -171,6 +192,8 @@ MonkProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 		WarnIfNotExported((CreateExtensionStmt *) parsetree);
 	else if (IsA(parsetree, CreateTrigStmt))
 		MonkCaptureCheckCreate((CreateTrigStmt *) parsetree);
+	else if (IsA(parsetree, AlterTableStmt))
+		CheckAttachedPartitions((AlterTableStmt *) parsetree);
 }
 
 /* Install the hook (from _PG_init, when preloaded). */

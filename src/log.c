@@ -45,6 +45,7 @@ typedef struct MonkWindow
 	HTAB	   *seen;
 	HTAB	   *dups;
 	int64		max_id_read;	/* the highest id read in the window */
+	int64		seen_bytes;		/* the bytes of the keys in seen */
 	bool		overflowed;		/* seen had too many keys, and was let go */
 	MemoryContext seen_cxt;		/* each table and its keys */
 	MemoryContext dups_cxt;
@@ -334,8 +335,10 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 	v = FindKeyVersion(win->seen, hash, row->key, row->key_len, true, win->seen_cxt);
 	if (v->max_id > row->id)
 		return VERSION_SUPERSEDED;
+	if (v->max_id < 0)
+		win->seen_bytes += row->key_len;
 	v->max_id = row->id;
-	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS)
+	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS || win->seen_bytes > MONK_WINDOW_KEY_BYTES)
 	{
 		MemoryContextDelete(win->seen_cxt);
 		win->seen = NULL;

@@ -59,6 +59,8 @@
 #ifndef MONK_WINDOW_KEYS
 #define MONK_WINDOW_KEYS 65536
 #endif
+/* ... and of their bytes (long keys) */
+#define MONK_WINDOW_KEY_BYTES (4 * 1024 * 1024)
 
 typedef struct MonkLog MonkLog;
 
