@@ -38,17 +38,18 @@ typedef struct MonkWindow
 
 	/*
 	 * The newest version read of each key of the window (MonkWindowKey), up
-	 * to MONK_WINDOW_KEYS keys; past them, or when the window was partly read
-	 * before a restart, the keys with several versions in the whole window,
-	 * from the log (rule 2).
+	 * to MONK_WINDOW_KEYS keys (and MONK_WINDOW_KEY_BYTES of them); past
+	 * them, or when the window was partly read before a restart, the keys
+	 * with several versions in the whole window, in a temporary table that
+	 * the reads join (rule 2).
 	 */
 	HTAB	   *seen;
-	HTAB	   *dups;
+	bool		keys_in_log;	/* pg_temp.monk_window_keys holds its repeated
+								 * keys: the reads join it */
 	int64		max_id_read;	/* the highest id read in the window */
 	int64		seen_bytes;		/* the bytes of the keys in seen */
 	bool		overflowed;		/* seen had too many keys, and was let go */
-	MemoryContext seen_cxt;		/* each table and its keys */
-	MemoryContext dups_cxt;
+	MemoryContext seen_cxt;		/* the table and its keys */
 	bool		need_dups;
 } MonkWindow;
 
@@ -313,11 +314,8 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 	MonkKeyVersion *v;
 	bool		in_order = row->id > win->max_id_read;
 
-	if (win->dups != NULL)
-	{
-		v = FindKeyVersion(win->dups, hash, row->key, row->key_len, false, win->dups_cxt);
-		return v != NULL && v->max_id > row->id ? VERSION_SUPERSEDED : VERSION_NEWEST;
-	}
+	if (win->keys_in_log)
+		return row->newest_id > row->id ? VERSION_SUPERSEDED : VERSION_NEWEST;
 	if (win->overflowed)
 	{
 		if (!in_order)
@@ -432,15 +430,6 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	return true;
 }
 
-/* One key with several versions in the window being read. */
-static void
-AddDup(void *arg, const char *key, int key_len, int64 max_id)
-{
-	MonkLog    *log = arg;
-	uint64		hash = hash_bytes_extended((const unsigned char *) key, key_len, 0);
-
-	FindKeyVersion(log->window->dups, hash, key, key_len, true, log->window->dups_cxt)->max_id = max_id;
-}
 
 /*
  * The keys with several versions in the whole window, and the newest one's
@@ -454,9 +443,9 @@ LoadDups(MonkLog *log)
 {
 	MonkWindow *win = log->window;
 
-	win->dups = NewKeyTable(log, &win->dups_cxt);
-	MonkOutboxReadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
-							   log->late, log->nlate, AddDup, log);
+	MonkOutboxLoadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
+							   log->late, log->nlate);
+	win->keys_in_log = true;
 	if (win->seen_cxt != NULL)
 		MemoryContextDelete(win->seen_cxt);
 	win->seen = NULL;
@@ -531,10 +520,8 @@ EndWindow(MonkLog *log)
 	log->window = NULL;
 	if (win->seen_cxt)
 		MemoryContextDelete(win->seen_cxt);
-	if (win->dups_cxt)
-		MemoryContextDelete(win->dups_cxt);
-	win->seen = win->dups = NULL;
-	win->seen_cxt = win->dups_cxt = NULL;
+	win->seen = NULL;
+	win->seen_cxt = NULL;
 }
 
 /*
@@ -572,7 +559,8 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 
 		if (log->late_pos < log->nlate)
 		{
-			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, &budget, &cut, AddRow, log);
+			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, log->window->keys_in_log,
+									 &budget, &cut, AddRow, log);
 			if (got < want && !cut)
 			{
 				log->late_pos++;
@@ -582,8 +570,8 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 		else
 		{
 			got = MonkOutboxReadRange(log->window->prev.xmax, log->window->snap.xmax, log->pos_txid, log->pos_id,
-									  log->window->snap.xip, log->window->snap.nxip, want, &budget, &cut,
-									  AddRow, log);
+									  log->window->snap.xip, log->window->snap.nxip, want,
+									  log->window->keys_in_log, &budget, &cut, AddRow, log);
 			if (got < want && !cut)
 				EndWindow(log);
 		}

@@ -53,6 +53,9 @@ typedef struct MonkOutboxRow
 	const char *event;
 	int			event_len;
 	TimestampTz queued_at;
+	int64		newest_id;		/* with the window's repeated keys: the id of
+								 * its key's newest version in the window (-1:
+								 * one version) */
 } MonkOutboxRow;
 
 /* Takes one row; false: not taken, stop the read before it. */
@@ -89,11 +92,11 @@ typedef enum MonkOutboxSchema
 extern MonkOutboxSchema MonkOutboxFindSchema(void);
 extern void MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt);
 extern bool MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid);
-extern int	MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, int64 *budget, bool *cut,
-							   MonkOutboxRowCallback cb, void *arg);
+extern int	MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, bool with_keys, int64 *budget,
+							   bool *cut, MonkOutboxRowCallback cb, void *arg);
 extern int	MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
-								const uint64 *exclude, int nexclude, int limit, int64 *budget, bool *cut,
-								MonkOutboxRowCallback cb, void *arg);
+								const uint64 *exclude, int nexclude, int limit, bool with_keys,
+								int64 *budget, bool *cut, MonkOutboxRowCallback cb, void *arg);
 extern void MonkOutboxLoadState(MonkOutboxState *state, MemoryContext cxt);
 extern void MonkOutboxSaveState(MonkOutboxState *state);
 extern int64 MonkOutboxCountUnsettled(const MonkOutboxSnapshot *frontier);
@@ -104,10 +107,8 @@ extern void MonkOutboxPark(const int64 *ids, int n, int attempts, long status, c
 extern void MonkOutboxUnpark(const int64 *ids, int n);
 extern void MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n,
 								 long status, int attempts);
-extern void MonkOutboxReadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
-									   const uint64 *late, int nlate,
-									   void (*cb) (void *arg, const char *key, int key_len, int64 max_id),
-									   void *arg);
+extern void MonkOutboxLoadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
+									   const uint64 *late, int nlate);
 extern void MonkOutboxNotify(const char *payload);
 
 #endif

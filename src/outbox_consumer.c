@@ -55,6 +55,8 @@
 /* Saved plans of the worker's statements. */
 static SPIPlanPtr plan_read_txid = NULL;
 static SPIPlanPtr plan_read_range = NULL;
+static SPIPlanPtr plan_read_txid_keys = NULL;
+static SPIPlanPtr plan_read_range_keys = NULL;
 static SPIPlanPtr plan_state = NULL;
 static SPIPlanPtr plan_save = NULL;
 static SPIPlanPtr plan_park = NULL;
@@ -205,6 +207,11 @@ ForEachRow(MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
 		key = DatumGetTextPP(SPI_getbinval(tuple, desc, 4, &isnull));
 		event = DatumGetTextPP(event_datum);
 		row.queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
+		{
+			Datum		newest = SPI_getbinval(tuple, desc, 7, &isnull);
+
+			row.newest_id = isnull ? -1 : DatumGetInt64(newest);
+		}
 		row.key = VARDATA_ANY(key);
 		row.key_len = VARSIZE_ANY_EXHDR(key);
 		row.event = VARDATA_ANY(event);
@@ -228,20 +235,24 @@ ForEachRow(MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
  * bytes (ForEachRow).
  */
 int
-MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, int64 *budget, bool *cut,
-				   MonkOutboxRowCallback cb, void *arg)
+MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, bool with_keys, int64 *budget,
+				   bool *cut, MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	Datum		values[3];
+	SPIPlanPtr *plan = with_keys ? &plan_read_txid_keys : &plan_read_txid;
 
-	MonkPlanKeep(&plan_read_txid,
-				 "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+	MonkPlanKeep(plan, with_keys ?
+				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at, k.max_id FROM ("
+				 " SELECT * FROM monk.log WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3) l"
+				 " LEFT JOIN pg_temp.monk_window_keys k ON k.key = l.idempotency_key ORDER BY l.txid, l.id" :
+				 "SELECT segment, txid, id, idempotency_key, event, queued_at, NULL::pg_catalog.int8 FROM monk.log"
 				 " WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
 				 3, types);
 	values[0] = Int64GetDatum((int64) txid);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	MonkPlanRun(plan_read_txid, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkPlanRun(*plan, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg, budget, cut);
 }
 
@@ -252,14 +263,20 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, int64 *budget, bool *
  */
 int
 MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
-					const uint64 *exclude, int nexclude, int limit, int64 *budget, bool *cut,
-					MonkOutboxRowCallback cb, void *arg)
+					const uint64 *exclude, int nexclude, int limit, bool with_keys,
+					int64 *budget, bool *cut, MonkOutboxRowCallback cb, void *arg)
 {
 	Oid			types[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8OID};
 	Datum		values[6];
+	SPIPlanPtr *plan = with_keys ? &plan_read_range_keys : &plan_read_range;
 
-	MonkPlanKeep(&plan_read_range,
-				 "SELECT segment, txid, id, idempotency_key, event, queued_at FROM monk.log"
+	MonkPlanKeep(plan, with_keys ?
+				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at, k.max_id FROM ("
+				 " SELECT * FROM monk.log"
+				 "  WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
+				 "  ORDER BY txid, id LIMIT $6) l"
+				 " LEFT JOIN pg_temp.monk_window_keys k ON k.key = l.idempotency_key ORDER BY l.txid, l.id" :
+				 "SELECT segment, txid, id, idempotency_key, event, queued_at, NULL::pg_catalog.int8 FROM monk.log"
 				 " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
 				 " ORDER BY txid, id LIMIT $6",
 				 6, types);
@@ -269,7 +286,7 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	values[3] = Int64GetDatum(after_id);
 	values[4] = Int8Array((const int64 *) exclude, nexclude);
 	values[5] = Int64GetDatum(limit);
-	MonkPlanRun(plan_read_range, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
+	MonkPlanRun(*plan, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
 	return ForEachRow(cb, arg, budget, cut);
 }
 
@@ -567,21 +584,33 @@ MonkOutboxRecordSent(int segment, const uint64 *txids, const int64 *ids, int n, 
 }
 
 /*
- * Hand to cb each key with several versions in a window -- the transactions
- * from "from" to "to" but those of "exclude", and the "late" ones -- with
- * the id of its newest version, through a cursor (the window may be large).
+ * Fill the temporary table pg_temp.monk_window_keys (made at the first call,
+ * for the worker's session) with each key that has several versions in a
+ * window -- the transactions from "from" to "to" but those of "exclude", and
+ * the "late" ones -- and the id of its newest version.  The reads "with
+ * keys" join it, so that the worker's memory does not grow with them.
  */
 void
-MonkOutboxReadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
-						   const uint64 *late, int nlate,
-						   void (*cb) (void *arg, const char *key, int key_len, int64 max_id), void *arg)
+MonkOutboxLoadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int nexclude,
+						   const uint64 *late, int nlate)
 {
+	static bool created = false;
 	Oid			types[4] = {INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID};
 	Datum		values[4];
-	Portal		portal;
 
+	if (!created)
+	{
+		if (SPI_execute("CREATE TEMP TABLE IF NOT EXISTS monk_window_keys"
+						" (key pg_catalog.text PRIMARY KEY, max_id pg_catalog.int8 NOT NULL)",
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "creating pg_temp.monk_window_keys failed");
+		created = true;
+	}
+	if (SPI_execute("TRUNCATE pg_temp.monk_window_keys", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "truncating pg_temp.monk_window_keys failed");
 	MonkPlanKeep(&plan_repeated,
-				 "SELECT idempotency_key, pg_catalog.max(id) FROM ("
+				 "INSERT INTO pg_temp.monk_window_keys"
+				 " SELECT idempotency_key, pg_catalog.max(id) FROM ("
 				 "  SELECT idempotency_key, id FROM monk.log WHERE txid >= $1 AND txid < $2 AND txid <> ALL ($3)"
 				 "  UNION ALL"
 				 "  SELECT idempotency_key, id FROM monk.log WHERE txid = ANY ($4)) w"
@@ -591,27 +620,10 @@ MonkOutboxReadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int ne
 	values[1] = Int64GetDatum((int64) to);
 	values[2] = Int8Array((const int64 *) exclude, nexclude);
 	values[3] = Int8Array((const int64 *) late, nlate);
-	portal = SPI_cursor_open(NULL, plan_repeated, values, NULL, true);
-	if (portal == NULL)
-		elog(ERROR, "reading the window's repeated keys failed: %s", SPI_result_code_string(SPI_result));
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			HeapTuple	t = SPI_tuptable->vals[i];
-			text	   *key = DatumGetTextPP(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
-
-			cb(arg, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
-			   DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull)));
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_freetuptable(SPI_tuptable);
-	SPI_cursor_close(portal);
+	MonkPlanRun(plan_repeated, values, NULL, false, SPI_OK_INSERT, "reading the window's repeated keys");
+	/* the reads of this transaction, under its first snapshot, see the rows */
+	CommandCounterIncrement();
+	UpdateActiveSnapshotCommandId();
 }
 
 /* NOTIFY monk_alert, delivered when the current transaction commits. */
