@@ -244,33 +244,31 @@ SettleItem(MonkLog *log, MonkQueued *item, bool was_sent)
  * ------------------------------------------------------------------------
  */
 
-/* A window's table of keys (MonkWindowKey by hash), in a context of its own. */
-static HTAB *
-NewKeyTable(MonkLog *log, MemoryContext *cxt)
-{
-	HASHCTL		ctl;
-
-	*cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(MonkWindowKey);
-	ctl.hcxt = *cxt;
-	return hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-}
-
 /*
- * The entry of one key in a window's table (MonkWindowKey by hash), made
- * with max_id -1 when "enter" and it is not there yet; NULL otherwise.
+ * The entry of one key in the window's table of keys read (MonkWindowKey by
+ * hash, in a context of its own, made at the first key), with max_id -1 when
+ * the key was not there yet.
  */
 static MonkKeyVersion *
-FindKeyVersion(HTAB *table, uint64 hash, const char *key, int len, bool enter, MemoryContext cxt)
+SeenKey(MonkLog *log, uint64 hash, const char *key, int len)
 {
+	MonkWindow *win = log->window;
 	bool		found;
-	MonkWindowKey *k = hash_search(table, &hash, enter ? HASH_ENTER : HASH_FIND, &found);
+	MonkWindowKey *k;
 	MonkKeyVersion *v;
 
-	if (k == NULL)
-		return NULL;
+	if (win->seen == NULL)
+	{
+		HASHCTL		ctl;
+
+		win->seen_cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(MonkWindowKey);
+		ctl.hcxt = win->seen_cxt;
+		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	k = hash_search(win->seen, &hash, HASH_ENTER, &found);
 	if (!found)
 		k->keys = NULL;
 	for (v = k->keys; v != NULL; v = v->next)
@@ -278,9 +276,7 @@ FindKeyVersion(HTAB *table, uint64 hash, const char *key, int len, bool enter, M
 		if (v->len == len && memcmp(v->key, key, len) == 0)
 			return v;
 	}
-	if (!enter)
-		return NULL;
-	v = MemoryContextAlloc(cxt, offsetof(MonkKeyVersion, key) + len);
+	v = MemoryContextAlloc(win->seen_cxt, offsetof(MonkKeyVersion, key) + len);
 	v->len = len;
 	memcpy(v->key, key, len);
 	v->max_id = -1;
@@ -328,9 +324,7 @@ Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
 	}
 	if (in_order)
 		win->max_id_read = row->id;
-	if (win->seen == NULL)
-		win->seen = NewKeyTable(log, &win->seen_cxt);
-	v = FindKeyVersion(win->seen, hash, row->key, row->key_len, true, win->seen_cxt);
+	v = SeenKey(log, hash, row->key, row->key_len);
 	if (v->max_id > row->id)
 		return VERSION_SUPERSEDED;
 	if (v->max_id < 0)

@@ -180,14 +180,7 @@ MonkWaitPointAlone(const char *step)
 {
 	if (!WaitPointEnabled(step))
 		return;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
+	MonkXactBegin("monk: wait point");
 	MonkWaitPoint(step);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	MonkXactCommit();
 }
