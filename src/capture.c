@@ -172,7 +172,8 @@ AppendJsonb(StringInfo buf, const MonkCaptureColumn *col, Jsonb *jb, MonkEventEr
 	switch (v.type)
 	{
 		case jbvString:
-			MonkEscapeJson(buf, v.val.string.val, v.val.string.len);
+			if (!MonkEscapeJsonWithin(buf, v.val.string.val, v.val.string.len, MonkMaxEventBytes()))
+				MonkEventCheckSize(-1);
 			return PROPERTY_WRITTEN;
 		case jbvNumeric:
 			return AppendNumeric(buf, col, v.val.numeric, err);
@@ -225,7 +226,8 @@ AppendValue(StringInfo buf, const MonkCaptureColumn *col, Datum value, MonkEvent
 			{
 				text	   *t = DatumGetTextPP(value);
 
-				MonkEscapeJson(buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				if (!MonkEscapeJsonWithin(buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), MonkMaxEventBytes()))
+					MonkEventCheckSize(-1);
 				return PROPERTY_WRITTEN;
 			}
 		case MONK_CAPTURE_TIMESTAMPTZ:
@@ -242,7 +244,8 @@ AppendValue(StringInfo buf, const MonkCaptureColumn *col, Datum value, MonkEvent
 	/* a string: the value as text (timestamps in ISO 8601) */
 	initStringInfo(&str);
 	AppendText(&str, col, value);
-	MonkEscapeJson(buf, str.data, str.len);
+	if (!MonkEscapeJsonWithin(buf, str.data, str.len, MonkMaxEventBytes()))
+		MonkEventCheckSize(-1);
 	pfree(str.data);
 	return PROPERTY_WRITTEN;
 }
@@ -434,8 +437,7 @@ RowEvent(const MonkCaptureMap *map, TupleTableSlot *slot, RowBuffers *bufs, Time
 	if (!MonkEventCheck(&ev, now, err))
 		return false;
 	resetStringInfo(&bufs->json);
-	MonkEventRender(&bufs->json, &ev, bufs->key.data);
-	MonkEventCheckSize(bufs->json.len);
+	MonkEventCheckSize(MonkEventRender(&bufs->json, &ev, bufs->key.data, MonkMaxEventBytes()) ? bufs->json.len : -1);
 	return true;
 }
 

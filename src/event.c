@@ -122,6 +122,21 @@ MonkEscapeJson(StringInfo buf, const char *s, int len)
 	appendStringInfoChar(buf, '"');
 }
 
+/*
+ * MonkEscapeJson, unless the literal would take buf past limit bytes (a
+ * lower bound: s unescaped), in which case nothing is appended and false is
+ * returned.  So a value far larger than an event may be is refused before it
+ * is copied; what is appended is at most six times limit.
+ */
+bool
+MonkEscapeJsonWithin(StringInfo buf, const char *s, int len, int limit)
+{
+	if ((int64) buf->len + len + 2 > limit)
+		return false;
+	MonkEscapeJson(buf, s, len);
+	return true;
+}
+
 /* A JSON string literal of s, for error details. */
 static char *
 Quoted(const char *s)
@@ -623,9 +638,12 @@ MonkRenderTimestamp(StringInfo buf, TimestampTz ts)
 	appendStringInfoString(buf, last_text);
 }
 
-/* Append the properties object, without the keys whose value is null. */
-static void
-RenderProperties(StringInfo buf, Jsonb *props)
+/*
+ * Append the properties object, without the keys whose value is null; false
+ * when it would pass limit bytes (MonkEscapeJsonWithin).
+ */
+static bool
+RenderProperties(StringInfo buf, Jsonb *props, int limit)
 {
 	JsonbIterator *it = JsonbIteratorInit(&props->root);
 	JsonbValue	v;
@@ -646,12 +664,14 @@ RenderProperties(StringInfo buf, Jsonb *props)
 		if (!first)
 			appendStringInfoChar(buf, ',');
 		first = false;
-		MonkEscapeJson(buf, key.val.string.val, key.val.string.len);
+		if (!MonkEscapeJsonWithin(buf, key.val.string.val, key.val.string.len, limit))
+			return false;
 		appendStringInfoChar(buf, ':');
 		switch (v.type)
 		{
 			case jbvString:
-				MonkEscapeJson(buf, v.val.string.val, v.val.string.len);
+				if (!MonkEscapeJsonWithin(buf, v.val.string.val, v.val.string.len, limit))
+					return false;
 				break;
 			case jbvNumeric:
 				appendStringInfoString(buf,
@@ -666,16 +686,21 @@ RenderProperties(StringInfo buf, Jsonb *props)
 		}
 	}
 	appendStringInfoChar(buf, '}');
+	return true;
 }
 
 /*
  * Append the event as the API's JSON object, with the given idempotency key
  * (the event's own, or the one assigned when it was queued).  The event must
- * have passed MonkEventCheck.
+ * have passed MonkEventCheck.  With a limit (> 0), the rendering stops,
+ * returning false, as soon as its properties would take the event past limit
+ * bytes: a huge property is never copied, let alone escaped.
  */
-void
-MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key)
+bool
+MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key, int limit)
 {
+	if (limit <= 0)
+		limit = PG_INT32_MAX;
 	appendStringInfoString(buf, "{\"" F_EVENT_NAME "\":");
 	MonkEscapeJson(buf, ev->event_name, strlen(ev->event_name));
 	if (ev->customer_id)
@@ -714,9 +739,11 @@ MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key)
 	else if (ev->properties)
 	{
 		appendStringInfoString(buf, ",\"" F_PROPERTIES "\":");
-		RenderProperties(buf, ev->properties);
+		if (!RenderProperties(buf, ev->properties, limit))
+			return false;
 	}
 	appendStringInfoChar(buf, '}');
+	return true;
 }
 
 /*
@@ -735,12 +762,25 @@ MonkEventFits(int len, MonkEventError *err)
 						 "Send smaller properties, or raise monk.max_event_size.");
 }
 
-/* Refuse an event larger than monk.max_event_size (54000), when queueing it. */
+/*
+ * Refuse an event larger than monk.max_event_size (54000), when queueing it;
+ * len -1: one whose rendering stopped past the limit.
+ */
 void
 MonkEventCheckSize(int len)
 {
 	MonkEventError err;
 
+	if (len < 0)
+	{
+		int			max = MonkMaxEventBytes();
+
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("invalid event: the event is more than monk.max_event_size (%d bytes)", max),
+				 errdetail("monk.max_event_size allows %d bytes (at most monk.max_request_size less 64 bytes).", max),
+				 errhint("Send smaller properties, or raise monk.max_event_size.")));
+	}
 	if (MonkEventFits(len, &err))
 		return;
 	ereport(ERROR,

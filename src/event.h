@@ -68,12 +68,13 @@ pg_noreturn extern void MonkEventRaise(const MonkEventError *err);
 extern bool MonkTimestampInIsoRange(TimestampTz ts);
 extern bool MonkNumericFitsApi(Numeric num, char **text);
 extern char *MonkNumericRefusal(const char *text);
-extern void MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key);
+extern bool MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key, int limit);
 extern bool MonkEventFits(int len, MonkEventError *err);
 extern void MonkEventCheckSize(int len);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);
 extern void MonkEscapeJson(StringInfo buf, const char *s, int len);
+extern bool MonkEscapeJsonWithin(StringInfo buf, const char *s, int len, int limit);
 extern void MonkRenderTimestamp(StringInfo buf, TimestampTz ts);
 
 #endif

@@ -209,7 +209,7 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		else
 		{
 			initStringInfo(&json);
-			MonkEventRender(&json, &row.ev, row.key);
+			(void) MonkEventRender(&json, &row.ev, row.key, 0);
 			if (MonkEventFits(json.len, &err))
 				MonkChunkAdd(slice->chunk, row.id, json.data, json.len, now);
 			else

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "settings.h"
+#include "window_keys.h"
 #include "xact.h"
 
 /* How long a segment stays the current one (when the next one is free). */
@@ -36,41 +37,8 @@ typedef struct MonkWindow
 	int			nslices;		/* slices of it not yet behind the frontier */
 	bool		read_whole;		/* every event of it has been read */
 
-	/*
-	 * The newest version read of each key of the window (MonkWindowKey), up
-	 * to MONK_WINDOW_KEYS keys (and MONK_WINDOW_KEY_BYTES of them); past
-	 * them, or when the window was partly read before a restart, the keys
-	 * with several versions in the whole window, in a temporary table that
-	 * the reads join (rule 2).
-	 */
-	HTAB	   *seen;
-	bool		keys_in_log;	/* pg_temp.monk_window_keys holds its repeated
-								 * keys: the reads join it */
-	int64		max_id_read;	/* the highest id read in the window */
-	int64		seen_bytes;		/* the bytes of the keys in seen */
-	bool		overflowed;		/* seen had too many keys, and was let go */
-	MemoryContext seen_cxt;		/* the table and its keys */
-	bool		need_dups;
+	MonkWindowKeys keys;		/* which version of a key wins in it */
 } MonkWindow;
-
-/*
- * The keys of a window with one hash, each with the id of its newest version
- * (read, or in the window): the key itself is compared, since different keys
- * can share a hash.
- */
-typedef struct MonkKeyVersion
-{
-	struct MonkKeyVersion *next;
-	int64		max_id;
-	int			len;
-	char		key[FLEXIBLE_ARRAY_MEMBER];
-} MonkKeyVersion;
-
-typedef struct MonkWindowKey
-{
-	uint64		hash;			/* the hash table's key */
-	MonkKeyVersion *keys;
-} MonkWindowKey;
 
 /*
  * One read of a window: the frontier moves past it once every event read in
@@ -109,7 +77,9 @@ typedef struct MonkSentBatch
 
 struct MonkLog
 {
-	MemoryContext cxt;			/* items, slices, windows */
+	MemoryContext cxt;			/* slices, windows */
+	MemoryContext items_cxt;	/* items: allocated in reading order and
+								 * mostly freed in it, each at its own size */
 	MonkWorkerSlot *slot;		/* counters: committed, settled, segment */
 	void		(*on_maintain) (void *arg);
 	void	   *on_maintain_arg;
@@ -245,102 +215,6 @@ SettleItem(MonkLog *log, MonkQueued *item, bool was_sent)
  */
 
 /*
- * The entry of one key in the window's table of keys read (MonkWindowKey by
- * hash, in a context of its own, made at the first key), with max_id -1 when
- * the key was not there yet.
- */
-static MonkKeyVersion *
-SeenKey(MonkLog *log, uint64 hash, const char *key, int len)
-{
-	MonkWindow *win = log->window;
-	bool		found;
-	MonkWindowKey *k;
-	MonkKeyVersion *v;
-
-	if (win->seen == NULL)
-	{
-		HASHCTL		ctl;
-
-		win->seen_cxt = AllocSetContextCreate(log->cxt, "monk window keys", ALLOCSET_DEFAULT_SIZES);
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(MonkWindowKey);
-		ctl.hcxt = win->seen_cxt;
-		win->seen = hash_create("monk window keys", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
-	k = hash_search(win->seen, &hash, HASH_ENTER, &found);
-	if (!found)
-		k->keys = NULL;
-	for (v = k->keys; v != NULL; v = v->next)
-	{
-		if (v->len == len && memcmp(v->key, key, len) == 0)
-			return v;
-	}
-	v = MemoryContextAlloc(win->seen_cxt, offsetof(MonkKeyVersion, key) + len);
-	v->len = len;
-	memcpy(v->key, key, len);
-	v->max_id = -1;
-	v->next = k->keys;
-	k->keys = v;
-	return v;
-}
-
-/* What the order of a window says of a version read. */
-typedef enum Verdict
-{
-	VERSION_NEWEST,				/* no newer version of its key read so far */
-	VERSION_SUPERSEDED,			/* a newer one of its window exists */
-	VERSION_ASK_LOG				/* unknown until the window's repeated keys
-								 * are read from the log */
-} Verdict;
-
-/*
- * Has a newer version of this row's key been read in its window already (or,
- * once the window's repeated keys are known, is there one in the window)?
- * Within a window the version queued later -- the higher id -- wins; a
- * window's versions are read in (txid, id) order, which is not that order.
- * Only a row read after one with a higher id can be superseded by what was
- * read before it: past MONK_WINDOW_KEYS keys, the keys read are let go, and
- * the first such row asks the log for the window's repeated keys.
- */
-static Verdict
-Superseded(MonkLog *log, uint64 hash, const MonkOutboxRow *row)
-{
-	MonkWindow *win = log->window;
-	MonkKeyVersion *v;
-	bool		in_order = row->id > win->max_id_read;
-
-	if (win->keys_in_log)
-		return row->newest_id > row->id ? VERSION_SUPERSEDED : VERSION_NEWEST;
-	if (win->overflowed)
-	{
-		if (!in_order)
-		{
-			win->need_dups = true;
-			return VERSION_ASK_LOG;
-		}
-		win->max_id_read = row->id;
-		return VERSION_NEWEST;
-	}
-	if (in_order)
-		win->max_id_read = row->id;
-	v = SeenKey(log, hash, row->key, row->key_len);
-	if (v->max_id > row->id)
-		return VERSION_SUPERSEDED;
-	if (v->max_id < 0)
-		win->seen_bytes += row->key_len;
-	v->max_id = row->id;
-	if (hash_get_num_entries(win->seen) > MONK_WINDOW_KEYS || win->seen_bytes > MONK_WINDOW_KEY_BYTES)
-	{
-		MemoryContextDelete(win->seen_cxt);
-		win->seen = NULL;
-		win->seen_cxt = NULL;
-		win->overflowed = true;
-	}
-	return VERSION_NEWEST;
-}
-
-/*
  * Keep one event read: it waits in pending, replacing an older version of
  * its key, unless a newer version of the key was read already (it is then
  * settled unsent).
@@ -358,21 +232,21 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	dlist_mutable_iter iter;
 	dlist_head	replaced;
 
-	Verdict		verdict = Superseded(log, hash, row);
+	MonkVerdict verdict = MonkWindowKeysJudge(&log->window->keys, hash, row);
 
-	if (verdict == VERSION_ASK_LOG)
+	if (verdict == MONK_VERSION_ASK_LOG)
 		return false;
 	log->pos_txid = row->txid;
 	log->pos_id = row->id;
 	log->slice->has_end = true;
 	log->slice->end_txid = row->txid;
 	log->slice->end_id = row->id;
-	if (verdict == VERSION_SUPERSEDED)
+	if (verdict == MONK_VERSION_SUPERSEDED)
 	{
 		pg_atomic_fetch_add_u64(&log->slot->settled, 1);
 		return true;
 	}
-	item = MemoryContextAlloc(log->cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
+	item = MemoryContextAlloc(log->items_cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
 	key = (char *) (item + 1);
 	event = key + row->key_len + 1;
 	memcpy(key, row->key, row->key_len);
@@ -439,12 +313,7 @@ LoadDups(MonkLog *log)
 
 	MonkOutboxLoadRepeatedKeys(win->prev.xmax, win->snap.xmax, win->snap.xip, win->snap.nxip,
 							   log->late, log->nlate);
-	win->keys_in_log = true;
-	if (win->seen_cxt != NULL)
-		MemoryContextDelete(win->seen_cxt);
-	win->seen = NULL;
-	win->seen_cxt = NULL;
-	win->need_dups = false;
+	MonkWindowKeysInLog(&win->keys);
 }
 
 /*
@@ -461,6 +330,7 @@ OpenWindow(MonkLog *log, const MonkOutboxSnapshot *snap)
 
 	CopySnapshot(&win->prev, &log->next_prev, log->cxt);
 	CopySnapshot(&win->snap, snap, log->cxt);
+	MonkWindowKeysInit(&win->keys, log->cxt, false);
 	if (log->late)
 		pfree(log->late);
 	log->late = MemoryContextAlloc(log->cxt, sizeof(uint64) * Max(win->prev.nxip, 1));
@@ -487,7 +357,7 @@ ResumeWindow(MonkLog *log)
 
 	OpenWindow(log, &st->window);
 	/* versions of it read before the restart may have been sent */
-	log->window->need_dups = true;
+	log->window->keys.need_log = true;
 	if (st->pos_txid >= log->window->prev.xmax)
 	{
 		log->late_pos = log->nlate;
@@ -512,10 +382,7 @@ EndWindow(MonkLog *log)
 	pfree(log->next_prev.xip);
 	CopySnapshot(&log->next_prev, &win->snap, log->cxt);
 	log->window = NULL;
-	if (win->seen_cxt)
-		MemoryContextDelete(win->seen_cxt);
-	win->seen = NULL;
-	win->seen_cxt = NULL;
+	MonkWindowKeysRelease(&win->keys);
 }
 
 /*
@@ -548,12 +415,12 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 	{
 		int			got;
 
-		if (log->window->need_dups)
+		if (log->window->keys.need_log)
 			LoadDups(log);
 
 		if (log->late_pos < log->nlate)
 		{
-			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, log->window->keys_in_log,
+			got = MonkOutboxReadTxid(log->late[log->late_pos], log->pos_id, want, log->window->keys.in_log,
 									 &budget, &cut, AddRow, log);
 			if (got < want && !cut)
 			{
@@ -565,13 +432,13 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 		{
 			got = MonkOutboxReadRange(log->window->prev.xmax, log->window->snap.xmax, log->pos_txid, log->pos_id,
 									  log->window->snap.xip, log->window->snap.nxip, want,
-									  log->window->keys_in_log, &budget, &cut, AddRow, log);
+									  log->window->keys.in_log, &budget, &cut, AddRow, log);
 			if (got < want && !cut)
 				EndWindow(log);
 		}
 		want -= got;
 		/* a row that needs the window's repeated keys: read them, go on */
-		if (cut && log->window != NULL && log->window->need_dups)
+		if (cut && log->window != NULL && log->window->keys.need_log)
 			cut = false;
 	}
 	MonkXactCommit();
@@ -596,6 +463,8 @@ MonkLogCreate(MemoryContext cxt, MonkWorkerSlot *slot, void (*on_maintain) (void
 	HASHCTL		ctl;
 
 	log->cxt = cxt;
+	/* an AllocSet would round an item of 2.1 kB up to 4 kB */
+	log->items_cxt = GenerationContextCreate(cxt, "monk events read", 0, 8 * 1024, 1024 * 1024);
 	log->slot = slot;
 	log->on_maintain = on_maintain;
 	log->on_maintain_arg = arg;

@@ -20,7 +20,8 @@
  *    the same window its id is higher.  A version read after a newer one of
  *    its window is settled unsent, found in memory (the window's keys, up to
  *    MONK_WINDOW_KEYS) or in the log's list of the window's repeated keys
- *    (larger windows, and a window partly read before a restart).
+ *    (larger windows, and a window partly read before a restart):
+ *    window_keys.h.
  * 3. One version in flight.  A key with a version handed to the sender and
  *    not settled is busy: a newer version waits; a waiting version that a
  *    newer one replaces is settled unsent.  So the API receives a key's
@@ -49,18 +50,6 @@
 
 /* How often segments are looked at for truncation and rotation. */
 #define MONK_MAINTAIN_MS 1000
-
-/*
- * Keys of a window kept in memory (about 80 bytes each, and the key) before
- * the worker asks the log for the window's repeated keys instead.  The
- * sanitizer build makes it small, so that its run of the suite takes that
- * path everywhere.
- */
-#ifndef MONK_WINDOW_KEYS
-#define MONK_WINDOW_KEYS 65536
-#endif
-/* ... and of their bytes (long keys) */
-#define MONK_WINDOW_KEY_BYTES (4 * 1024 * 1024)
 
 typedef struct MonkLog MonkLog;
 

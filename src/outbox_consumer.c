@@ -170,63 +170,80 @@ MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid)
 	return bsearch(&txid, snap->xip, snap->nxip, sizeof(uint64), CompareU64) == NULL;
 }
 
+/* Rows fetched at a time: what a read holds besides the events it keeps. */
+#define READ_FETCH 500
+
 /*
- * Hand each row of the last SPI result to cb, in order, while the events'
- * bytes stay within *budget (the first row always goes) and cb takes them;
- * *budget is what is left.  Returns how many rows went, and in *cut whether
- * the budget or cb stopped it.  An event's size is read from its header: one that is not handed over
- * is never decompressed or fetched from TOAST.
+ * Run a read of the log (a kept plan) through a cursor and hand each row to
+ * cb, in order, while the events' bytes stay within *budget (the first row
+ * always goes) and cb takes them; *budget is what is left.  Returns how many
+ * rows went, and in *cut whether the budget or cb stopped it.  Rows are
+ * fetched READ_FETCH at a time, so that a read of many long rows never holds
+ * them all at once; an event's size is read from its header: one that is not
+ * handed over is never decompressed or fetched from TOAST.
  */
 static int
-ForEachRow(MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
+ForEachRow(SPIPlanPtr plan, Datum *values, MonkOutboxRowCallback cb, void *arg, int64 *budget, bool *cut)
 {
-	uint64		n = SPI_processed;
-	uint64		i;
+	Portal		portal = SPI_cursor_open(NULL, plan, values, NULL, true);
+	int			went = 0;
+	bool		more = true;
 
 	*cut = false;
-	for (i = 0; i < n; i++)
+	while (more && !*cut)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		MonkOutboxRow row;
-		text	   *key;
-		text	   *event;
-		Datum		event_datum = SPI_getbinval(tuple, desc, 5, &isnull);
-		int64		size = (int64) toast_raw_datum_size(event_datum) - VARHDRSZ;
+		uint64		n;
+		uint64		i;
 
-		if (i > 0 && size > *budget)
+		SPI_cursor_fetch(portal, true, READ_FETCH);
+		n = SPI_processed;
+		more = n == READ_FETCH;
+		for (i = 0; i < n; i++)
 		{
-			*cut = true;
-			break;
-		}
-		*budget -= size;
-		row.segment = DatumGetInt16(SPI_getbinval(tuple, desc, 1, &isnull));
-		row.txid = (uint64) DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
-		row.id = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
-		key = DatumGetTextPP(SPI_getbinval(tuple, desc, 4, &isnull));
-		event = DatumGetTextPP(event_datum);
-		row.queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
-		{
-			Datum		newest = SPI_getbinval(tuple, desc, 7, &isnull);
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			MonkOutboxRow row;
+			text	   *key;
+			text	   *event;
+			Datum		event_datum = SPI_getbinval(tuple, desc, 5, &isnull);
+			int64		size = (int64) toast_raw_datum_size(event_datum) - VARHDRSZ;
 
-			row.newest_id = isnull ? -1 : DatumGetInt64(newest);
+			if (went > 0 && size > *budget)
+			{
+				*cut = true;
+				break;
+			}
+			*budget -= size;
+			row.segment = DatumGetInt16(SPI_getbinval(tuple, desc, 1, &isnull));
+			row.txid = (uint64) DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+			row.id = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
+			key = DatumGetTextPP(SPI_getbinval(tuple, desc, 4, &isnull));
+			event = DatumGetTextPP(event_datum);
+			row.queued_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
+			{
+				Datum		newest = SPI_getbinval(tuple, desc, 7, &isnull);
+
+				row.newest_id = isnull ? -1 : DatumGetInt64(newest);
+			}
+			row.key = VARDATA_ANY(key);
+			row.key_len = VARSIZE_ANY_EXHDR(key);
+			row.event = VARDATA_ANY(event);
+			row.event_len = VARSIZE_ANY_EXHDR(event);
+			if (!cb(arg, &row))
+			{
+				*budget += size;
+				*cut = true;
+				break;
+			}
+			if ((Pointer) event != DatumGetPointer(event_datum))
+				pfree(event);
+			went++;
 		}
-		row.key = VARDATA_ANY(key);
-		row.key_len = VARSIZE_ANY_EXHDR(key);
-		row.event = VARDATA_ANY(event);
-		row.event_len = VARSIZE_ANY_EXHDR(event);
-		if (!cb(arg, &row))
-		{
-			*budget += size;
-			*cut = true;
-			break;
-		}
-		if ((Pointer) event != DatumGetPointer(event_datum))
-			pfree(event);
+		SPI_freetuptable(SPI_tuptable);
 	}
-	SPI_freetuptable(SPI_tuptable);
-	return (int) i;
+	SPI_cursor_close(portal);
+	return went;
 }
 
 /*
@@ -252,8 +269,7 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, bool with_keys, int64
 	values[0] = Int64GetDatum((int64) txid);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	MonkPlanRun(*plan, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
-	return ForEachRow(cb, arg, budget, cut);
+	return ForEachRow(*plan, values, cb, arg, budget, cut);
 }
 
 /*
@@ -286,8 +302,7 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	values[3] = Int64GetDatum(after_id);
 	values[4] = Int8Array((const int64 *) exclude, nexclude);
 	values[5] = Int64GetDatum(limit);
-	MonkPlanRun(*plan, values, NULL, true, SPI_OK_SELECT, "reading monk.log");
-	return ForEachRow(cb, arg, budget, cut);
+	return ForEachRow(*plan, values, cb, arg, budget, cut);
 }
 
 /*

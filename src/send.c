@@ -105,8 +105,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 		: psprintf("%s" MONK_OUTBOX_KEY_INFIX INT64_FORMAT, monk_idempotency_prefix, id);
 
 	initStringInfo(&json);
-	MonkEventRender(&json, ev, key);
-	MonkEventCheckSize(json.len);
+	MonkEventCheckSize(MonkEventRender(&json, ev, key, MonkMaxEventBytes()) ? json.len : -1);
 	MonkOutboxInsert(id, key, json.data, json.len, now);
 	MonkWakeWorkerAtCommit(1);
 	pfree(json.data);
@@ -141,7 +140,7 @@ RenderOnly(MonkEvent *ev)
 
 	ValidateEvent(ev, GetCurrentTimestamp());
 	initStringInfo(&json);
-	MonkEventRender(&json, ev, ev->idempotency_key);
+	(void) MonkEventRender(&json, ev, ev->idempotency_key, 0);
 	return PointerGetDatum(cstring_to_text_with_len(json.data, json.len));
 }
 

@@ -21,6 +21,7 @@
 
 #include "sender.h"
 #include "settings.h"
+#include "xact.h"
 
 #define BODY_PREFIX "{\"events\":["
 #define BODY_SUFFIX "]}"
@@ -223,6 +224,8 @@ Settle(MonkSender *sender, MonkBatch *batch)
 }
 
 static void RecordOutcome(MonkSender *sender, bool success, TimestampTz now);
+static void CountAnswer(MonkSender *sender, long status);
+static void SetLastError(MonkSender *sender, MonkHttpRequest *req);
 
 /* Start as many due batches as the limits allow. */
 void
@@ -239,6 +242,7 @@ MonkSenderDispatch(MonkSender *sender)
 	{
 		MonkBatch  *batch = dlist_container(MonkBatch, node, iter.cur);
 		long		wait_ms;
+		bool		refused;
 
 		if (sender->inflight >= monk_max_parallel_requests)
 			break;
@@ -256,12 +260,21 @@ MonkSenderDispatch(MonkSender *sender)
 		batch->generation = sender->generation;
 		MonkCircuitStarted(&sender->circuit);
 		sender->inflight++;
-		if (!MonkHttpStart(sender->http, &batch->req, url, MonkApiKey(), monk_request_timeout))
+		/* for monk's tests: a request that libcurl refuses to start */
+		refused = MonkTestStepListed("fail_start");
+		if (refused)
+			strlcpy(batch->req.error, "could not start the request (monk.test_wait_points lists fail_start)",
+					MONK_ERROR_MAX);
+		if (refused ||
+			!MonkHttpStart(sender->http, &batch->req, url, MonkApiKey(), monk_request_timeout))
 		{
 			/*
 			 * could not even start: retried like a connection error, and
 			 * counted as one by the circuit (a probe that never left ends)
 			 */
+			batch->req.status = 0;
+			CountAnswer(sender, 0);
+			SetLastError(sender, &batch->req);
 			sender->inflight--;
 			RecordOutcome(sender, false, now);
 			dlist_push_tail(&sender->waiting, &batch->node);

@@ -32,6 +32,7 @@ typedef struct MonkChunk
 	bool		finished;
 	int			refs;			/* batches not yet settled */
 	void	  **items;			/* the owner's record of each event, if any */
+	int64		items_bytes;	/* their size, as the owner counts it */
 	void	   *arg;			/* the caller's */
 	dlist_node	node;			/* in the caller's list */
 } MonkChunk;

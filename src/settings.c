@@ -504,8 +504,8 @@ MonkSettingsInit(void)
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("monk.test_wait_points",
-							   "For monk's tests: steps of the worker at which it waits for an advisory lock.",
-							   "Comma-separated step names (read, truncate); see test/MonkTest.pm. Leave empty.",
+							   "For monk's tests: steps of the worker at which it waits for an advisory lock, or fails.",
+							   "Comma-separated step names (read, truncate: waits; fail_start: no request starts); see test/MonkTest.pm. Leave empty.",
 							   &monk_test_wait_points,
 							   "",
 							   PGC_SIGHUP,

@@ -46,6 +46,14 @@
  */
 #define MONK_CHUNKS_AHEAD (monk_max_parallel_requests + 1)
 
+/*
+ * The memory the chunks ahead may hold, their bodies and the events' own
+ * records together (with keys of 1,000 bytes, a chunk of 4 MB holds 12 MB):
+ * past it, no chunk is filled before one is done with.  The one chunk always
+ * goes.
+ */
+#define MONK_CHUNKS_BYTES (8 * (int64) MonkMaxRequestBytes())
+
 /* How often the worker counts the queued events again (monk.status, the limit). */
 #define RECOUNT_MS 10000
 
@@ -60,6 +68,7 @@ typedef struct MonkWorker
 	bool		need_read;
 	dlist_head	chunks;			/* submitted, not yet settled */
 	int			nchunks;
+	int64		chunks_bytes;	/* the memory they hold */
 	bool		dead_letters;	/* monk.dead_letter holds outbox events */
 	TimestampTz counted_at;		/* when the queued events were last counted */
 } MonkWorker;
@@ -277,6 +286,13 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 	MonkXactCommit();
 }
 
+/* The memory a chunk holds: its body and its events' records. */
+static int64
+ChunkBytes(MonkChunk *chunk)
+{
+	return (int64) chunk->data.maxlen + chunk->items_bytes;
+}
+
 static void
 OnChunkDone(void *arg, MonkChunk *chunk)
 {
@@ -284,6 +300,7 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 
 	dlist_delete(&chunk->node);
 	w->nchunks--;
+	w->chunks_bytes -= ChunkBytes(chunk);
 	MonkChunkFree(chunk);
 	w->need_read = true;
 }
@@ -348,6 +365,7 @@ TakeItem(void *arg, MonkQueued *item)
 		return false;
 	MonkChunkAdd(f->chunk, item->row.id, item->row.event, item->row.event_len, item->row.queued_at);
 	MonkChunkSetItem(f->chunk, item);
+	f->chunk->items_bytes += sizeof(MonkQueued) + item->row.key_len + item->row.event_len;
 	return true;
 }
 
@@ -398,6 +416,7 @@ Submit(MonkWorker *w)
 	}
 	dlist_push_tail(&w->chunks, &f.chunk->node);
 	w->nchunks++;
+	w->chunks_bytes += ChunkBytes(f.chunk);
 	MonkSenderSubmit(w->sender, f.chunk);
 }
 
@@ -562,7 +581,8 @@ PublishState(MonkWorker *w)
 static bool
 HasRoom(MonkWorker *w)
 {
-	return !MonkSenderPaused(w->sender) && w->nchunks < MONK_CHUNKS_AHEAD;
+	return !MonkSenderPaused(w->sender) && w->nchunks < MONK_CHUNKS_AHEAD &&
+		(w->nchunks == 0 || w->chunks_bytes < MONK_CHUNKS_BYTES);
 }
 
 /*

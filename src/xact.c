@@ -129,8 +129,8 @@ MonkSafeSearchPathPin(void)
 }
 
 /* Is step named in monk.test_wait_points? */
-static bool
-WaitPointEnabled(const char *step)
+bool
+MonkTestStepListed(const char *step)
 {
 	char	   *copy;
 	List	   *names;
@@ -164,7 +164,7 @@ MonkWaitPoint(const char *step)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	if (!WaitPointEnabled(step))
+	if (!MonkTestStepListed(step))
 		return;
 	pgstat_report_activity(STATE_RUNNING, psprintf("monk: wait point %s", step));
 	values[0] = CStringGetTextDatum(step);
@@ -178,7 +178,7 @@ MonkWaitPoint(const char *step)
 void
 MonkWaitPointAlone(const char *step)
 {
-	if (!WaitPointEnabled(step))
+	if (!MonkTestStepListed(step))
 		return;
 	MonkXactBegin("monk: wait point");
 	MonkWaitPoint(step);

@@ -6,6 +6,8 @@
 #     once): its RssAnon (private memory) sampled every 100 ms from /proc/<pid>/status (max taken),
 #     and its VmHWM (peak resident set) at the end.  The worker (pid from monk.status) is restarted
 #     between the two backlogs, so that each peak is its own;
+#   * the worker draining one window of 70,000 keys of 1,000 bytes, each queued twice with the
+#     newer version read first (see load_long_keys): the window's keys are not kept in memory;
 #   * when monk_batch_export exists: the backend running SELECT * FROM monk_batch_export(
 #     'billing_events') of 100,000 and then 1,000,000 rows (a new session each: pg_backend_pid()
 #     printed first by the same psql), sampled the same way.
@@ -50,11 +52,42 @@ sample()
 }
 maxof() { sort -n "$1" | tail -n 1; }
 
-# The worker draining a backlog of $1; sets W_BASE, W_ANON, W_HWM, W_SECS.
+# Park the worker and queue one window of 2 x $1 events with keys of 1,000 bytes, each key twice,
+# the newer versions read first: one session takes its transaction id, a second queues the older
+# versions and commits, then the first queues the newer ones (higher ids, older transaction id).
+# The worker keeps 4 MB of a window's keys in memory; past that it reads the window's repeated
+# keys from the log into a temporary table (before 0.4: a table in memory, 174 MB for 70,000).
+load_long_keys()
+{
+	local n=$1 t fifo=$BENCH_TMP/first.fifo first deadline=$((SECONDS + 30))
+	local send="SELECT count(monk_send('api_call', 'cus_' || (i % 1000), jsonb_build_object('v', 'VERSION'),
+	                 idempotency_key => 'long_' || i || '_' || repeat('k', 1000))) FROM generate_series(1, $n) i"
+	pause_worker
+	queue_events 1
+	wait_paused
+	t=$(now)
+	rm -f "$fifo" && mkfifo "$fifo" && chmod 666 "$fifo"
+	sql <"$fifo" >"$BENCH_TMP/first.out" 2>&1 &
+	first=$!
+	exec 9>"$fifo"
+	echo "BEGIN; SELECT pg_current_xact_id();" >&9
+	until grep -qE '^[0-9]+$' "$BENCH_TMP/first.out"; do
+		[ "$SECONDS" -lt "$deadline" ] || die "the first session has no transaction id"
+		sleep 0.05
+	done
+	sql -c "${send/VERSION/old}" >/dev/null
+	echo "${send/VERSION/new}; COMMIT;" >&9
+	exec 9>&-
+	wait "$first" || { cat "$BENCH_TMP/first.out" >&2; die "the first session failed"; }
+	note "queued $((2 * n)) events with keys of 1,000 bytes in $(since "$t") s (worker parked)"
+}
+
+# The worker draining a backlog of $1 (queued by $2: load_parked unless given); sets W_BASE,
+# W_ANON, W_HWM, W_SECS.
 worker_run()
 {
 	local n=$1 pid t sampler
-	load_parked "$n"
+	"${2:-load_parked}" "$n"
 	pid=$(worker_pid)
 	W_BASE=$(kb "$pid" RssAnon)
 	rm -f "$BENCH_TMP/stop"
@@ -90,6 +123,10 @@ S_BASE=$W_BASE S_ANON=$W_ANON S_HWM=$W_HWM
 worker_restart
 worker_run "$BIG"
 B_BASE=$W_BASE B_ANON=$W_ANON B_HWM=$W_HWM
+LONG=$(scaled 70000)
+worker_restart
+worker_run "$LONG" load_long_keys
+L_BASE=$W_BASE L_ANON=$W_ANON L_HWM=$W_HWM
 
 # monk_batch_export of the first $1 rows of billing_events (cursor $2); sets E_ANON, E_HWM.
 export_run()
@@ -134,6 +171,7 @@ echo "peak memory (shared_buffers 128MB; monk.batch_size 10000, monk.max_paralle
 printf '%-44s %14s %14s %14s\n' "" "RssAnon idle" "RssAnon max" "VmHWM"
 printf '%-44s %14s %14s %14s\n' "worker, draining $SMALL" "$(mb "$S_BASE")" "$(mb "$S_ANON")" "$(mb "$S_HWM")"
 printf '%-44s %14s %14s %14s\n' "worker, draining $BIG" "$(mb "$B_BASE")" "$(mb "$B_ANON")" "$(mb "$B_HWM")"
+printf '%-44s %14s %14s %14s\n' "worker, $LONG keys of 1 kB twice, newest first" "$(mb "$L_BASE")" "$(mb "$L_ANON")" "$(mb "$L_HWM")"
 if [ "$HAVE_EXPORT" = 1 ]; then
 	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $SMALL rows" "" "$(mb "$ES_ANON")" "$(mb "$ES_HWM")"
 	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $BIG rows" "" "$(mb "$EB_ANON")" "$(mb "$EB_HWM")"

@@ -84,6 +84,24 @@ $api->_call('POST', '/_test/faults', { api_key => 'rotated_key' });
 set_monk_conf($node, 'monk.api_key_file' => '', 'monk.api_key' => 'rotated_key');
 resumes_at_once('a new key during a Retry-After');
 
+# 5. open, then probes that cannot even start (libcurl refusing them:
+# monk.test_wait_points lists fail_start): each ends as a failure, and the
+# circuit opens again and probes again after its open time (a probe that
+# never left must not hold the circuit half-open for good); once requests
+# start again -- a reload that changes neither the destination nor the key,
+# so that the breaker itself must recover -- sending resumes
+set_monk_conf($node, 'monk.circuit_open_time' => '1s');
+$api->faults({ script => [ 503, 503 ], retry_after => 0 });
+push @all, queue_events($node, 'failed_start', 3);
+ok(wait_until('the circuit to open', 30, sub { status('circuit') eq 'open' }), 'the API failing opens the circuit');
+set_monk_conf($node, 'monk.test_wait_points' => 'fail_start');
+my $failed = status('requests_failed');
+ok(wait_until('three probes that could not start', 30, sub { status('requests_failed') >= $failed + 3 }),
+	'the circuit probes again and again (a probe that could not start ends)');
+like(status('last_error'), qr/could not start the request/, 'last_error says the request could not start');
+set_monk_conf($node, 'monk.test_wait_points' => '');
+resumes_at_once('probes that could not start, then requests start again');
+
 $node->stop;
 $api->stop;
 done_testing();
