@@ -106,3 +106,51 @@ COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
     IS 'queue dead letters of the outbox again with their original keys, unless a newer version of their key supersedes them; returns how many were queued';
 COMMENT ON FUNCTION @extschema@.monk_retry_dead_letters(bigint[])
     IS 'queue dead letters of the outbox again with their original keys, unless a newer version of their key supersedes them; returns how many were queued';
+
+-- monk.status counts answers of another class (1xx, 3xx: requests_other),
+-- which 0.3 counted as requests without an answer.
+DROP VIEW monk.status;
+DROP FUNCTION monk.worker_status();
+-- Live figures of the workers, from shared memory.
+CREATE FUNCTION monk.worker_status(
+    OUT database          text,
+    OUT pid               integer,
+    OUT state             text,
+    OUT circuit           text,
+    OUT events_sent       bigint,
+    OUT events_failed     bigint,
+    OUT events_retried    bigint,
+    OUT requests_2xx      bigint,
+    OUT requests_4xx      bigint,
+    OUT requests_5xx      bigint,
+    OUT requests_failed   bigint,
+    OUT started_at        timestamptz,
+    OUT last_success_at   timestamptz,
+    OUT last_error        text,
+    OUT last_error_at     timestamptz,
+    OUT requests_other    bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'monk_worker_status'
+LANGUAGE C VOLATILE;
+
+-- One row for the current database: the worker and its outbox.
+CREATE VIEW monk.status AS
+    SELECT pg_catalog.current_database()::text AS database,
+           w.pid IS NOT NULL AS worker_running,
+           w.pid AS worker_pid,
+           coalesce(w.state, 'not running') AS worker_state,
+           o.depth AS outbox_depth,
+           pg_catalog.now() - o.oldest AS oldest_event_age,
+           d.dead_letters,
+           w.events_sent, w.events_failed, w.events_retried,
+           w.requests_2xx, w.requests_4xx, w.requests_5xx, w.requests_failed, w.requests_other,
+           coalesce(w.circuit, 'closed') AS circuit,
+           w.last_error, w.last_error_at, w.last_success_at, w.started_at
+      FROM (SELECT pg_catalog.count(*) AS depth, pg_catalog.min(queued_at) AS oldest
+              FROM monk.outbox) o
+      CROSS JOIN (SELECT pg_catalog.count(*) AS dead_letters FROM monk.dead_letter) d
+      LEFT JOIN monk.worker_status() w ON w.database = pg_catalog.current_database();
+
+-- Monitoring roles may read the status (no secrets in it), and nothing else.
+GRANT SELECT ON monk.status TO pg_monitor;
+

@@ -7,6 +7,18 @@
  */
 \echo Use "CREATE EXTENSION monk" to load this file. \quit
 
+-- The Events API reads UTF-8: every server encoding converts to it but
+-- MULE_INTERNAL, which has no conversion to UTF-8.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.=) 'MULE_INTERNAL' THEN
+        RAISE EXCEPTION 'monk cannot be used in a database whose encoding is MULE_INTERNAL'
+              USING ERRCODE = 'feature_not_supported',
+                    DETAIL = 'The Events API reads UTF-8, and PostgreSQL has no conversion from MULE_INTERNAL to UTF-8.',
+                    HINT = 'Create the database with another encoding (UTF8, or one that converts to UTF-8).';
+    END IF;
+END $$;
+
 CREATE SCHEMA monk;
 COMMENT ON SCHEMA monk IS 'monk: outbox, dead letters and export cursors of usage events';
 REVOKE ALL ON SCHEMA monk FROM PUBLIC;
@@ -292,7 +304,8 @@ CREATE FUNCTION monk.worker_status(
     OUT started_at        timestamptz,
     OUT last_success_at   timestamptz,
     OUT last_error        text,
-    OUT last_error_at     timestamptz)
+    OUT last_error_at     timestamptz,
+    OUT requests_other    bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'monk_worker_status'
 LANGUAGE C VOLATILE;
@@ -307,7 +320,7 @@ CREATE VIEW monk.status AS
            pg_catalog.now() - o.oldest AS oldest_event_age,
            d.dead_letters,
            w.events_sent, w.events_failed, w.events_retried,
-           w.requests_2xx, w.requests_4xx, w.requests_5xx, w.requests_failed,
+           w.requests_2xx, w.requests_4xx, w.requests_5xx, w.requests_failed, w.requests_other,
            coalesce(w.circuit, 'closed') AS circuit,
            w.last_error, w.last_error_at, w.last_success_at, w.started_at
       FROM (SELECT pg_catalog.count(*) AS depth, pg_catalog.min(queued_at) AS oldest

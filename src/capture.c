@@ -438,6 +438,7 @@ RowEvent(const MonkCaptureMap *map, TupleTableSlot *slot, RowBuffers *bufs, Time
 		return false;
 	resetStringInfo(&bufs->json);
 	MonkEventCheckSize(MonkEventRender(&bufs->json, &ev, bufs->key.data, MonkMaxEventBytes()) ? bufs->json.len : -1);
+	MonkEventCheckBytes(bufs->json.data, bufs->json.len);
 	return true;
 }
 

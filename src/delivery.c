@@ -18,18 +18,24 @@
 #include "delivery.h"
 #include "settings.h"
 
-/* What an HTTP status (0: no answer at all) means for the batch sent. */
+/*
+ * What an HTTP status (0: no answer at all) means for the request sent, whose
+ * documented acceptance is "accepted" (202 for a batch, 200 for a GET): only
+ * that settles anything.
+ */
 MonkOutcome
-MonkClassify(long status)
+MonkClassify(long status, long accepted)
 {
-	if (status >= 200 && status < 300)
+	if (status == accepted)
 		return MONK_OUTCOME_ACCEPTED;
 	if (status == 400 || status == 422 || status == 413)
 		return MONK_OUTCOME_SPLIT;
 	if (status == 401 || status == 403)
 		return MONK_OUTCOME_AUTH;
-	/* 408, 429, 5xx, no answer, and anything unexpected: never drop events */
-	return MONK_OUTCOME_RETRY;
+	if (status == 0 || status == 408 || status == 429 || status >= 500)
+		return MONK_OUTCOME_RETRY;
+	/* another 2xx, 1xx, 3xx, another 4xx: never taken for delivered */
+	return MONK_OUTCOME_UNEXPECTED;
 }
 
 /*

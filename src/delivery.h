@@ -27,6 +27,7 @@ typedef enum MonkCounter
 	MONK_REQUESTS_4XX,
 	MONK_REQUESTS_5XX,
 	MONK_REQUESTS_FAILED,		/* no HTTP answer: timeout, connection error */
+	MONK_REQUESTS_OTHER,		/* answers of another class: 1xx, 3xx */
 	MONK_NUM_COUNTERS
 } MonkCounter;
 
@@ -35,11 +36,20 @@ typedef enum MonkCounter
 
 typedef enum MonkOutcome
 {
-	MONK_OUTCOME_ACCEPTED,		/* 2xx: the events are in */
-	MONK_OUTCOME_RETRY,			/* 408, 429, 5xx, none, other: retry later */
+	MONK_OUTCOME_ACCEPTED,		/* the documented acceptance (202 for a
+								 * batch): the events are in */
+	MONK_OUTCOME_RETRY,			/* 408, 429, 5xx, none: retry later */
 	MONK_OUTCOME_SPLIT,			/* 400, 413, 422: refused events: bisect */
-	MONK_OUTCOME_AUTH			/* 401, 403: configuration error: pause */
+	MONK_OUTCOME_AUTH,			/* 401, 403: configuration error: pause */
+	MONK_OUTCOME_UNEXPECTED		/* any other answer (a 200 page of another
+								 * server, a redirect): nothing is settled,
+								 * retried later */
 } MonkOutcome;
+
+/* The API's documented acceptance of POST /v1/events/batch (the bulk guide). */
+#define MONK_BATCH_ACCEPTED 202
+/* ... and of the reads (GET /v1/events, POST /v1/usage/cost) */
+#define MONK_READ_OK 200
 
 typedef struct MonkCircuit
 {
@@ -49,7 +59,7 @@ typedef struct MonkCircuit
 	bool		probe_in_flight;
 } MonkCircuit;
 
-extern MonkOutcome MonkClassify(long status);
+extern MonkOutcome MonkClassify(long status, long accepted);
 extern long MonkBackoffMs(int attempt, long retry_after_ms);
 extern bool MonkCircuitAllows(MonkCircuit *circuit, TimestampTz now, long *wait_ms);
 extern void MonkCircuitStarted(MonkCircuit *circuit);

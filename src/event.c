@@ -19,6 +19,7 @@
 
 #include "common/shortest_dec.h"
 #include "datatype/timestamp.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/numeric.h"
@@ -760,6 +761,23 @@ MonkEventFits(int len, MonkEventError *err)
 	return MonkEventFail(err, NULL, psprintf("the event is %d bytes, more than monk.max_event_size", len),
 						 psprintf("monk.max_event_size allows %d bytes (at most monk.max_request_size less 64 bytes).", max),
 						 "Send smaller properties, or raise monk.max_event_size.");
+}
+
+/*
+ * In a SQL_ASCII database text is bytes without an encoding, and monk sends
+ * them as they are: an event that is not valid UTF-8 (the API's encoding) is
+ * refused when it is queued (22021).  Other encodings are converted.
+ */
+void
+MonkEventCheckBytes(const char *json, int len)
+{
+	if (GetDatabaseEncoding() != PG_SQL_ASCII || pg_verify_mbstr(PG_UTF8, json, len, true))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+			 errmsg("invalid event: its text is not valid UTF-8"),
+			 errdetail("The database's encoding is SQL_ASCII: monk sends its bytes as they are, and the Events API reads UTF-8."),
+			 errhint("Store text in UTF-8, or convert it with convert_to()/convert_from() before queueing it.")));
 }
 
 /*

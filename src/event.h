@@ -71,6 +71,7 @@ extern char *MonkNumericRefusal(const char *text);
 extern bool MonkEventRender(StringInfo buf, const MonkEvent *ev, const char *key, int limit);
 extern bool MonkEventFits(int len, MonkEventError *err);
 extern void MonkEventCheckSize(int len);
+extern void MonkEventCheckBytes(const char *json, int len);
 extern bool MonkParseIso8601(const char *s, TimestampTz *out, const char **why);
 extern bool MonkParseUuid(const char *s, pg_uuid_t *out);
 extern void MonkEscapeJson(StringInfo buf, const char *s, int len);

@@ -21,6 +21,8 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
+
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -151,7 +153,8 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 {
 	Export	   *ex = arg;
 
-	ex->auth_status = status;
+	/* -1: no answer, the certificate was refused */
+	ex->auth_status = status == 0 ? -1 : status;
 	strlcpy(ex->auth_body, body ? body : "", sizeof(ex->auth_body));
 }
 
@@ -168,7 +171,11 @@ OnChunkDone(void *arg, MonkChunk *chunk)
 
 /* (an export reports through its result row and WARNINGs, not monk.status) */
 static const MonkSenderOps export_ops = {
-	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone, NULL, NULL, NULL
+	.accepted = OnAccepted,
+	.refused = OnRefused,
+	.parked = OnParked,
+	.auth_failed = OnAuthFailed,
+	.chunk_done = OnChunkDone,
 };
 
 /*
@@ -211,7 +218,12 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 			initStringInfo(&json);
 			(void) MonkEventRender(&json, &row.ev, row.key, 0);
 			if (MonkEventFits(json.len, &err))
-				MonkChunkAdd(slice->chunk, row.id, json.data, json.len, now);
+			{
+				/* the API reads UTF-8 */
+				char	   *utf8 = pg_server_to_any(json.data, json.len, PG_UTF8);
+
+				MonkChunkAdd(slice->chunk, row.id, utf8, utf8 == json.data ? json.len : strlen(utf8), now);
+			}
 			else
 			{
 				MonkDeadLetter dl = {0};
@@ -373,11 +385,18 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	MonkSenderDestroy(ex.sender);
 	SPI_cursor_close(portal);
 
+	/* what the API said, clipped on a character (it is valid UTF-8: http.c) */
+	(void) MonkValidUtf8(ex.auth_body, strlen(ex.auth_body), ex.auth_body, 201);
+	if (ex.auth_status == -1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("the Events API's TLS certificate was refused: %s", ex.auth_body),
+				 errhint("Check monk.base_url and monk.ca_file; nothing was dead-lettered, and the next run starts from the stored cursor.")));
 	if (ex.auth_status != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("the Events API refused the API key (HTTP %ld)", ex.auth_status),
-				 errdetail("The answer was: %.200s", ex.auth_body),
+				 errdetail("The answer was: %s", MonkTextForDatabase(ex.auth_body)),
 				 errhint("Set monk.api_key to a valid key and reload the configuration; nothing was dead-lettered, and the next run starts from the stored cursor.")));
 
 	MonkCursorSave(ex.cursor_name, ex.cursor, ex.sent, ex.failed,

@@ -19,6 +19,8 @@
 
 #include <curl/curl.h>
 
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
@@ -323,6 +325,7 @@ MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 	req->status = 0;
 	req->retry_after_ms = -1;
 	req->error[0] = '\0';
+	req->tls_failed = false;
 	req->response[0] = '\0';
 	req->response_len = 0;
 	req->response_truncated = false;
@@ -406,8 +409,20 @@ CollectDone(MonkHttpClient *client)
 		}
 		else
 		{
+			CURLcode	rc = msg->data.result;
+
 			req->status = 0;
-			strlcpy(req->error, curl_easy_strerror(msg->data.result), MONK_ERROR_MAX);
+			strlcpy(req->error, curl_easy_strerror(rc), MONK_ERROR_MAX);
+			req->tls_failed = (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ||
+							   rc == CURLE_SSL_CERTPROBLEM || rc == CURLE_SSL_ISSUER_ERROR ||
+							   rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH);
+		}
+		/* the first MONK_RESPONSE_MAX bytes, as valid UTF-8 text */
+		{
+			char		clean[MONK_RESPONSE_MAX + 1];
+
+			req->response_len = MonkValidUtf8(req->response, req->response_len, clean, sizeof(clean));
+			memcpy(req->response, clean, req->response_len + 1);
 		}
 		RequestCleanup(client, req);
 		req->done = true;
@@ -520,4 +535,89 @@ MonkHttpNextDone(MonkHttpClient *client)
 	if (dlist_is_empty(&client->done))
 		return NULL;
 	return dlist_container(MonkHttpRequest, node, dlist_pop_head_node(&client->done));
+}
+
+/*
+ * Copy the bytes of an answer as valid UTF-8 text into out (outcap bytes,
+ * terminator included): a byte that does not begin a valid character (and a
+ * NUL) is written as \xNN, visibly; the text is cut on a character boundary
+ * when out is full.  Returns its length.  Answers are stored (dead letters,
+ * monk.status) and shown in errors: never as bytes that no client can read
+ * or that pg_dump's output cannot restore.
+ */
+size_t
+MonkValidUtf8(const char *s, size_t len, char *out, size_t outcap)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t		i = 0;
+	size_t		o = 0;
+
+	while (i < len)
+	{
+		const unsigned char *c = (const unsigned char *) s + i;
+		int			n = pg_utf_mblen(c);
+
+		if (*c >= 0xC2 && *c <= 0xF4 && i + n > len)
+		{
+			size_t		k = i + 1;
+
+			while (k < len && (((const unsigned char *) s)[k] & 0xC0) == 0x80)
+				k++;
+			if (k == len)
+				break;			/* a character cut by the end of the bytes */
+		}
+		if (*c != 0 && i + n <= len && pg_utf8_islegal(c, n))
+		{
+			if (o + n + 1 > outcap)
+				break;
+			memcpy(out + o, c, n);
+			o += n;
+			i += n;
+		}
+		else
+		{
+			if (o + 4 + 1 > outcap)
+				break;
+			out[o++] = '\\';
+			out[o++] = 'x';
+			out[o++] = hex[*c >> 4];
+			out[o++] = hex[*c & 15];
+			i++;
+		}
+	}
+	out[o] = '\0';
+	return o;
+}
+
+/*
+ * Valid UTF-8 text (MonkValidUtf8) as text of the database's encoding,
+ * without a conversion that could fail: in a database that is neither UTF8
+ * nor SQL_ASCII, each character that is not ASCII is written \uXXXX (every
+ * server encoding holds ASCII).  palloc'd.
+ */
+char *
+MonkTextForDatabase(const char *utf8)
+{
+	StringInfoData buf;
+	int			enc = GetDatabaseEncoding();
+
+	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
+		return pstrdup(utf8);
+	initStringInfo(&buf);
+	for (const unsigned char *c = (const unsigned char *) utf8; *c;)
+	{
+		int			n = pg_utf_mblen(c);
+
+		if (*c < 0x80)
+			appendStringInfoChar(&buf, (char) *c);
+		else
+		{
+			pg_wchar	w = utf8_to_unicode(c);
+
+			appendStringInfo(&buf, w > 0xFFFF ? "\\U%08X" : "\\u%04X", (unsigned int) w);
+		}
+		for (int k = 0; k < n && *c; k++)
+			c++;
+	}
+	return buf.data;
 }

@@ -31,6 +31,8 @@ typedef struct MonkHttpRequest
 	long		status;			/* HTTP status, 0 when no answer */
 	long		retry_after_ms; /* Retry-After, -1 when absent */
 	char		error[MONK_ERROR_MAX];	/* transport error, "" when answered */
+	bool		tls_failed;		/* no answer: the server's certificate was
+								 * refused (retrying cannot help) */
 	char		response[MONK_RESPONSE_MAX + 1];
 	size_t		response_len;
 	bool		response_truncated;
@@ -48,5 +50,7 @@ extern bool MonkHttpStart(MonkHttpClient *client, MonkHttpRequest *req,
 extern bool MonkHttpWait(MonkHttpClient *client, long timeout_ms, uint32 wait_event_info);
 extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);
 extern void MonkHttpFreeResponse(MonkHttpRequest *req);
+extern size_t MonkValidUtf8(const char *s, size_t len, char *out, size_t outcap);
+extern char *MonkTextForDatabase(const char *utf8);
 
 #endif

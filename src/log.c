@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -231,6 +232,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	bool		found;
 	dlist_mutable_iter iter;
 	dlist_head	replaced;
+	MonkOutboxRow converted;
 
 	MonkVerdict verdict = MonkWindowKeysJudge(&log->window->keys, hash, row);
 
@@ -246,6 +248,23 @@ AddRow(void *arg, const MonkOutboxRow *row)
 		pg_atomic_fetch_add_u64(&log->slot->settled, 1);
 		return true;
 	}
+
+	/*
+	 * the event as it is sent: UTF-8 (converted here, in the read's
+	 * transaction)
+	 */
+	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
+	{
+		const char *utf8 = pg_server_to_any(row->event, row->event_len, PG_UTF8);
+
+		if (utf8 != row->event)
+		{
+			converted = *row;
+			converted.event = utf8;
+			converted.event_len = strlen(utf8);
+			row = &converted;
+		}
+	}
 	item = MemoryContextAlloc(log->items_cxt, sizeof(MonkQueued) + row->key_len + row->event_len + 2);
 	key = (char *) (item + 1);
 	event = key + row->key_len + 1;
@@ -253,6 +272,8 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	key[row->key_len] = '\0';
 	memcpy(event, row->event, row->event_len);
 	event[row->event_len] = '\0';
+	if (row == &converted)
+		pfree((char *) converted.event);
 	item->row = *row;
 	item->row.key = key;
 	item->row.event = event;

@@ -14,13 +14,16 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -37,6 +40,8 @@ PG_FUNCTION_INFO_V1(monk_usage_cost);
 PG_FUNCTION_INFO_V1(monk_verify_export);
 
 #define PAGE_LIMIT 1000
+/* Empty pages in a row that say there are more, before the listing stops */
+#define MAX_EMPTY_PAGES 100
 #define MAX_ANSWER (64 * 1024 * 1024)
 
 /* Wait ms milliseconds, awake to cancellation. */
@@ -59,8 +64,32 @@ SleepInterruptibly(long ms)
 }
 
 /*
+ * An answer's body as text of the database's encoding: refused when it holds
+ * a NUL byte or is not UTF-8 (the API's encoding), converted otherwise (a
+ * character the database's encoding cannot hold is an error, 22P05, as for
+ * any client).
+ */
+static char *
+AnswerText(const char *body, size_t len)
+{
+	const char *nul = memchr(body, '\0', len);
+
+	if (nul != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("the answer of the Events API holds a NUL byte, at byte %d", (int) (nul - body)),
+				 errhint("Check monk.base_url: the Events API answers JSON.")));
+	if (!pg_verify_mbstr(PG_UTF8, body, (int) len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("the answer of the Events API is not valid UTF-8"),
+				 errhint("Check monk.base_url: the Events API answers JSON in UTF-8.")));
+	return pg_any_to_server(pnstrdup(body, len), (int) len, PG_UTF8);
+}
+
+/*
  * One call to the Events API with the worker's retry rules.  Returns the
- * answer's body (2xx); raises on a refused key, a refused request, or when
+ * answer's body (200); raises on a refused key, a refused request, or when
  * the API did not answer after monk.max_retries retries.
  */
 static char *
@@ -70,6 +99,7 @@ ApiCall(const char *method, const char *url, const char *body)
 	MonkHttpClient *client = MonkHttpCreate(CurrentMemoryContext);
 	MonkHttpRequest req;
 	char	   *result = NULL;
+	char	   *answer;
 	int			attempt = 0;
 
 	memset(&req, 0, sizeof(req));
@@ -91,10 +121,12 @@ ApiCall(const char *method, const char *url, const char *body)
 			}
 			(void) MonkHttpNextDone(client);
 		}
-		outcome = MonkClassify(req.status);
+		outcome = MonkClassify(req.status, MONK_READ_OK);
+		/* what the API said, as valid text of this database (http.c) */
+		answer = MonkTextForDatabase(req.response);
 		if (outcome == MONK_OUTCOME_ACCEPTED)
 		{
-			result = pnstrdup(req.big_response ? req.big_response : "", req.big_len);
+			result = AnswerText(req.big_response ? req.big_response : "", req.big_len);
 			break;
 		}
 		if (outcome == MONK_OUTCOME_AUTH)
@@ -106,7 +138,18 @@ ApiCall(const char *method, const char *url, const char *body)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("the Events API refused the request (HTTP %ld)", req.status),
-					 errdetail("The answer was: %.500s", req.big_response ? req.big_response : req.response)));
+					 errdetail("The answer was: %.500s", answer)));
+		if (outcome == MONK_OUTCOME_UNEXPECTED)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("unexpected answer HTTP %ld from the Events API", req.status),
+					 errdetail("The answer was: %.200s", answer),
+					 errhint("Check monk.base_url: the Events API answers a read with HTTP 200.")));
+		if (req.tls_failed)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("the Events API's TLS certificate was refused: %s", req.error),
+					 errhint("Check monk.base_url and monk.ca_file; retrying cannot help.")));
 		if (req.response_truncated)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -115,8 +158,7 @@ ApiCall(const char *method, const char *url, const char *body)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("the Events API did not answer successfully after %d attempts", attempt),
-					 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status,
-											req.big_response ? req.big_response : req.response)
+					 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status, answer)
 					 : errdetail("The last error was: %s", req.error),
 					 errhint("Check monk.status and monk.base_url; the request can be repeated.")));
 		SleepInterruptibly(MonkBackoffMs(attempt, req.retry_after_ms));
@@ -158,6 +200,8 @@ AddParam(StringInfo url, const char *name, const char *value)
 
 	if (value == NULL)
 		return;
+	/* the API reads UTF-8 */
+	value = pg_server_to_any(value, strlen(value), PG_UTF8);
 	appendStringInfo(url, "%c%s=", strchr(url->data, '?') ? '&' : '?', name);
 	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
 	{
@@ -226,19 +270,29 @@ typedef void (*ListedEventCallback) (void *arg, ListedEvent *ev);
  * "nextCursor": string|null}.  Returns the cursor of the next page, or NULL.
  */
 static char *
-ReadEventsPage(Jsonb *page, ListedEventCallback cb, void *arg)
+ReadEventsPage(Jsonb *page, ListedEventCallback cb, void *arg, int *nread)
 {
-	JsonbValue *data = getKeyJsonValueFromContainer(&page->root, "data", 4, NULL);
-	JsonbValue *more = getKeyJsonValueFromContainer(&page->root, "hasMore", 7, NULL);
+	JsonbValue *data;
+	JsonbValue *more;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
+	int			i = 0;
 
-	if (!JB_ROOT_IS_OBJECT(page) || data == NULL || data->type != jbvBinary ||
-		!JsonContainerIsArray(data->val.binary.data))
+	if (JB_ROOT_IS_SCALAR(page) || !JB_ROOT_IS_OBJECT(page))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the answer of GET /v1/events is not a JSON object")));
+	data = getKeyJsonValueFromContainer(&page->root, "data", 4, NULL);
+	more = getKeyJsonValueFromContainer(&page->root, "hasMore", 7, NULL);
+	if (data == NULL || data->type != jbvBinary || !JsonContainerIsArray(data->val.binary.data))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("the answer of GET /v1/events has no \"data\" array")));
+	if (more != NULL && more->type != jbvBool && more->type != jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the answer of GET /v1/events has a \"hasMore\" that is not a boolean")));
 
 	it = JsonbIteratorInit(data->val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
@@ -249,8 +303,13 @@ ReadEventsPage(Jsonb *page, ListedEventCallback cb, void *arg)
 		char	   *ts;
 		const char *why;
 
-		if (tok != WJB_ELEM || v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+		if (tok != WJB_ELEM)
 			continue;
+		if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("the answer of GET /v1/events has an item of \"data\" that is not an object, at index %d", i)));
+		i++;
 		obj = v.val.binary.data;
 		memset(&ev, 0, sizeof(ev));
 		ev.event_name = MemberString(obj, "eventName");
@@ -265,6 +324,7 @@ ReadEventsPage(Jsonb *page, ListedEventCallback cb, void *arg)
 			ev.properties = JsonbValueToJsonb(props);
 		cb(arg, &ev);
 	}
+	*nread = i;
 	if (more && more->type == jbvBool && more->val.boolean)
 	{
 		char	   *next = MemberString(&page->root, "nextCursor");
@@ -287,13 +347,24 @@ ListEvents(const char *customer_id, const char *external_customer_id, const char
 	char	   *cursor = NULL;
 	MemoryContext pagecxt = AllocSetContextCreate(CurrentMemoryContext, "monk page",
 												  ALLOCSET_DEFAULT_SIZES);
+	HTAB	   *seen;
+	HASHCTL		ctl;
+	int			empty = 0;
+	int			pages = 0;
 
+	/* the cursors followed (their hashes): an API paging in a loop stops */
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(uint64);
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("monk cursors", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	do
 	{
 		MemoryContext old = MemoryContextSwitchTo(pagecxt);
 		StringInfoData url;
 		char	   *base = MonkBaseUrl();
 		char	   *next;
+		int			nread;
 
 		initStringInfo(&url);
 		appendStringInfo(&url, "%s/v1/events", base);
@@ -306,13 +377,34 @@ ListEvents(const char *customer_id, const char *external_customer_id, const char
 		if (has_end)
 			AddParam(&url, "end", IsoString(end));
 		AddParam(&url, "cursor", cursor);
-		next = ReadEventsPage(ParseAnswer(ApiCall("GET", url.data, NULL)), cb, arg);
+		next = ReadEventsPage(ParseAnswer(ApiCall("GET", url.data, NULL)), cb, arg, &nread);
+		pages++;
+		empty = nread == 0 ? empty + 1 : 0;
+		if (next != NULL)
+		{
+			uint64		h = hash_bytes_extended((const unsigned char *) next, strlen(next), 0);
+			bool		found;
+
+			(void) hash_search(seen, &h, HASH_ENTER, &found);
+			if (found)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("the Events API returned a \"nextCursor\" it had returned before, after %d pages", pages),
+						 errdetail("Following it would page forever."),
+						 errhint("Check monk.base_url; the Events API should not do this.")));
+			if (empty >= MAX_EMPTY_PAGES)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("the Events API returned %d empty pages in a row that say there are more", empty),
+						 errhint("Check monk.base_url; the Events API should not do this.")));
+		}
 		MemoryContextSwitchTo(old);
 		cursor = next ? pstrdup(next) : NULL;
 		/* one page in memory at a time */
 		MemoryContextReset(pagecxt);
 	} while (cursor != NULL);
 	MemoryContextDelete(pagecxt);
+	hash_destroy(seen);
 }
 
 static char *
@@ -324,7 +416,6 @@ TextArgOrNull(FunctionCallInfo fcinfo, int n)
 typedef struct ListState
 {
 	ReturnSetInfo *rsinfo;
-	MemoryContext outcxt;
 } ListState;
 
 static void
@@ -333,7 +424,8 @@ PutListedEvent(void *arg, ListedEvent *ev)
 	ListState  *st = arg;
 	Datum		values[6];
 	bool		nulls[6];
-	MemoryContext old = MemoryContextSwitchTo(st->outcxt);
+
+	/* in the page's context: the tuplestore copies the row into its own */
 
 	memset(nulls, false, sizeof(nulls));
 	values[0] = ev->event_name ? CStringGetTextDatum(ev->event_name) : (nulls[0] = true, (Datum) 0);
@@ -343,7 +435,6 @@ PutListedEvent(void *arg, ListedEvent *ev)
 	values[4] = ev->properties ? JsonbPGetDatum(ev->properties) : (nulls[4] = true, (Datum) 0);
 	values[5] = ev->idempotency_key ? CStringGetTextDatum(ev->idempotency_key) : (nulls[5] = true, (Datum) 0);
 	tuplestore_putvalues(st->rsinfo->setResult, st->rsinfo->setDesc, values, nulls);
-	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -359,7 +450,6 @@ monk_list_events(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	st.outcxt = CurrentMemoryContext;
 	CheckApiTime("start", !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2));
 	CheckApiTime("\"end\"", !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3));
 	if (!PG_ARGISNULL(2) && !PG_ARGISNULL(3) && PG_GETARG_TIMESTAMPTZ(3) < PG_GETARG_TIMESTAMPTZ(2))
@@ -393,6 +483,8 @@ monk_usage_cost(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("request must be a JSON object")));
 	body = JsonbToCString(NULL, &request->root, VARSIZE(request));
+	/* the API reads UTF-8 */
+	body = pg_server_to_any(body, strlen(body), PG_UTF8);
 	url = psprintf("%s/v1/usage/cost", MonkBaseUrl());
 	PG_RETURN_JSONB_P(ParseAnswer(ApiCall("POST", url, body)));
 }

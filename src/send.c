@@ -17,6 +17,7 @@
 
 #include "event.h"
 #include "outbox.h"
+#include "http.h"
 #include "settings.h"
 #include "shmem.h"
 
@@ -106,6 +107,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 
 	initStringInfo(&json);
 	MonkEventCheckSize(MonkEventRender(&json, ev, key, MonkMaxEventBytes()) ? json.len : -1);
+	MonkEventCheckBytes(json.data, json.len);
 	MonkOutboxInsert(id, key, json.data, json.len, now);
 	MonkWakeWorkerAtCommit(1);
 	pfree(json.data);
@@ -201,16 +203,23 @@ monk_worker_status(PG_FUNCTION_ARGS)
 		nulls[n++] = (pid == 0);
 		values[n++] = CStringGetTextDatum(pid ? MonkStateName(slot->state) : "not running");
 		values[n++] = CStringGetTextDatum(MonkCircuitName(slot->circuit));
-		for (int c = 0; c < MONK_NUM_COUNTERS; c++)
+		for (int c = 0; c <= MONK_REQUESTS_FAILED; c++)
 			values[n++] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->counters[c]));
 		values[n] = TimestampTzGetDatum(started);
 		nulls[n++] = (started == 0);
 		values[n] = TimestampTzGetDatum(success);
 		nulls[n++] = (success == 0);
-		values[n] = CStringGetTextDatum(last_error);
+		values[n] = CStringGetTextDatum(MonkTextForDatabase(last_error));
 		nulls[n++] = (last_error[0] == '\0');
 		values[n] = TimestampTzGetDatum(error_at);
 		nulls[n++] = (error_at == 0);
+
+		/*
+		 * 0.4's column (0.3's definition, before ALTER EXTENSION UPDATE, has
+		 * not it)
+		 */
+		if (rsinfo->setDesc->natts > n)
+			values[n++] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->counters[MONK_REQUESTS_OTHER]));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -48,30 +48,22 @@ MonkChunkCreate(MemoryContext parent, int capacity)
 }
 
 /*
- * Add one rendered event.  Events are stored in the database's encoding; the
- * API reads UTF-8.
+ * Add one rendered event, in UTF-8 (the API's encoding: the caller converts
+ * from the database's, in a transaction).
  */
 void
 MonkChunkAdd(MonkChunk *chunk, int64 id, const char *event, int len, TimestampTz queued_at)
 {
 	MemoryContext old = MemoryContextSwitchTo(chunk->cxt);
-	char	   *utf8 = (char *) event;
 	int			i = chunk->n;
 
 	Assert(i < chunk->cap && !chunk->finished);
-	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
-	{
-		char	   *copy = pnstrdup(event, len);
-
-		utf8 = pg_server_to_any(copy, len, PG_UTF8);
-		len = strlen(utf8);
-	}
 	if (i > 0)
 		appendStringInfoChar(&chunk->data, ',');
 	chunk->ids[i] = id;
 	chunk->off[i] = chunk->data.len;
 	chunk->len[i] = len;
-	appendBinaryStringInfo(&chunk->data, utf8, len);
+	appendBinaryStringInfo(&chunk->data, event, len);
 	chunk->n++;
 	chunk->min_id = Min(chunk->min_id, id);
 	chunk->max_id = Max(chunk->max_id, id);
@@ -336,8 +328,18 @@ SetLastError(MonkSender *sender, MonkHttpRequest *req)
 	if (req->status == 0)
 		snprintf(sender->last_error, sizeof(sender->last_error), "no answer: %s", req->error);
 	else
-		snprintf(sender->last_error, sizeof(sender->last_error), "HTTP %ld: %.*s",
-				 req->status, 160, req->response);
+	{
+		char		clip[161];
+
+		/* the answer is valid UTF-8 (http.c): clipped on a character */
+		(void) MonkValidUtf8(req->response, req->response_len, clip, sizeof(clip));
+		if (MonkClassify(req->status, MONK_BATCH_ACCEPTED) == MONK_OUTCOME_UNEXPECTED)
+			snprintf(sender->last_error, sizeof(sender->last_error),
+					 "unexpected answer HTTP %ld (the Events API accepts a batch with 202; is monk.base_url right?): %.120s",
+					 req->status, clip);
+		else
+			snprintf(sender->last_error, sizeof(sender->last_error), "HTTP %ld: %s", req->status, clip);
+	}
 	if (sender->ops->outcome)
 		sender->ops->outcome(sender->arg, sender->last_error);
 }
@@ -372,8 +374,10 @@ CountAnswer(MonkSender *sender, long status)
 		Count(sender, MONK_REQUESTS_4XX, 1);
 	else if (status >= 500)
 		Count(sender, MONK_REQUESTS_5XX, 1);
-	else
+	else if (status == 0)
 		Count(sender, MONK_REQUESTS_FAILED, 1);
+	else
+		Count(sender, MONK_REQUESTS_OTHER, 1);
 }
 
 /* 400, 422, 413: a single event is refused for good; more are bisected. */
@@ -401,7 +405,7 @@ SplitRefused(MonkSender *sender, MonkBatch *batch, TimestampTz now)
 	}
 }
 
-/* 401, 403: pause (once per configuration) and keep the batch. */
+/* 401, 403, a refused certificate: pause (once per configuration) and keep the batch. */
 static void
 PauseOnAuth(MonkSender *sender, MonkBatch *batch, TimestampTz now)
 {
@@ -411,7 +415,8 @@ PauseOnAuth(MonkSender *sender, MonkBatch *batch, TimestampTz now)
 	if (!sender->paused && batch->generation == sender->generation)
 	{
 		sender->paused = true;
-		sender->ops->auth_failed(sender->arg, batch, req->status, req->response);
+		sender->paused_on_tls = (req->status == 0);
+		sender->ops->auth_failed(sender->arg, batch, req->status, req->status == 0 ? req->error : req->response);
 	}
 	if (batch->body.data)
 	{
@@ -459,7 +464,18 @@ Complete(MonkSender *sender, MonkBatch *batch)
 
 	sender->inflight--;
 	CountAnswer(sender, req->status);
-	switch (MonkClassify(req->status))
+	if (req->status == 0 && req->tls_failed)
+	{
+		/*
+		 * the certificate was refused: like a refused key, retrying cannot
+		 * help
+		 */
+		SetLastError(sender, req);
+		PauseOnAuth(sender, batch, now);
+		ReportCircuit(sender);
+		return;
+	}
+	switch (MonkClassify(req->status, MONK_BATCH_ACCEPTED))
 	{
 		case MONK_OUTCOME_ACCEPTED:
 			RecordOutcome(sender, true, now);
@@ -484,6 +500,14 @@ Complete(MonkSender *sender, MonkBatch *batch)
 		case MONK_OUTCOME_RETRY:
 			SetLastError(sender, req);
 			RecordOutcome(sender, false, now);
+			RetryLater(sender, batch, now);
+			break;
+		case MONK_OUTCOME_UNEXPECTED:
+			/* not the API's acceptance: nothing is settled */
+			SetLastError(sender, req);
+			RecordOutcome(sender, false, now);
+			if (sender->ops->unexpected)
+				sender->ops->unexpected(sender->arg, batch, req->status);
 			RetryLater(sender, batch, now);
 			break;
 	}
@@ -530,6 +554,13 @@ MonkSenderConfigChanged(MonkSender *sender, bool destination)
 	dlist_foreach(iter, &sender->waiting)
 		dlist_container(MonkBatch, node, iter.cur)->not_before = 0;
 	ReportCircuit(sender);
+}
+
+/* Was the pause a refused TLS certificate (not a refused key)? */
+bool
+MonkSenderPausedOnTls(const MonkSender *sender)
+{
+	return sender->paused && sender->paused_on_tls;
 }
 
 /* Has the API refused the key (sending paused until the settings change)? */

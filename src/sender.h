@@ -65,6 +65,8 @@ typedef struct MonkSenderOps
 	bool		(*parked) (void *arg, MonkBatch *batch, long status, const char *error);
 	/* 401/403: sending is paused until MonkSenderResume */
 	void		(*auth_failed) (void *arg, MonkBatch *batch, long status, const char *body);
+	/* optional: an answer that is not the API's (retried; nothing settled) */
+	void		(*unexpected) (void *arg, MonkBatch *batch, long status);
 	/* every batch of the chunk has been accepted or refused */
 	void		(*chunk_done) (void *arg, MonkChunk *chunk);
 
@@ -88,6 +90,7 @@ typedef struct MonkSender
 	MonkCircuit circuit;
 	TimestampTz rate_limited_until; /* Retry-After applies to every request */
 	bool		paused;			/* authentication failed */
+	bool		paused_on_tls;	/* ... or the certificate was refused */
 	uint32		generation;		/* of the settings; requests keep theirs */
 	bool		draining;		/* shutting down: start nothing new */
 	char		last_error[MONK_ERROR_MAX + 64];
@@ -109,6 +112,7 @@ extern void MonkSenderConfigChanged(MonkSender *sender, bool destination);
 
 /* What the sender is doing (its owner reads these, never its fields). */
 extern bool MonkSenderPaused(const MonkSender *sender);
+extern bool MonkSenderPausedOnTls(const MonkSender *sender);
 extern int	MonkSenderInflight(const MonkSender *sender);
 extern int	MonkSenderBackingOff(const MonkSender *sender);
 extern MonkCircuitState MonkSenderCircuit(const MonkSender *sender);

@@ -25,6 +25,7 @@
 #include "utils/timestamp.h"
 
 #include "settings.h"
+#include "http.h"
 #include "shmem.h"
 
 MonkShared *MonkShmem = NULL;
@@ -309,8 +310,12 @@ MonkSlotDepth(MonkWorkerSlot *slot)
 void
 MonkSlotSetError(MonkWorkerSlot *slot, const char *msg)
 {
+	char		clip[MONK_LAST_ERROR_LEN];
+
+	/* valid UTF-8, cut on a character */
+	(void) MonkValidUtf8(msg, strlen(msg), clip, sizeof(clip));
 	SpinLockAcquire(&slot->mutex);
-	strlcpy(slot->last_error, msg, MONK_LAST_ERROR_LEN);
+	strlcpy(slot->last_error, clip, MONK_LAST_ERROR_LEN);
 	slot->last_error_at = GetCurrentTimestamp();
 	SpinLockRelease(&slot->mutex);
 }
@@ -344,6 +349,8 @@ MonkStateName(int state)
 			return "circuit open";
 		case MONK_STATE_PAUSED_AUTH:
 			return "paused: authentication failed";
+		case MONK_STATE_PAUSED_TLS:
+			return "paused: TLS certificate refused";
 		case MONK_STATE_STOPPING:
 			return "stopping";
 	}

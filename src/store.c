@@ -11,6 +11,8 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
+
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -25,6 +27,7 @@
 
 #include "compat.h"
 #include "outbox.h"
+#include "http.h"
 #include "store.h"
 #include "xact.h"
 
@@ -95,13 +98,20 @@ InsertDeadLetter(void *arg)
 	values[0] = CStringGetTextDatum(dl->source);
 	values[1] = Int64GetDatum(dl->source_id);
 	values[2] = PointerGetDatum(cstring_to_text_with_len(dl->key, dl->key_len > 0 ? dl->key_len : strlen(dl->key)));
-	values[3] = PointerGetDatum(cstring_to_text_with_len(dl->event, dl->event_len > 0 ? dl->event_len : strlen(dl->event)));
+	{
+		int			len = dl->event_len > 0 ? dl->event_len : strlen(dl->event);
+		const char *event = dl->event_utf8 ? pg_any_to_server(dl->event, len, PG_UTF8) : dl->event;
+
+		if (event != dl->event)
+			len = strlen(event);
+		values[3] = PointerGetDatum(cstring_to_text_with_len(event, len));
+	}
 	values[4] = TimestampTzGetDatum(dl->queued_at);
 	nulls[4] = dl->queued_at ? ' ' : 'n';
 	values[5] = Int32GetDatum((int32) dl->status);
 	nulls[5] = dl->has_status ? ' ' : 'n';
 	values[6] = CStringGetTextDatum(dl->error);
-	values[7] = (dl->response && dl->response[0]) ? CStringGetTextDatum(dl->response) : (Datum) 0;
+	values[7] = (dl->response && dl->response[0]) ? CStringGetTextDatum(MonkTextForDatabase(dl->response)) : (Datum) 0;
 	nulls[7] = (dl->response && dl->response[0]) ? ' ' : 'n';
 	values[8] = Int32GetDatum(dl->attempts);
 	MonkPlanRun(plan_dead_letter, values, nulls, false, SPI_OK_INSERT, "dead-lettering an event");

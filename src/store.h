@@ -20,6 +20,8 @@ typedef struct MonkDeadLetter
 	int			key_len;		/* 0: key is NUL-terminated */
 	const char *event;
 	int			event_len;		/* 0: event is NUL-terminated */
+	bool		event_utf8;		/* the event is in UTF-8 (the worker's, as
+								 * sent), not in the database's encoding */
 	TimestampTz queued_at;		/* 0: not queued (an export's row) */
 	bool		has_status;		/* the API answered (status) */
 	long		status;

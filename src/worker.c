@@ -219,6 +219,7 @@ OutboxDeadLetter(MonkQueued *item)
 		.key_len = item->row.key_len,
 		.event = item->row.event,
 		.event_len = item->row.event_len,
+		.event_utf8 = true,
 		.queued_at = item->row.queued_at,
 	};
 
@@ -277,12 +278,43 @@ OnAuthFailed(void *arg, MonkBatch *batch, long status, const char *body)
 {
 	MonkWorker *w = arg;
 
-	MonkWorkerSetState(w, MONK_STATE_PAUSED_AUTH);
-	ereport(WARNING,
-			(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
-			 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
+	if (status == 0)
+	{
+		MonkWorkerSetState(w, MONK_STATE_PAUSED_TLS);
+		ereport(WARNING,
+				(errmsg("monk: the Events API's TLS certificate was refused; sending is paused"),
+				 errdetail("%s", body && body[0] ? body : "The certificate could not be verified."),
+				 errhint("Check monk.base_url and monk.ca_file and reload the configuration; no event is lost meanwhile.")));
+	}
+	else
+	{
+		MonkWorkerSetState(w, MONK_STATE_PAUSED_AUTH);
+		ereport(WARNING,
+				(errmsg("monk: the Events API refused the API key (HTTP %ld); sending is paused", status),
+				 errhint("Set monk.api_key to a valid key and reload the configuration; no event is lost meanwhile.")));
+	}
 	MonkXactBegin("monk: reporting an authentication failure");
-	MonkOutboxNotify(AlertPayload(w, "auth_failed", batch->count, status));
+	MonkOutboxNotify(AlertPayload(w, status == 0 ? "tls_failed" : "auth_failed", batch->count, status));
+	MonkXactCommit();
+}
+
+/*
+ * An answer that is not the API's acceptance nor a documented refusal (a 200
+ * page of another server at monk.base_url, a redirect): the batch is retried,
+ * nothing settles; said in the log and on monk_alert.
+ */
+static void
+OnUnexpected(void *arg, MonkBatch *batch, long status)
+{
+	MonkWorker *w = arg;
+
+	ereport(WARNING,
+			(errmsg("monk: unexpected answer HTTP %ld to a batch of %d events; nothing was taken as delivered, the batch is retried",
+					status, batch->count),
+			 errdetail("The Events API accepts a batch with HTTP 202; see monk.status.last_error for the answer."),
+			 errhint("Check monk.base_url.")));
+	MonkXactBegin("monk: reporting an unexpected answer");
+	MonkOutboxNotify(AlertPayload(w, "unexpected_answer", batch->count, status));
 	MonkXactCommit();
 }
 
@@ -334,7 +366,15 @@ OnCircuit(void *arg, MonkCircuitState state)
 }
 
 static const MonkSenderOps WorkerOps = {
-	OnAccepted, OnRefused, OnParked, OnAuthFailed, OnChunkDone, OnCount, OnOutcome, OnCircuit
+	.accepted = OnAccepted,
+	.refused = OnRefused,
+	.parked = OnParked,
+	.auth_failed = OnAuthFailed,
+	.unexpected = OnUnexpected,
+	.chunk_done = OnChunkDone,
+	.count = OnCount,
+	.outcome = OnOutcome,
+	.circuit = OnCircuit,
 };
 
 
@@ -566,7 +606,7 @@ static void
 PublishState(MonkWorker *w)
 {
 	if (MonkSenderPaused(w->sender))
-		MonkWorkerSetState(w, MONK_STATE_PAUSED_AUTH);
+		MonkWorkerSetState(w, MonkSenderPausedOnTls(w->sender) ? MONK_STATE_PAUSED_TLS : MONK_STATE_PAUSED_AUTH);
 	else if (MonkSenderCircuit(w->sender) == MONK_CIRCUIT_OPEN)
 		MonkWorkerSetState(w, MONK_STATE_CIRCUIT_OPEN);
 	else if (MonkSenderInflight(w->sender) > 0)

@@ -66,7 +66,7 @@ sub monk_node
 	$node->start;
 	for my $db (@dbs)
 	{
-		$node->safe_psql('postgres', "CREATE DATABASE $db") if $db ne 'postgres';
+		$node->safe_psql('postgres', "CREATE DATABASE $db " . ($opts{create}{$db} // '')) if $db ne 'postgres';
 		$node->safe_psql($db, 'CREATE EXTENSION monk' . ($opts{version} ? " VERSION '$opts{version}'" : ''));
 	}
 	return $node;
