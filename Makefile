@@ -12,7 +12,7 @@ EXTENSION = monk
 # install script and goes into the User-Agent
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/outbox_consumer.o src/store.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/log.o src/window_keys.o src/source.o src/export.o src/query.o src/ddl.o src/capture.o src/capture_map.o src/xact.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/outbox_consumer.o src/store.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/log.o src/window_keys.o src/source.o src/inflight.o src/export.o src/query.o src/ddl.o src/capture.o src/capture_map.o src/xact.o
 # every install and upgrade script (0.1's too: the upgrade test installs it)
 DATA = $(sort sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*.sql))
 PGFILEDESC = "monk - export usage events to the Monk Events API"
@@ -37,7 +37,7 @@ NO_LOCALE = 1
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/regress.conf
 
 # races, with isolationtester: specs in test/isolation/specs, outputs in test/isolation/expected
-ISOLATION = export_cursor outbox_visibility segment_lock version_order dead_letter_retry
+ISOLATION = export_cursor export_late_commit outbox_visibility segment_lock version_order dead_letter_retry
 ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation --temp-instance=./tmp_isolation --temp-config=$(srcdir)/test/regress.conf
 
 TAP_TESTS = 1

@@ -18,7 +18,7 @@ CREATE OR REPLACE VIEW monk.sent AS
 
 ALTER TABLE monk.dead_letter ADD COLUMN superseded_id bigint;
 -- the outbox's dead letters by key: the worker marks those a newer version of their key supersedes
-CREATE INDEX dead_letter_outbox_key ON monk.dead_letter (idempotency_key) WHERE source = 'outbox';
+CREATE INDEX dead_letter_outbox_key ON monk.dead_letter USING hash (idempotency_key) WHERE source = 'outbox';
 COMMENT ON COLUMN monk.dead_letter.superseded_id IS
     'the outbox id of a newer version of this key, accepted by the API or queued: monk_retry_dead_letters no longer queues this one';
 -- the dead letters of 0.3 whose key has a newer version in the log now
@@ -154,3 +154,12 @@ CREATE VIEW monk.status AS
 -- Monitoring roles may read the status (no secrets in it), and nothing else.
 GRANT SELECT ON monk.status TO pg_monitor;
 
+-- monk_batch_export finds rows committed late below its cursor (pending_ids),
+-- and a new cursor starts before every id (NULL), not at 0: ids of 0 and
+-- below are exported too.  An existing cursor keeps its position.
+ALTER TABLE monk.sync_state
+    ALTER COLUMN last_id DROP NOT NULL,
+    ALTER COLUMN last_id DROP DEFAULT,
+    ADD COLUMN pending_ids bigint[] NOT NULL DEFAULT '{}';
+COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id (all rows while it is NULL) are still to be sent, and those with an id in pending_ids';
+COMMENT ON COLUMN monk.sync_state.pending_ids IS 'ids at or below last_id of rows that a transaction in progress at the last run was inserting (or that committed during it): read again by the next run';

@@ -43,7 +43,7 @@ CREATE TABLE monk.dead_letter (
 -- one dead letter per outbox event, even when a refusal is seen again after a restart
 CREATE UNIQUE INDEX dead_letter_outbox ON monk.dead_letter (source_id) WHERE source = 'outbox';
 -- the outbox's dead letters by key: the worker marks those a newer version of their key supersedes
-CREATE INDEX dead_letter_outbox_key ON monk.dead_letter (idempotency_key) WHERE source = 'outbox';
+CREATE INDEX dead_letter_outbox_key ON monk.dead_letter USING hash (idempotency_key) WHERE source = 'outbox';
 COMMENT ON COLUMN monk.dead_letter.superseded_id IS
     'the outbox id of a newer version of this key, accepted by the API or queued: monk_retry_dead_letters no longer queues this one';
 COMMENT ON TABLE monk.dead_letter IS 'events the Events API refused, with its answer; source is ''outbox'' or an export cursor';
@@ -190,14 +190,16 @@ COMMENT ON VIEW monk.sent IS 'events the Events API accepted, while their segmen
 CREATE TABLE monk.sync_state (
     cursor_name     text        PRIMARY KEY,
     source          text        NOT NULL,
-    last_id         bigint      NOT NULL DEFAULT 0,
+    last_id         bigint,
+    pending_ids     bigint[]    NOT NULL DEFAULT '{}',
     events_sent     bigint      NOT NULL DEFAULT 0,
     events_failed   bigint      NOT NULL DEFAULT 0,
     last_run_at     timestamptz,
     last_error      text,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id are still to be sent';
+COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id (all rows while it is NULL) are still to be sent, and those with an id in pending_ids';
+COMMENT ON COLUMN monk.sync_state.pending_ids IS 'ids at or below last_id of rows that a transaction in progress at the last run was inserting (or that committed during it): read again by the next run';
 
 -- pg_dump keeps the queued events (those of transactions the frontier does
 -- not see, as in monk.outbox: pg_dump refuses a view in a filter), but a

@@ -38,6 +38,7 @@
 
 #include "event.h"
 #include "store.h"
+#include "inflight.h"
 #include "sender.h"
 #include "settings.h"
 #include "source.h"
@@ -62,7 +63,23 @@ typedef struct Export
 	MonkSender *sender;
 	dlist_head	slices;			/* in id order, not yet behind the cursor */
 	int			nslices_inflight;
-	int64		cursor;			/* last id accepted or dead-lettered, in order */
+	MonkCursorPos pos;			/* the cursor: its last id moves past the rows
+								 * accepted or dead-lettered, in order */
+	int64		start_id;		/* where it stood (pos.started: it had) */
+	bool		started;
+	int64		max_events;		/* 0: no limit */
+	int64		read;			/* rows read */
+	bool		has_prev;		/* the id of the row read last */
+	int64		prev_id;
+	bool		has_scanned;	/* the ids past the cursor looked at for rows
+								 * not seen: up to scanned_to */
+	int64		scanned_to;
+	MonkInFlight *inflight;		/* NULL: rows not seen are not looked for */
+	int64	   *unseen;			/* ids of rows not seen, past the cursor */
+	int			nunseen;
+	int			unseen_cap;
+	int64	   *pending_read;	/* pending ids read again */
+	int			npending_read;
 	int			batches;
 	int64		sent;
 	int64		failed;
@@ -91,7 +108,10 @@ AdvanceCursor(Export *ex)
 
 		if (!slice->settled || slice->failed)
 			break;
-		ex->cursor = slice->last_id;
+		/* a slice of pending ids only stands below the cursor */
+		if (!ex->pos.started || slice->last_id > ex->pos.last_id)
+			ex->pos.last_id = slice->last_id;
+		ex->pos.started = true;
 		dlist_delete(&slice->node);
 		if (slice->chunk)
 			MonkChunkFree(slice->chunk);
@@ -178,6 +198,85 @@ static const MonkSenderOps export_ops = {
 	.chunk_done = OnChunkDone,
 };
 
+static int
+CompareIds(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void
+DuplicateId(int64 id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("the source has several rows with id " INT64_FORMAT, id),
+			 errdetail("The export reads rows in id order past its cursor, and an id is the row's default key."),
+			 errhint("Give each row its own id (in a view, for example row_number() over a unique order); nothing past the previous id was sent.")));
+}
+
+/*
+ * The rows past the cursor up to the last one read (seen: the ids read, in
+ * order) that the export's snapshot does not see -- inserted by a
+ * transaction in progress, or committed since -- are found and kept for the
+ * next run (inflight.h).
+ */
+static void
+FindUnseen(Export *ex, const int64 *seen, int nseen)
+{
+	bool		has_lo = ex->has_scanned || ex->started;
+	int64		lo = ex->has_scanned ? ex->scanned_to : ex->start_id;
+
+	if (ex->inflight == NULL || nseen == 0)
+		return;
+	MonkInFlightFind(ex->inflight, has_lo, lo, seen[nseen - 1], seen, nseen,
+					 &ex->unseen, &ex->nunseen, &ex->unseen_cap);
+	ex->has_scanned = true;
+	ex->scanned_to = seen[nseen - 1];
+}
+
+/*
+ * The pending ids the cursor keeps for the next run: those of the rows this
+ * run found but did not see, below where the cursor stands now, and the
+ * pending ids it was given that it did not read and that still exist (a
+ * transaction that inserted one is still in progress).  After a failed
+ * batch every pending id it was given is kept: reading one again is harmless.
+ */
+static void
+KeepPending(Export *ex)
+{
+	int64	   *old = ex->pos.pending;
+	int			nold = ex->pos.npending;
+	int			cap = nold + ex->nunseen;
+	int64	   *keep = palloc(sizeof(int64) * Max(cap, 1));
+	int			n = 0;
+
+	qsort(ex->pending_read, ex->npending_read, sizeof(int64), CompareIds);
+	for (int i = 0; i < nold; i++)
+	{
+		bool		read = bsearch(&old[i], ex->pending_read, ex->npending_read, sizeof(int64), CompareIds) != NULL;
+
+		if (ex->delivery_failed ||
+			(!read && ex->inflight != NULL && MonkInFlightExists(ex->inflight, old[i])))
+			keep[n++] = old[i];
+	}
+	for (int i = 0; i < ex->nunseen; i++)
+	{
+		if (ex->pos.started && ex->unseen[i] <= ex->pos.last_id)
+			keep[n++] = ex->unseen[i];
+	}
+	qsort(keep, n, sizeof(int64), CompareIds);
+	ex->pos.npending = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (ex->pos.npending == 0 || keep[i] != keep[ex->pos.npending - 1])
+			keep[ex->pos.npending++] = keep[i];
+	}
+	ex->pos.pending = keep;
+}
+
 /*
  * Turn the rows of the current SPI tuptable into a slice: valid rows into
  * its chunk, invalid ones to the dead letters.
@@ -191,6 +290,8 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "monk export row",
 												 ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(rowcxt);
+	int64	   *seen = MemoryContextAlloc(old, sizeof(int64) * Max(n, 1));
+	int			nseen = 0;
 
 	slice->chunk = MonkChunkCreate(cxt, (int) n);
 	slice->chunk->arg = slice;
@@ -199,6 +300,21 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		MonkSourceRow row;
 		MonkEventError err;
 		StringInfoData json;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+		/* ids are the cursor and the default key: two rows may not share one */
+		if (!isnull && ex->has_prev && id == ex->prev_id)
+			DuplicateId(id);
+		if (!isnull)
+		{
+			ex->has_prev = true;
+			ex->prev_id = id;
+			if (ex->started && id <= ex->start_id)
+				ex->pending_read[ex->npending_read++] = id;
+			else
+				seen[nseen++] = id;
+		}
 
 		/* what a row needs lives until the next row: memory stays flat */
 		MemoryContextReset(rowcxt);
@@ -241,6 +357,8 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(rowcxt);
+	FindUnseen(ex, seen, nseen);
+	pfree(seen);
 	if (slice->chunk->n == 0)
 	{
 		MonkChunkFree(slice->chunk);
@@ -260,7 +378,6 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 {
 	TimestampTz last_notice = GetCurrentTimestamp();
 	bool		source_done = false;
-	int64		read = 0;
 
 	for (;;)
 	{
@@ -271,14 +388,33 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 			   ex->nslices_inflight < monk_max_parallel_requests)
 		{
 			ExportSlice *slice;
+			int64		want = ex->batch_size;
 
-			SPI_cursor_fetch(portal, true, ex->batch_size);
+			if (ex->max_events > 0 && ex->read + want > ex->max_events)
+				want = ex->max_events - ex->read;
+			if (want == 0)
+			{
+				/* max_events read: the next row must not share the last id */
+				SPI_cursor_fetch(portal, true, 1);
+				if (SPI_processed == 1)
+				{
+					bool		isnull;
+					int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+					if (!isnull && ex->has_prev && id == ex->prev_id)
+						DuplicateId(id);
+				}
+				SPI_freetuptable(SPI_tuptable);
+				source_done = true;
+				break;
+			}
+			SPI_cursor_fetch(portal, true, want);
 			if (SPI_processed == 0)
 			{
 				source_done = true;
 				break;
 			}
-			read += SPI_processed;
+			ex->read += SPI_processed;
 			slice = MakeSlice(ex, cxt, GetCurrentTimestamp());
 			SPI_freetuptable(SPI_tuptable);
 			dlist_push_tail(&ex->slices, &slice->node);
@@ -305,7 +441,7 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 			last_notice = GetCurrentTimestamp();
 			ereport(NOTICE,
 					(errmsg("monk_batch_export: " INT64_FORMAT " rows read, " INT64_FORMAT " events sent, " INT64_FORMAT " failed, cursor at " INT64_FORMAT,
-							read, ex->sent, ex->failed, ex->cursor)));
+							ex->read, ex->sent, ex->failed, ex->pos.last_id)));
 		}
 	}
 }
@@ -369,14 +505,31 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	CheckArguments(&ex, PG_ARGISNULL(2), max_events);
 	InitMaterializedSRF(fcinfo, 0);
 
-	query = MonkSourceQuery(source, max_events, positions);
+	ex.max_events = max_events;
 	dlist_init(&ex.slices);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ex.cursor = MonkCursorLock(ex.cursor_name, MonkSourceName(source));
+	MonkCursorLock(ex.cursor_name, MonkSourceName(source), &ex.pos);
+	ex.started = ex.pos.started;
+	ex.start_id = ex.pos.last_id;
+	/* pending ids past a cursor moved back by hand are read past it anyway */
+	{
+		int			n = 0;
 
-	portal = MonkSourceOpen(query, ex.cursor);
+		for (int i = 0; i < ex.pos.npending; i++)
+		{
+			if (ex.pos.started && ex.pos.pending[i] <= ex.pos.last_id)
+				ex.pos.pending[n++] = ex.pos.pending[i];
+		}
+		ex.pos.npending = n;
+	}
+	ex.pending_read = palloc(sizeof(int64) * Max(ex.pos.npending, 1));
+
+	query = MonkSourceQuery(source, !ex.pos.started, ex.pos.npending > 0, positions);
+	MonkSourceCheckNullIds(source);
+	ex.inflight = MonkInFlightCreate(source);
+	portal = MonkSourceOpen(query, ex.pos.last_id, ex.pos.pending, ex.pos.npending);
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
 	/* the sender's curl handles go with cxt, on an error too */
@@ -399,14 +552,16 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errdetail("The answer was: %s", MonkTextForDatabase(ex.auth_body)),
 				 errhint("Set monk.api_key to a valid key and reload the configuration; nothing was dead-lettered, and the next run starts from the stored cursor.")));
 
-	MonkCursorSave(ex.cursor_name, ex.cursor, ex.sent, ex.failed,
+	KeepPending(&ex);
+	MonkCursorSave(ex.cursor_name, &ex.pos, ex.sent, ex.failed,
 				   ex.delivery_failed ? "a batch failed after its retries" : NULL);
 	SPI_finish();
 
 	values[0] = Int32GetDatum(ex.batches);
 	values[1] = Int64GetDatum(ex.sent);
 	values[2] = Int64GetDatum(ex.failed);
-	values[3] = Int64GetDatum(ex.cursor);
+	values[3] = Int64GetDatum(ex.pos.last_id);
+	nulls[3] = !ex.pos.started;
 	values[4] = DirectFunctionCall2(timestamp_mi, TimestampTzGetDatum(GetCurrentTimestamp()),
 									TimestampTzGetDatum(started));
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -81,6 +81,9 @@ struct MonkLog
 	MemoryContext cxt;			/* slices, windows */
 	MemoryContext items_cxt;	/* items: allocated in reading order and
 								 * mostly freed in it, each at its own size */
+	MemoryContext waiting_cxt;	/* items that wait for an older version of
+								 * their key: moved here, so that they hold no
+								 * block of items_cxt in place */
 	MonkWorkerSlot *slot;		/* counters: committed, settled, segment */
 	void		(*on_maintain) (void *arg);
 	void	   *on_maintain_arg;
@@ -279,6 +282,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	item->row.event = event;
 	item->slice = log->slice;
 	item->parked = false;
+	item->waits = false;
 	log->slice->unsettled++;
 	if (row->segment == log->state.cur_segment)
 		log->seen_in_cur = true;
@@ -486,6 +490,7 @@ MonkLogCreate(MemoryContext cxt, MonkWorkerSlot *slot, void (*on_maintain) (void
 	log->cxt = cxt;
 	/* an AllocSet would round an item of 2.1 kB up to 4 kB */
 	log->items_cxt = GenerationContextCreate(cxt, "monk events read", 0, 8 * 1024, 1024 * 1024);
+	log->waiting_cxt = AllocSetContextCreate(cxt, "monk events waiting", ALLOCSET_DEFAULT_SIZES);
 	log->slot = slot;
 	log->on_maintain = on_maintain;
 	log->on_maintain_arg = arg;
@@ -576,6 +581,29 @@ MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest)
 }
 
 /*
+ * An item that waits for an older version of its key (in flight, backing off
+ * or parked: maybe for long) is copied out of items_cxt, whose blocks are
+ * freed only once all their items are: one such item would otherwise hold a
+ * block of sent events in place.
+ */
+static void
+MoveToWaiting(MonkLog *log, MonkQueued *item)
+{
+	Size		size = sizeof(MonkQueued) + item->row.key_len + item->row.event_len + 2;
+	MonkQueued *copy = MemoryContextAlloc(log->waiting_cxt, size);
+
+	memcpy(copy, item, size);
+	copy->row.key = (char *) (copy + 1);
+	copy->row.event = (char *) (copy + 1) + item->row.key_len + 1;
+	copy->waits = true;
+	dlist_insert_before(&item->node, &copy->node);
+	dlist_delete(&item->node);
+	dlist_insert_before(&item->enode, &copy->enode);
+	dlist_delete(&item->enode);
+	pfree(item);
+}
+
+/*
  * Hand up to target pending events that may go (one version per key) to
  * take(arg, item), until it declines one (a body full by bytes); their keys
  * are busy until they settle.  Returns how many were taken.
@@ -591,7 +619,11 @@ MonkLogTake(MonkLog *log, int target, bool (*take) (void *arg, MonkQueued *item)
 		MonkQueued *item = dlist_container(MonkQueued, node, iter.cur);
 
 		if (item->entry->busy > 0)
+		{
+			if (!item->waits)
+				MoveToWaiting(log, item);
 			continue;
+		}
 		if (!take(arg, item))
 			break;
 		dlist_delete(&item->node);

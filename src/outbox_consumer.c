@@ -260,9 +260,9 @@ MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, bool with_keys, int64
 	SPIPlanPtr *plan = with_keys ? &plan_read_txid_keys : &plan_read_txid;
 
 	MonkPlanKeep(plan, with_keys ?
-				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at, k.max_id FROM ("
-				 " SELECT * FROM monk.log WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3) l"
-				 " LEFT JOIN pg_temp.monk_window_keys k ON k.key = l.idempotency_key ORDER BY l.txid, l.id" :
+				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at,"
+				 "  (SELECT k.max_id FROM pg_temp.monk_window_keys k WHERE k.key = l.idempotency_key)"
+				 " FROM monk.log l WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3" :
 				 "SELECT segment, txid, id, idempotency_key, event, queued_at, NULL::pg_catalog.int8 FROM monk.log"
 				 " WHERE txid = $1 AND id > $2 ORDER BY txid, id LIMIT $3",
 				 3, types);
@@ -287,11 +287,11 @@ MonkOutboxReadRange(uint64 from, uint64 to, uint64 after_txid, int64 after_id,
 	SPIPlanPtr *plan = with_keys ? &plan_read_range_keys : &plan_read_range;
 
 	MonkPlanKeep(plan, with_keys ?
-				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at, k.max_id FROM ("
-				 " SELECT * FROM monk.log"
-				 "  WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
-				 "  ORDER BY txid, id LIMIT $6) l"
-				 " LEFT JOIN pg_temp.monk_window_keys k ON k.key = l.idempotency_key ORDER BY l.txid, l.id" :
+				 "SELECT l.segment, l.txid, l.id, l.idempotency_key, l.event, l.queued_at,"
+				 "  (SELECT k.max_id FROM pg_temp.monk_window_keys k WHERE k.key = l.idempotency_key)"
+				 " FROM monk.log l"
+				 " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
+				 " ORDER BY txid, id LIMIT $6" :
 				 "SELECT segment, txid, id, idempotency_key, event, queued_at, NULL::pg_catalog.int8 FROM monk.log"
 				 " WHERE txid >= $1 AND txid < $2 AND (txid, id) > ($3, $4) AND txid <> ALL ($5)"
 				 " ORDER BY txid, id LIMIT $6",
@@ -615,8 +615,14 @@ MonkOutboxLoadRepeatedKeys(uint64 from, uint64 to, const uint64 *exclude, int ne
 
 	if (!created)
 	{
+		/*
+		 * a hash index: a key may be longer than a btree entry can be (2,704
+		 * bytes), and is only looked up by equality
+		 */
 		if (SPI_execute("CREATE TEMP TABLE IF NOT EXISTS monk_window_keys"
-						" (key pg_catalog.text PRIMARY KEY, max_id pg_catalog.int8 NOT NULL)",
+						" (key pg_catalog.text NOT NULL, max_id pg_catalog.int8 NOT NULL)",
+						false, 0) != SPI_OK_UTILITY ||
+			SPI_execute("CREATE INDEX IF NOT EXISTS monk_window_keys_key ON pg_temp.monk_window_keys USING hash (key)",
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "creating pg_temp.monk_window_keys failed");
 		created = true;

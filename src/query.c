@@ -580,7 +580,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 
 	CheckApiTime("since", has_since, since);
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
-	query = MonkSourceQuery(source, 0, positions);
+	query = MonkSourceQuery(source, true, false, positions);
 	if (has_since && positions[MONK_SOURCE_TIMESTAMP] == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
@@ -594,7 +594,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	/* what the source holds, row by row */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	portal = MonkSourceOpen(query, PG_INT64_MIN);
+	portal = MonkSourceOpen(query, 0, NULL, 0);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 10000);

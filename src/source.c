@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -124,11 +125,12 @@ ColumnTypeOk(int c, Oid t)
  * MonkSourceColumn (NULL where the source has none).
  */
 char *
-MonkSourceQuery(Oid relid, int64 max_events, int *positions)
+MonkSourceQuery(Oid relid, bool from_start, bool with_pending, int *positions)
 {
 	Relation	rel = relation_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	char	   *relname = MonkSourceName(relid);
+	StringInfoData cols;
 	StringInfoData q;
 
 	for (int c = 0; c < MONK_SOURCE_NCOLUMNS; c++)
@@ -174,37 +176,74 @@ MonkSourceQuery(Oid relid, int64 max_events, int *positions)
 				 errmsg("%s has neither an \"external_customer_id\" nor a \"customer_id\" column", relname),
 				 errhint("Columns are mapped by name; a view can rename yours.")));
 
-	initStringInfo(&q);
-	appendStringInfoString(&q, "SELECT id::bigint");
+	initStringInfo(&cols);
+	appendStringInfoString(&cols, "SELECT id::bigint");
 	for (int c = MONK_SOURCE_EVENT_NAME; c < MONK_SOURCE_NCOLUMNS; c++)
 	{
 		const char *cast = (c == MONK_SOURCE_PROPERTIES) ? "jsonb" : (c == MONK_SOURCE_TIMESTAMP) ? "timestamptz" : "text";
 
 		if (positions[c])
-			appendStringInfo(&q, ", %s::%s", quote_identifier(source_columns[c].name), cast);
+			appendStringInfo(&cols, ", %s::%s", quote_identifier(source_columns[c].name), cast);
 		else
-			appendStringInfo(&q, ", NULL::%s", cast);
+			appendStringInfo(&cols, ", NULL::%s", cast);
 	}
-	appendStringInfo(&q, " FROM %s WHERE id > $1 ORDER BY id", relname);
-	if (max_events > 0)
-		appendStringInfo(&q, " LIMIT " INT64_FORMAT, max_events);
+	appendStringInfo(&cols, " FROM %s", relname);
+
+	/*
+	 * The rows of the pending ids ($2) first, then those past the cursor
+	 * ($1), each part in id order.
+	 */
+	initStringInfo(&q);
+	if (with_pending)
+		appendStringInfo(&q, "(%s WHERE id OPERATOR(pg_catalog.=) ANY ($2) ORDER BY id) UNION ALL ", cols.data);
+	appendStringInfo(&q, "(%s WHERE %s ORDER BY id)", cols.data,
+					 from_start ? "id IS NOT NULL" : "id OPERATOR(pg_catalog.>) $1");
 	return q.data;
 }
 
 /*
- * Open a cursor, inside SPI, over the rows past an id that a query of
- * MonkSourceQuery reads.
+ * Open a cursor, inside SPI, over the rows that a query of MonkSourceQuery
+ * reads: past "after", and those of the pending ids.
  */
 Portal
-MonkSourceOpen(const char *query, int64 after)
+MonkSourceOpen(const char *query, int64 after, const int64 *pending, int npending)
 {
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(after)};
-	SPIPlanPtr	plan = SPI_prepare(query, 1, argtypes);
+	Oid			argtypes[2] = {INT8OID, INT8ARRAYOID};
+	Datum	   *elems = palloc(sizeof(Datum) * Max(npending, 1));
+	Datum		args[2];
+	SPIPlanPtr	plan;
 
+	for (int i = 0; i < npending; i++)
+		elems[i] = Int64GetDatum(pending[i]);
+	args[0] = Int64GetDatum(after);
+	args[1] = PointerGetDatum(construct_array(elems, npending, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	plan = SPI_prepare(query, 2, argtypes);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", query, SPI_result_code_string(SPI_result));
 	return SPI_cursor_open(NULL, plan, args, NULL, true);
+}
+
+/*
+ * Refuse a source with a row whose id is NULL (it would never be read: the
+ * cursor compares ids), naming the row.
+ */
+void
+MonkSourceCheckNullIds(Oid relid)
+{
+	char	   *relname = MonkSourceName(relid);
+	char	   *q = psprintf("SELECT pg_catalog.left(pg_catalog.row_to_json(s)::text, 300) FROM %s s WHERE id IS NULL LIMIT 1",
+							 relname);
+	bool		isnull;
+
+	if (SPI_execute(q, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading the rows of %s whose id is NULL failed", relname);
+	if (SPI_processed == 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("%s has a row whose id is NULL", relname),
+			 errdetail("The row: %s", TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull))),
+			 errhint("Every row needs an id: it is the export's cursor and its default key. Nothing was sent.")));
 }
 
 /* A JSON rendering of an invalid row, for the dead letters. */

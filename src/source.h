@@ -37,8 +37,9 @@ typedef struct MonkSourceRow
 } MonkSourceRow;
 
 extern Oid	MonkCheckSource(Oid source);
-extern char *MonkSourceQuery(Oid relid, int64 max_events, int *positions);
-extern Portal MonkSourceOpen(const char *query, int64 after);
+extern char *MonkSourceQuery(Oid relid, bool from_start, bool with_pending, int *positions);
+extern Portal MonkSourceOpen(const char *query, int64 after, const int64 *pending, int npending);
+extern void MonkSourceCheckNullIds(Oid relid);
 extern bool MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now,
 							  MonkSourceRow *row, MonkEventError *err);
 extern char *MonkSourceName(Oid relid);

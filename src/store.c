@@ -221,7 +221,7 @@ typedef struct CursorArgs
 {
 	const char *cursor;
 	const char *source;
-	int64		last_id;
+	MonkCursorPos *pos;
 	int64		sent;
 	int64		failed;
 	const char *error;
@@ -255,7 +255,7 @@ LockCursor(void *arg)
 		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
 	PG_TRY();
 	{
-		ret = SPI_execute_with_args("SELECT last_id FROM monk.sync_state WHERE cursor_name = $1"
+		ret = SPI_execute_with_args("SELECT last_id, pending_ids FROM monk.sync_state WHERE cursor_name = $1"
 									" FOR UPDATE NOWAIT", 1, types, values, NULL, false, 0);
 	}
 	PG_CATCH();
@@ -272,49 +272,90 @@ LockCursor(void *arg)
 	PG_END_TRY();
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "reading monk.sync_state failed");
-	c->last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum		last = SPI_getbinval(tuple, desc, 1, &isnull);
+		Datum		pending;
+		Datum	   *elems;
+		bool	   *enulls;
+		int			n;
+
+		c->pos->started = !isnull;
+		c->pos->last_id = isnull ? 0 : DatumGetInt64(last);
+		pending = SPI_getbinval(tuple, desc, 2, &isnull);
+		c->pos->npending = 0;
+		c->pos->pending = NULL;
+		if (!isnull)
+		{
+			deconstruct_array(DatumGetArrayTypeP(pending), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+							  &elems, &enulls, &n);
+			c->pos->pending = palloc(sizeof(int64) * Max(n, 1));
+			for (int i = 0; i < n; i++)
+			{
+				if (!enulls[i])
+					c->pos->pending[c->pos->npending++] = DatumGetInt64(elems[i]);
+			}
+		}
+	}
 }
 
 /*
  * Lock an export's cursor for the rest of the transaction (creating it for
- * source) and return the id it stands at; another export of it running
- * fails this one at once (55P03).
+ * source) and say where it stands (in the caller's memory context); another
+ * export of it running fails this one at once (55P03).
  */
-int64
-MonkCursorLock(const char *cursor, const char *source)
+void
+MonkCursorLock(const char *cursor, const char *source, MonkCursorPos *pos)
 {
-	CursorArgs	c = {cursor, source, 0, 0, 0, NULL};
+	CursorArgs	c = {cursor, source, pos, 0, 0, NULL};
+	MemoryContext cxt = CurrentMemoryContext;
 
 	AsOwner(LockCursor, &c);
-	return c.last_id;
+	/* the pending ids were read in SPI's memory */
+	if (pos->pending)
+	{
+		int64	   *copy = MemoryContextAlloc(cxt, sizeof(int64) * Max(pos->npending, 1));
+
+		memcpy(copy, pos->pending, sizeof(int64) * pos->npending);
+		pos->pending = copy;
+	}
 }
 
 static void
 SaveCursor(void *arg)
 {
 	CursorArgs *c = arg;
-	Oid			types[5] = {TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum	   *elems = palloc(sizeof(Datum) * Max(c->pos->npending, 1));
 
 	values[0] = CStringGetTextDatum(c->cursor);
-	values[1] = Int64GetDatum(c->last_id);
+	values[1] = Int64GetDatum(c->pos->last_id);
+	nulls[1] = c->pos->started ? ' ' : 'n';
 	values[2] = Int64GetDatum(c->sent);
 	values[3] = Int64GetDatum(c->failed);
 	values[4] = c->error ? CStringGetTextDatum(c->error) : (Datum) 0;
 	nulls[4] = c->error ? ' ' : 'n';
+	for (int i = 0; i < c->pos->npending; i++)
+		elems[i] = Int64GetDatum(c->pos->pending[i]);
+	values[5] = PointerGetDatum(construct_array(elems, c->pos->npending, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_with_args("UPDATE monk.sync_state SET last_id = $2, events_sent = events_sent + $3,"
 							  " events_failed = events_failed + $4, last_run_at = now(), last_error = $5,"
-							  " updated_at = now() WHERE cursor_name = $1",
-							  5, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+							  " pending_ids = $6, updated_at = now() WHERE cursor_name = $1",
+							  6, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "updating monk.sync_state failed");
 }
 
-/* Move an export's cursor to last_id and count what the run sent and dead-lettered. */
+/*
+ * Save where an export's cursor stands, and count what the run sent and
+ * dead-lettered.
+ */
 void
-MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed, const char *error)
+MonkCursorSave(const char *cursor, const MonkCursorPos *pos, int64 sent, int64 failed, const char *error)
 {
-	CursorArgs	c = {cursor, NULL, last_id, sent, failed, error};
+	CursorArgs	c = {cursor, NULL, (MonkCursorPos *) pos, sent, failed, error};
 
 	AsOwner(SaveCursor, &c);
 }

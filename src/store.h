@@ -34,8 +34,18 @@ typedef struct MonkDeadLetter
 extern void MonkDeadLetterInsert(const MonkDeadLetter *dl);
 extern bool MonkDeadLettersOfOutbox(void);
 extern void MonkDeadLetterSupersede(const char *const *keys, const int *key_lens, const int64 *ids, int n);
-extern int64 MonkCursorLock(const char *cursor, const char *source);
-extern void MonkCursorSave(const char *cursor, int64 last_id, int64 sent, int64 failed,
+
+/* Where an export's cursor stands. */
+typedef struct MonkCursorPos
+{
+	bool		started;		/* false: before every id (a new cursor) */
+	int64		last_id;		/* rows with a higher id are still to be sent */
+	int64	   *pending;		/* ids at or below last_id to read again */
+	int			npending;
+} MonkCursorPos;
+
+extern void MonkCursorLock(const char *cursor, const char *source, MonkCursorPos *pos);
+extern void MonkCursorSave(const char *cursor, const MonkCursorPos *pos, int64 sent, int64 failed,
 						   const char *error);
 
 #endif

@@ -17,6 +17,10 @@
  */
 #include "postgres.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "access/twophase.h"
 #include "access/xact.h"
 #include "miscadmin.h"
@@ -52,7 +56,7 @@
  * past it, no chunk is filled before one is done with.  The one chunk always
  * goes.
  */
-#define MONK_CHUNKS_BYTES (8 * (int64) MonkMaxRequestBytes())
+#define MONK_CHUNKS_BYTES (6 * (int64) MonkMaxRequestBytes())
 
 /* How often the worker counts the queued events again (monk.status, the limit). */
 #define RECOUNT_MS 10000
@@ -765,6 +769,17 @@ MonkWorkerMain(Datum arg)
 
 	memset(&w, 0, sizeof(w));
 	w.slot = &MonkShmem->slots[slotno];
+#ifdef __GLIBC__
+
+	/*
+	 * Request bodies and batches of events are blocks of megabytes, freed as
+	 * batches settle.  glibc raises its mmap threshold each time such a block
+	 * is freed, after which they come from the heap and stay resident: a
+	 * fixed threshold gives them back at once, so that the worker's memory
+	 * follows what it holds (README, Bounded resources).
+	 */
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, MonkSigterm);

@@ -126,6 +126,16 @@ MonkSafeSearchPathPin(void)
 	 */
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Its memory is bounded by its own figures (README, Bounded resources),
+	 * not by a database's work_mem or temp_buffers: the statements on a
+	 * window's repeated keys spill to disk past these (half PostgreSQL's
+	 * defaults: they run while the worker holds batches in memory).
+	 */
+	SetConfigOption("work_mem", "2MB", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("hash_mem_multiplier", "1", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("temp_buffers", "4MB", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /* Is step named in monk.test_wait_points? */

@@ -8,6 +8,8 @@
 #     between the two backlogs, so that each peak is its own;
 #   * the worker draining one window of 70,000 keys of 1,000 bytes, each queued twice with the
 #     newer version read first (see load_long_keys): the window's keys are not kept in memory;
+#   * the worker sending 60,000 events of 2.5 kB around a parked batch whose keys' newer versions
+#     wait among them (see load_parked_waiting; the local Monk API in test/);
 #   * when monk_batch_export exists: the backend running SELECT * FROM monk_batch_export(
 #     'billing_events') of 100,000 and then 1,000,000 rows (a new session each: pg_backend_pid()
 #     printed first by the same psql), sampled the same way.
@@ -82,6 +84,34 @@ load_long_keys()
 	note "queued $((2 * n)) events with keys of 1,000 bytes in $(since "$t") s (worker parked)"
 }
 
+# A batch parked while newer versions of its keys wait among events that are sent: the local Monk
+# API answers the first batch (1,000 events, keys K1..K1000) 500, and with monk.max_retries 0 it
+# is parked for monk.retry_max_delay; the same transaction queued $1 newer versions of those keys,
+# each followed by 100 events of 2.5 kB, which go meanwhile.  Each waiting version is moved out of
+# the events' memory, so that it holds no block of sent events in place (before: 184 MB for 600).
+load_parked_waiting()
+{
+	local n=$1
+	pause_worker
+	queue_events 1
+	wait_paused
+	sql -c "ALTER SYSTEM SET monk.max_retries = 0" -c "ALTER SYSTEM SET monk.retry_max_delay = '120s'" \
+		-c "ALTER SYSTEM SET monk.batch_size = 1000" >/dev/null
+	sql -c "BEGIN" \
+		-c "SELECT count(monk_send('api_call', 'cus_1', jsonb_build_object('v', 'v1'), idempotency_key => 'K' || i)) FROM generate_series(1, 1000) i" \
+		-c "SELECT count(*) FROM generate_series(1, $n) i, LATERAL (
+		      SELECT monk_send('api_call', 'cus_1', jsonb_build_object('v', 'v2'), idempotency_key => 'K' || i)
+		      UNION ALL
+		      SELECT monk_send('api_call', 'cus_1', jsonb_build_object('pad', repeat('x', 2500)), idempotency_key => 'F' || i || '_' || j)
+		        FROM generate_series(1, 100) j) s" \
+		-c "COMMIT" >/dev/null
+	# the batch of the event sent to the 401 sink goes first, then the 1,000 events
+	curl -s -X POST "$API_URL/_test/faults" -d '{"clear": true, "script": ["ok", 500]}' >/dev/null
+	W_URL=$API_URL
+	W_UNTIL=$(($(sql -c "SELECT events_sent FROM monk.status") + 100 * n))
+	note "queued 1,000 events, then $n newer versions of their keys among $((100 * n)) events of 2.5 kB (worker parked)"
+}
+
 # The worker draining a backlog of $1 (queued by $2: load_parked unless given); sets W_BASE,
 # W_ANON, W_HWM, W_SECS.
 worker_run()
@@ -94,8 +124,18 @@ worker_run()
 	sample "$pid" "$BENCH_TMP/anon" "$BENCH_TMP/stop" &
 	sampler=$!
 	t=$(now)
-	point_worker "$NGINX_URL"
-	wait_outbox_empty "$TIMEOUT" || die "the drain did not finish"
+	point_worker "${W_URL:-$NGINX_URL}"
+	if [ -n "${W_UNTIL:-}" ]; then
+		# the parked batch and the versions waiting for it stay (and so does the frontier, behind
+		# them: the outbox looks full): until the events around them have been sent
+		local deadline=$((SECONDS + TIMEOUT))
+		until [ "$(sql -c "SELECT events_sent FROM monk.status")" -ge "$W_UNTIL" ]; do
+			[ "$SECONDS" -lt "$deadline" ] || die "the events around the parked batch were not sent"
+			sleep 0.1
+		done
+	else
+		wait_outbox_empty "$TIMEOUT" || die "the drain did not finish"
+	fi
 	W_SECS=$(since "$t")
 	W_HWM=$(kb "$pid" VmHWM)
 	touch "$BENCH_TMP/stop"
@@ -127,6 +167,13 @@ LONG=$(scaled 70000)
 worker_restart
 worker_run "$LONG" load_long_keys
 L_BASE=$W_BASE L_ANON=$W_ANON L_HWM=$W_HWM
+api_start
+worker_restart
+worker_run "$(scaled 600)" load_parked_waiting
+P_BASE=$W_BASE P_ANON=$W_ANON P_HWM=$W_HWM
+unset W_URL W_UNTIL
+sql -c "ALTER SYSTEM RESET monk.max_retries" -c "ALTER SYSTEM RESET monk.retry_max_delay" \
+	-c "ALTER SYSTEM RESET monk.batch_size" -c "SELECT pg_reload_conf()" >/dev/null
 
 # monk_batch_export of the first $1 rows of billing_events (cursor $2); sets E_ANON, E_HWM.
 export_run()
@@ -172,6 +219,7 @@ printf '%-44s %14s %14s %14s\n' "" "RssAnon idle" "RssAnon max" "VmHWM"
 printf '%-44s %14s %14s %14s\n' "worker, draining $SMALL" "$(mb "$S_BASE")" "$(mb "$S_ANON")" "$(mb "$S_HWM")"
 printf '%-44s %14s %14s %14s\n' "worker, draining $BIG" "$(mb "$B_BASE")" "$(mb "$B_ANON")" "$(mb "$B_HWM")"
 printf '%-44s %14s %14s %14s\n' "worker, $LONG keys of 1 kB twice, newest first" "$(mb "$L_BASE")" "$(mb "$L_ANON")" "$(mb "$L_HWM")"
+printf '%-44s %14s %14s %14s\n' "worker, a parked batch, $(scaled 600) versions waiting" "$(mb "$P_BASE")" "$(mb "$P_ANON")" "$(mb "$P_HWM")"
 if [ "$HAVE_EXPORT" = 1 ]; then
 	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $SMALL rows" "" "$(mb "$ES_ANON")" "$(mb "$ES_HWM")"
 	printf '%-44s %14s %14s %14s\n' "monk_batch_export backend, $BIG rows" "" "$(mb "$EB_ANON")" "$(mb "$EB_HWM")"
