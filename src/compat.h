@@ -60,4 +60,11 @@
 #define MonkPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex((rel), true)
 #endif
 
+/* 19 requires TupleDescFinalize() on a tuple descriptor built by hand. */
+#if PG_VERSION_NUM < 190000
+#define MonkTupleDescFinalize(desc) ((void) 0)
+#else
+#define MonkTupleDescFinalize(desc) TupleDescFinalize(desc)
+#endif
+
 #endif							/* MONK_COMPAT_H */

@@ -27,8 +27,11 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
+#include "utils/tuplesort.h"
 #include "utils/tuplestore.h"
+#include "utils/typcache.h"
 
+#include "compat.h"
 #include "delivery.h"
 #include "event.h"
 #include "http.h"
@@ -489,74 +492,128 @@ monk_usage_cost(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(ParseAnswer(ApiCall("POST", url, body)));
 }
 
-/* The keys the API holds, sorted, for monk_verify_export. */
-typedef struct KeySet
+/*
+ * monk_verify_export compares two sets that may not fit in memory: the keys
+ * the API holds and the source's rows.  Each goes to a sort that spills to
+ * disk past work_mem, by key (bytes); the two sorted runs are then merged.
+ * Memory stays that of a page and of work_mem, whatever the sizes.
+ */
+typedef struct KeySort
 {
-	MemoryContext cxt;			/* outlives the pages */
-	char	  **keys;
-	int			n;
-	int			cap;
-} KeySet;
+	TupleDesc	desc;
+	TupleTableSlot *slot;
+	Tuplesortstate *sort;
+} KeySort;
 
+/* Columns of the source's sort (the first, the key, is the API's sort's only one). */
+enum
+{
+	V_KEY = 0,
+	V_ID,
+	V_EVENT_NAME,
+	V_TIMESTAMP,
+	V_REASON,
+	V_NCOLUMNS
+};
+
+static void
+KeySortBegin(KeySort *ks, int natts)
+{
+	AttrNumber	key = 1;
+	Oid			lt = lookup_type_cache(BYTEAOID, TYPECACHE_LT_OPR)->lt_opr;
+	Oid			collation = InvalidOid;
+	bool		nulls_first = false;
+
+	ks->desc = CreateTemplateTupleDesc(natts);
+	TupleDescInitEntry(ks->desc, 1, "key", BYTEAOID, -1, 0);
+	if (natts > 1)
+	{
+		TupleDescInitEntry(ks->desc, 2, "id", INT8OID, -1, 0);
+		TupleDescInitEntry(ks->desc, 3, "event_name", TEXTOID, -1, 0);
+		TupleDescInitEntry(ks->desc, 4, "timestamp", TIMESTAMPTZOID, -1, 0);
+		TupleDescInitEntry(ks->desc, 5, "reason", TEXTOID, -1, 0);
+	}
+	MonkTupleDescFinalize(ks->desc);
+	ks->slot = MakeSingleTupleTableSlot(ks->desc, &TTSOpsMinimalTuple);
+	ks->sort = tuplesort_begin_heap(ks->desc, 1, &key, &lt, &collation, &nulls_first, work_mem,
+									NULL, TUPLESORT_NONE);
+}
+
+static void
+KeySortPut(KeySort *ks, const Datum *values, const bool *nulls)
+{
+	TupleTableSlot *virt = MakeSingleTupleTableSlot(ks->desc, &TTSOpsVirtual);
+
+	memcpy(virt->tts_values, values, sizeof(Datum) * ks->desc->natts);
+	memcpy(virt->tts_isnull, nulls, sizeof(bool) * ks->desc->natts);
+	ExecStoreVirtualTuple(virt);
+	tuplesort_puttupleslot(ks->sort, virt);
+	ExecDropSingleTupleTableSlot(virt);
+}
+
+static Datum
+KeyBytes(const char *key)
+{
+	size_t		len = strlen(key);
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), key, len);
+	return PointerGetDatum(b);
+}
+
+/* Each key the API lists goes to the API's sort (in the page's memory). */
 static void
 CollectKey(void *arg, ListedEvent *ev)
 {
-	KeySet	   *set = arg;
+	KeySort    *ks = arg;
+	Datum		values[1];
+	bool		nulls[1] = {false};
 
 	if (ev->idempotency_key == NULL)
 		return;
-	if (set->n == set->cap)
-	{
-		set->cap = Max(1024, set->cap * 2);
-		set->keys = set->keys ? repalloc_huge(set->keys, sizeof(char *) * set->cap)
-			: MemoryContextAllocExtended(set->cxt, sizeof(char *) * set->cap, MCXT_ALLOC_HUGE);
-	}
-	set->keys[set->n++] = MemoryContextStrdup(set->cxt, ev->idempotency_key);
+	values[0] = KeyBytes(ev->idempotency_key);
+	KeySortPut(ks, values, nulls);
+}
+
+/* The next tuple of a sort in its slot, and its key; false at the end. */
+static bool
+KeySortNext(KeySort *ks, bytea **key)
+{
+	bool		isnull;
+
+	if (!tuplesort_gettupleslot(ks->sort, true, true, ks->slot, NULL))
+		return false;
+	*key = DatumGetByteaPP(slot_getattr(ks->slot, 1, &isnull));
+	return true;
 }
 
 static int
-CompareKeys(const void *a, const void *b)
+CompareBytes(bytea *a, bytea *b)
 {
-	return strcmp(*(char *const *) a, *(char *const *) b);
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	return c != 0 ? c : (la > lb) - (la < lb);
 }
 
-/*
- * The keys the API holds for events at or after "since" (all, when not
- * given), sorted, in a memory context of their own.
- */
+/* A row of the source the API does not hold (a tuple of the source's sort). */
 static void
-CollectListedKeys(KeySet *set, bool has_since, TimestampTz since)
+PutMissing(ReturnSetInfo *rsinfo, TupleTableSlot *row)
 {
-	set->cxt = AllocSetContextCreate(CurrentMemoryContext, "monk keys", ALLOCSET_DEFAULT_SIZES);
-	ListEvents(NULL, NULL, NULL, has_since, since, false, 0, CollectKey, set);
-	if (set->n > 1)
-		qsort(set->keys, set->n, sizeof(char *), CompareKeys);
-}
-
-static bool
-KeyListed(const KeySet *set, const char *key)
-{
-	return set->n > 0 && bsearch(&key, set->keys, set->n, sizeof(char *), CompareKeys) != NULL;
-}
-
-/* A row of the source the API does not hold, saying when it never could. */
-static void
-PutMissing(ReturnSetInfo *rsinfo, const MonkSourceRow *row, bool valid,
-		   const MonkEventError *err)
-{
-	MemoryContext old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	bool		nulls[5];
+	bool		isnull;
+	bytea	   *key = DatumGetByteaPP(slot_getattr(row, V_KEY + 1, &isnull));
 
-	values[0] = Int64GetDatum(row->id);
-	values[1] = CStringGetTextDatum(row->key);
-	values[2] = row->ev.event_name ? CStringGetTextDatum(row->ev.event_name) : (nulls[2] = true, (Datum) 0);
-	values[3] = TimestampTzGetDatum(row->ev.timestamp);
-	nulls[3] = !row->ev.has_timestamp;
-	values[4] = CStringGetTextDatum(valid ? "missing"
-									: psprintf("missing: the row is invalid (%s)", err->message));
+	values[0] = slot_getattr(row, V_ID + 1, &nulls[0]);
+	values[1] = PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)));
+	nulls[1] = false;
+	values[2] = slot_getattr(row, V_EVENT_NAME + 1, &nulls[2]);
+	values[3] = slot_getattr(row, V_TIMESTAMP + 1, &nulls[3]);
+	values[4] = slot_getattr(row, V_REASON + 1, &nulls[4]);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -572,11 +629,16 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	Oid			source;
 	bool		has_since = !PG_ARGISNULL(1);
 	TimestampTz since = has_since ? PG_GETARG_TIMESTAMPTZ(1) : 0;
-	KeySet		set = {NULL, NULL, 0, 0};
 	int			positions[MONK_SOURCE_NCOLUMNS];
 	char	   *query;
 	Portal		portal;
 	TimestampTz now = GetCurrentTimestamp();
+	KeySort		listed;
+	KeySort		rows;
+	MemoryContext rowcxt;
+	bytea	   *lkey = NULL;
+	bytea	   *rkey;
+	bool		more_listed;
 
 	CheckApiTime("since", has_since, since);
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
@@ -588,10 +650,14 @@ monk_verify_export(PG_FUNCTION_ARGS)
 				 errhint("Pass NULL as since to verify every row.")));
 	InitMaterializedSRF(fcinfo, 0);
 
-	/* what the API holds since then */
-	CollectListedKeys(&set, has_since, since);
+	/* what the API holds since then, sorted by key */
+	KeySortBegin(&listed, 1);
+	ListEvents(NULL, NULL, NULL, has_since, since, false, 0, CollectKey, &listed);
+	tuplesort_performsort(listed.sort);
 
-	/* what the source holds, row by row */
+	/* what the source holds, row by row, sorted by key */
+	KeySortBegin(&rows, V_NCOLUMNS);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "monk verify row", ALLOCSET_DEFAULT_SIZES);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	portal = MonkSourceOpen(query, 0, NULL, 0);
@@ -602,20 +668,46 @@ monk_verify_export(PG_FUNCTION_ARGS)
 			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
+			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 			MonkSourceRow row;
 			MonkEventError err;
 			bool		valid = MonkSourceRowRead(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, now,
 												  &row, &err);
+			Datum		values[V_NCOLUMNS];
+			bool		nulls[V_NCOLUMNS] = {false, false, false, false, false};
 
-			if (has_since && (!row.ev.has_timestamp || row.ev.timestamp < since))
-				continue;
-			if (!KeyListed(&set, row.key))
-				PutMissing((ReturnSetInfo *) fcinfo->resultinfo, &row, valid, &err);
+			if (!has_since || (row.ev.has_timestamp && row.ev.timestamp >= since))
+			{
+				values[V_KEY] = KeyBytes(row.key);
+				values[V_ID] = Int64GetDatum(row.id);
+				values[V_EVENT_NAME] = row.ev.event_name ? CStringGetTextDatum(row.ev.event_name) : (nulls[V_EVENT_NAME] = true, (Datum) 0);
+				values[V_TIMESTAMP] = TimestampTzGetDatum(row.ev.timestamp);
+				nulls[V_TIMESTAMP] = !row.ev.has_timestamp;
+				values[V_REASON] = CStringGetTextDatum(valid ? "missing"
+													   : psprintf("missing: the row is invalid (%s)", err.message));
+				KeySortPut(&rows, values, nulls);
+			}
+			MemoryContextSwitchTo(old);
+			/* what a row needs lives until the next row: memory stays flat */
+			MemoryContextReset(rowcxt);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
 	SPI_finish();
-	MemoryContextDelete(set.cxt);
+	tuplesort_performsort(rows.sort);
+
+	/* the rows whose key the API does not list */
+	more_listed = KeySortNext(&listed, &lkey);
+	while (KeySortNext(&rows, &rkey))
+	{
+		while (more_listed && CompareBytes(lkey, rkey) < 0)
+			more_listed = KeySortNext(&listed, &lkey);
+		if (!more_listed || CompareBytes(lkey, rkey) != 0)
+			PutMissing((ReturnSetInfo *) fcinfo->resultinfo, rows.slot);
+	}
+	tuplesort_end(listed.sort);
+	tuplesort_end(rows.sort);
+	MemoryContextDelete(rowcxt);
 	return (Datum) 0;
 }

@@ -98,7 +98,7 @@ push @all, 'from_app';
 # checks after it, the key's among them, run either way)
 SKIP:
 {
-	skip 'openssl is not installed: no certificate for the TLS part', 6
+	skip 'openssl is not installed: no certificate for the TLS part', 8
 	  unless system('openssl version >/dev/null 2>&1') == 0;
 	system_or_bail('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
 		'-keyout', "$tmp/key.pem", '-out', "$tmp/cert.pem", '-subj', '/CN=127.0.0.1',
@@ -109,6 +109,10 @@ SKIP:
 	$node->reload;
 	send_events('tls', 4);
 	ok(wait_until('a TLS failure', 30, sub { status('last_error') =~ /SSL|certificate/i }), 'the unknown certificate is refused');
+	ok(wait_until('the pause', 30, sub { status('worker_state') eq 'paused: TLS certificate refused' }),
+		'sending pauses at once (0.3 retried it as a transient failure)');
+	my ($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM monk_list_events()');
+	like($err, qr/the Events API's TLS certificate was refused/, 'monk_list_events: an error at once, not after retries');
 	is(scalar @{ $tls->keys }, 0, 'nothing was sent to it');
 	$node->append_conf('postgresql.conf', "monk.ca_file = '$tmp/cert.pem'");
 	$node->reload;
