@@ -771,7 +771,20 @@ MonkEventFits(int len, MonkEventError *err)
 void
 MonkEventCheckBytes(const char *json, int len)
 {
-	if (GetDatabaseEncoding() != PG_SQL_ASCII || pg_verify_mbstr(PG_UTF8, json, len, true))
+	int			enc = GetDatabaseEncoding();
+
+	if (enc == PG_UTF8)
+		return;
+	if (enc != PG_SQL_ASCII)
+	{
+		/* a character with no equivalent in UTF-8 is refused here (22P05) */
+		char	   *utf8 = pg_server_to_any(json, len, PG_UTF8);
+
+		if (utf8 != json)
+			pfree(utf8);
+		return;
+	}
+	if (pg_verify_mbstr(PG_UTF8, json, len, true))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),

@@ -163,7 +163,7 @@ OnParked(void *arg, MonkBatch *batch, long status, const char *error)
 	ereport(WARNING,
 			(errmsg("monk_batch_export: a batch of %d events failed %d times; the export stops before it",
 					batch->count, batch->attempts),
-			 errdetail("Last error: %s", error),
+			 errdetail("Last error: %s", MonkTextForDatabase(error)),
 			 errhint("The cursor stays before this batch: the next run resumes there, and the keys make any event sent twice count once.")));
 	return false;
 }
@@ -253,13 +253,21 @@ KeepPending(Export *ex)
 	int64	   *keep = palloc(sizeof(int64) * Max(cap, 1));
 	int			n = 0;
 
+	/* max_events may have ended the run before it read every pending id */
+	bool		cut = ex->max_events > 0 && ex->read >= ex->max_events;
+
 	qsort(ex->pending_read, ex->npending_read, sizeof(int64), CompareIds);
 	for (int i = 0; i < nold; i++)
 	{
 		bool		read = bsearch(&old[i], ex->pending_read, ex->npending_read, sizeof(int64), CompareIds) != NULL;
 
+		/*
+		 * Unread: kept while its row exists and is not seen (still being
+		 * inserted), or exists at all when the run was cut short; a row the
+		 * run saw but did not read is one its view leaves out.
+		 */
 		if (ex->delivery_failed ||
-			(!read && ex->inflight != NULL && MonkInFlightExists(ex->inflight, old[i])))
+			(!read && ex->inflight != NULL && MonkInFlightExists(ex->inflight, old[i], !cut)))
 			keep[n++] = old[i];
 	}
 	for (int i = 0; i < ex->nunseen; i++)
@@ -331,15 +339,27 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		}
 		else
 		{
+			char	   *utf8;
+
 			initStringInfo(&json);
 			(void) MonkEventRender(&json, &row.ev, row.key, 0);
-			if (MonkEventFits(json.len, &err))
-			{
-				/* the API reads UTF-8 */
-				char	   *utf8 = pg_server_to_any(json.data, json.len, PG_UTF8);
+			/* the API reads UTF-8 */
+			utf8 = MonkToUtf8NoError(json.data, json.len);
 
-				MonkChunkAdd(slice->chunk, row.id, utf8, utf8 == json.data ? json.len : strlen(utf8), now);
+			if (utf8 == NULL || (GetDatabaseEncoding() == PG_SQL_ASCII &&
+								 !pg_verify_mbstr(PG_UTF8, json.data, json.len, true)))
+			{
+				MonkDeadLetter dl = {0};
+
+				dl.source_id = row.id;
+				dl.key = row.key;
+				dl.event = json.data;
+				dl.error = pstrdup(utf8 == NULL ? "invalid event: a character has no equivalent in UTF-8"
+								   : "invalid event: its text is not valid UTF-8 (a SQL_ASCII database sends its bytes as they are)");
+				DeadLetterRow(ex, &dl);
 			}
+			else if (MonkEventFits(json.len, &err))
+				MonkChunkAdd(slice->chunk, row.id, utf8, strlen(utf8), now);
 			else
 			{
 				MonkDeadLetter dl = {0};
@@ -499,6 +519,17 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	bool		nulls[5] = {false, false, false, false, false};
 
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
+
+	/*
+	 * Rows this transaction wrote would be seen, and sent, though it may
+	 * still roll back: an export runs in a transaction that wrote nothing.
+	 */
+	if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("monk_batch_export must run in a transaction that has written nothing"),
+				 errdetail("Rows this transaction wrote could be sent, and then rolled back."),
+				 errhint("Run it in a transaction of its own, as pg_cron does; one export per transaction.")));
 	memset(&ex, 0, sizeof(ex));
 	ex.batch_size = batch_size;
 	ex.cursor_name = PG_ARGISNULL(3) ? MonkSourceName(source) : text_to_cstring(PG_GETARG_TEXT_PP(3));

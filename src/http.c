@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 
 #include "lib/stringinfo.h"
+#include "catalog/namespace.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
@@ -620,4 +621,33 @@ MonkTextForDatabase(const char *utf8)
 			c++;
 	}
 	return buf.data;
+}
+
+/*
+ * Text of the database's encoding converted to UTF-8 (palloc'd), or NULL
+ * when a character has no equivalent in UTF-8: no error is raised.  In a
+ * transaction (the conversion's function is looked up).
+ */
+char *
+MonkToUtf8NoError(const char *s, int len)
+{
+	int			enc = GetDatabaseEncoding();
+	Oid			proc;
+	unsigned char *out;
+	int			done;
+
+	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
+		return pnstrdup(s, len);
+	proc = FindDefaultConversionProc(enc, PG_UTF8);
+	if (!OidIsValid(proc))
+		return NULL;
+	out = palloc((Size) len * MAX_CONVERSION_GROWTH + 1);
+	done = pg_do_encoding_conversion_buf(proc, enc, PG_UTF8, (unsigned char *) s, len,
+										 out, len * MAX_CONVERSION_GROWTH + 1, true);
+	if (done < len)
+	{
+		pfree(out);
+		return NULL;
+	}
+	return (char *) out;
 }

@@ -52,5 +52,6 @@ extern MonkHttpRequest *MonkHttpNextDone(MonkHttpClient *client);
 extern void MonkHttpFreeResponse(MonkHttpRequest *req);
 extern size_t MonkValidUtf8(const char *s, size_t len, char *out, size_t outcap);
 extern char *MonkTextForDatabase(const char *utf8);
+extern char *MonkToUtf8NoError(const char *s, int len);
 
 #endif

@@ -150,9 +150,8 @@ MonkInFlightCreate(Oid source)
 			return NULL;
 		relkind = get_rel_relkind(source);
 	}
-	if (relkind == RELKIND_RELATION)
-		rels = list_make1_oid(source);
-	else if (relkind == RELKIND_PARTITIONED_TABLE)
+	/* a table's inheritance children, and a partitioned table's partitions */
+	if (relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE)
 		rels = find_all_inheritors(source, AccessShareLock, NULL);
 	else
 		return NULL;
@@ -227,7 +226,7 @@ VisibleNow(Relation rel, const Leaf *leaf, int64 id)
  * that is not in seen (sorted) goes to *ids.
  */
 static void
-ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen,
+ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen, bool unseen_only,
 		 int64 **ids, int *nids, int *cap)
 {
 	Relation	rel = table_open(leaf->relid, AccessShareLock);
@@ -249,7 +248,7 @@ ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen
 		if (nseen > 0 && bsearch(&id, seen, nseen, sizeof(int64), CompareInt64) != NULL)
 			continue;
 		/* a row the snapshot sees was left out by the view: not pending */
-		if (VisibleNow(rel, leaf, id))
+		if (unseen_only && VisibleNow(rel, leaf, id))
 			continue;
 		if (*nids == *cap)
 		{
@@ -282,13 +281,16 @@ MonkInFlightFind(MonkInFlight *inf, bool has_lo, int64 lo, int64 hi,
 								   leaf->collation, leaf->gt, Int64GetDatum(lo));
 		ScanKeyEntryInitialize(&keys[nkeys++], 0, leaf->attnum, BTLessEqualStrategyNumber, INT8OID,
 							   leaf->collation, leaf->le, Int64GetDatum(hi));
-		ScanLeaf(leaf, keys, nkeys, seen, nseen, ids, nids, cap);
+		ScanLeaf(leaf, keys, nkeys, seen, nseen, true, ids, nids, cap);
 	}
 }
 
-/* Does a row with this id exist (committed or not)? */
+/*
+ * Does a row with this id exist (committed or not), and, with unseen_only,
+ * is it one the export's snapshot does not see?
+ */
 bool
-MonkInFlightExists(MonkInFlight *inf, int64 id)
+MonkInFlightExists(MonkInFlight *inf, int64 id, bool unseen_only)
 {
 	int64	   *ids = NULL;
 	int			nids = 0;
@@ -301,7 +303,7 @@ MonkInFlightExists(MonkInFlight *inf, int64 id)
 
 		ScanKeyEntryInitialize(&key, 0, leaf->attnum, BTEqualStrategyNumber, INT8OID,
 							   leaf->collation, leaf->eq, Int64GetDatum(id));
-		ScanLeaf(leaf, &key, 1, NULL, 0, &ids, &nids, &cap);
+		ScanLeaf(leaf, &key, 1, NULL, 0, unseen_only, &ids, &nids, &cap);
 	}
 	if (ids)
 		pfree(ids);

@@ -16,6 +16,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "http.h"
 #include "log.h"
 #include "outbox.h"
 #include "settings.h"
@@ -236,6 +237,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	dlist_mutable_iter iter;
 	dlist_head	replaced;
 	MonkOutboxRow converted;
+	bool		not_utf8 = false;
 
 	MonkVerdict verdict = MonkWindowKeysJudge(&log->window->keys, hash, row);
 
@@ -253,14 +255,17 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	}
 
 	/*
-	 * the event as it is sent: UTF-8 (converted here, in the read's
-	 * transaction)
+	 * The event as it is sent: UTF-8, converted here, in the read's
+	 * transaction.  One that cannot be (queued before monk_send checked it)
+	 * is kept as stored and dead-lettered, never retried.
 	 */
 	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
 	{
-		const char *utf8 = pg_server_to_any(row->event, row->event_len, PG_UTF8);
+		char	   *utf8 = MonkToUtf8NoError(row->event, row->event_len);
 
-		if (utf8 != row->event)
+		if (utf8 == NULL)
+			not_utf8 = true;
+		else
 		{
 			converted = *row;
 			converted.event = utf8;
@@ -283,6 +288,7 @@ AddRow(void *arg, const MonkOutboxRow *row)
 	item->slice = log->slice;
 	item->parked = false;
 	item->waits = false;
+	item->not_utf8 = not_utf8;
 	log->slice->unsettled++;
 	if (row->segment == log->state.cur_segment)
 		log->seen_in_cur = true;

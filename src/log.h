@@ -58,6 +58,8 @@ typedef struct MonkQueued
 {
 	MonkOutboxRow row;			/* key and event: this item's own copies */
 	bool		parked;			/* its batch was parked once */
+	bool		not_utf8;		/* its event could not be converted to UTF-8:
+								 * kept as stored, for its dead letter */
 	bool		waits;			/* moved out of the reading order's memory to
 								 * wait for an older version of its key */
 	struct MonkSlice *slice;	/* the log's own */

@@ -90,6 +90,16 @@ AnswerText(const char *body, size_t len)
 	return pg_any_to_server(pnstrdup(body, len), (int) len, PG_UTF8);
 }
 
+/* The start of an answer as valid text of this database, cut on a character. */
+static char *
+AnswerClip(const MonkHttpRequest *req, int max)
+{
+	char	   *clip = palloc(max + 1);
+
+	(void) MonkValidUtf8(req->response, req->response_len, clip, max + 1);
+	return MonkTextForDatabase(clip);
+}
+
 /*
  * One call to the Events API with the worker's retry rules.  Returns the
  * answer's body (200); raises on a refused key, a refused request, or when
@@ -125,8 +135,12 @@ ApiCall(const char *method, const char *url, const char *body)
 			(void) MonkHttpNextDone(client);
 		}
 		outcome = MonkClassify(req.status, MONK_READ_OK);
-		/* what the API said, as valid text of this database (http.c) */
-		answer = MonkTextForDatabase(req.response);
+
+		/*
+		 * what the API said, as valid text of this database, clipped on a
+		 * character
+		 */
+		answer = AnswerClip(&req, 200);
 		if (outcome == MONK_OUTCOME_ACCEPTED)
 		{
 			result = AnswerText(req.big_response ? req.big_response : "", req.big_len);
@@ -141,12 +155,12 @@ ApiCall(const char *method, const char *url, const char *body)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("the Events API refused the request (HTTP %ld)", req.status),
-					 errdetail("The answer was: %.500s", answer)));
+					 errdetail("The answer was: %s", AnswerClip(&req, 500))));
 		if (outcome == MONK_OUTCOME_UNEXPECTED)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("unexpected answer HTTP %ld from the Events API", req.status),
-					 errdetail("The answer was: %.200s", answer),
+					 errdetail("The answer was: %s", answer),
 					 errhint("Check monk.base_url: the Events API answers a read with HTTP 200.")));
 		if (req.tls_failed)
 			ereport(ERROR,
@@ -161,7 +175,7 @@ ApiCall(const char *method, const char *url, const char *body)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("the Events API did not answer successfully after %d attempts", attempt),
-					 req.status ? errdetail("The last answer was HTTP %ld: %.200s", req.status, answer)
+					 req.status ? errdetail("The last answer was HTTP %ld: %s", req.status, answer)
 					 : errdetail("The last error was: %s", req.error),
 					 errhint("Check monk.status and monk.base_url; the request can be repeated.")));
 		SleepInterruptibly(MonkBackoffMs(attempt, req.retry_after_ms));
@@ -189,7 +203,7 @@ ParseAnswer(const char *body)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("the answer of the Events API is not JSON"),
-				 errdetail("It begins: %.200s", body)));
+				 errdetail("It begins: %s", pnstrdup(body, pg_mbcliplen(body, strlen(body), 200)))));
 	}
 	PG_END_TRY();
 	return jb;

@@ -399,7 +399,7 @@ TakeItem(void *arg, MonkQueued *item)
 {
 	Filling    *f = arg;
 
-	if (item->row.event_len > MonkMaxEventBytes())
+	if (item->row.event_len > MonkMaxEventBytes() || item->not_utf8)
 	{
 		f->too_large = lappend(f->too_large, item);
 		return true;
@@ -423,6 +423,23 @@ DeadLetterTooLarge(MonkWorker *w, MonkQueued *item)
 	MonkEventError err;
 	MonkDeadLetter dl = OutboxDeadLetter(item);
 
+	if (item->not_utf8)
+	{
+		/* kept as stored: in the database's encoding */
+		dl.event_utf8 = false;
+		dl.error = pstrdup("the event cannot be converted to UTF-8 (a character has no equivalent in UTF-8)");
+		MonkXactBegin("monk: dead-lettering an event not convertible to UTF-8");
+		MonkDeadLetterInsert(&dl);
+		MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, 0));
+		MonkXactCommit();
+		w->dead_letters = true;
+		ereport(LOG,
+				(errmsg("monk: event " INT64_FORMAT " cannot be converted to UTF-8; it was moved to monk.dead_letter",
+						item->row.id)));
+		pg_atomic_fetch_add_u64(&w->slot->counters[MONK_EVENTS_FAILED], 1);
+		MonkLogSettle(w->log, item);
+		return;
+	}
 	(void) MonkEventFits(item->row.event_len, &err);
 	dl.error = psprintf("%s (%s)", err.message, err.detail);
 	MonkXactBegin("monk: dead-lettering an event too large");

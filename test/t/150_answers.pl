@@ -50,8 +50,9 @@ sub odd_server
 
 # (strings of this file are UTF-8 bytes; the API's JSON is decoded to characters)
 my $api = MonkApi->new(api_key => 'test_key', customers => [ map { decode_utf8($_) } 'cus_1', 'cus_é', 'cus_日本' ]);
-my $node = monk_node(api => $api, databases => [ 'postgres', 'latin1', 'eucjp', 'sqlascii', 'restored' ],
+my $node = monk_node(api => $api, databases => [ 'postgres', 'latin1', 'eucjp', 'sqlascii', 'win1252', 'restored' ],
 	create => {
+		win1252  => "ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
 		latin1   => "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
 		eucjp    => "ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
 		sqlascii => "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
@@ -67,7 +68,9 @@ $node->safe_psql('restored', 'DROP EXTENSION monk');
 sub psql { return $node->safe_psql($_[1] // 'postgres', "SET client_encoding = 'UTF8';\n$_[0]") }
 sub psql_err
 {
-	my ($rc, $out, $err) = $node->psql($_[1] // 'postgres', "SET client_encoding = 'UTF8';\n$_[0]");
+	my ($sql, $db) = @_;
+	# (MULE_INTERNAL has no conversion to UTF-8: its session keeps its own encoding)
+	my ($rc, $out, $err) = $node->psql($db // 'postgres', ($db // '') eq 'mule' ? $sql : "SET client_encoding = 'UTF8';\n$sql");
 	return $err;
 }
 # an event the API holds, its strings as UTF-8 bytes
@@ -195,6 +198,20 @@ psql(q{SELECT monk_send('thé', 'cus_é', idempotency_key => 'ascii_send')}, 'sq
 ok(wait_outbox_empty($node, 'sqlascii'), 'SQL_ASCII: the worker sends');
 is(api_event('ascii_send')->{eventName}, 'thé', 'SQL_ASCII: UTF-8 bytes arrive as they are');
 like(psql_err(q{SELECT monk_send(convert_from('\x746865e9', 'SQL_ASCII'), 'cus_1')}, 'sqlascii'), qr/invalid event: its text is not valid UTF-8/, 'SQL_ASCII: a LATIN1 byte is refused (22021)');
+
+# WIN1252: byte 0x81 has no equivalent in UTF-8: refused when queued
+# (before: the worker failed on it forever, and nothing behind it went); an
+# export dead-letters such a row and sends the others
+like(psql_err(q{SELECT monk_send('bad' || chr(129), 'cus_1')}, 'win1252'), qr/has no equivalent in encoding "UTF8"/,
+	'WIN1252: an event with a character UTF-8 lacks is refused (22P05)');
+psql(q{SELECT monk_send('good €', 'cus_1', idempotency_key => 'win_send')}, 'win1252');
+ok(wait_outbox_empty($node, 'win1252'), 'WIN1252: the worker sends');
+is(api_event('win_send')->{eventName}, 'good €', 'WIN1252: € arrives in UTF-8');
+psql(q{CREATE TABLE win_src (id bigint PRIMARY KEY, external_customer_id text, event_name text);
+INSERT INTO win_src VALUES (1, 'cus_1', 'a'), (2, 'cus_1', 'b' || chr(129)), (3, 'cus_1', 'c €')}, 'win1252');
+is(psql(q{SELECT events_sent || '/' || events_failed FROM monk_batch_export('win_src')}, 'win1252'), '2/1',
+	'WIN1252: an export dead-letters the row UTF-8 cannot hold and sends the others');
+like(psql(q{SELECT error FROM monk.dead_letter WHERE source_id = 2}, 'win1252'), qr/no equivalent in UTF-8/, 'with the reason');
 
 # MULE_INTERNAL has no conversion to UTF-8
 my $no_mule = psql_err(q{CREATE DATABASE mule ENCODING 'MULE_INTERNAL' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});

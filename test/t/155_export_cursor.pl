@@ -16,6 +16,7 @@ my $node = monk_node(api => $api, conf => { 'max_prepared_transactions' => 5 });
 
 sub psql { return $node->safe_psql('postgres', $_[0]) }
 sub export { return psql(qq{SELECT events_sent FROM monk_batch_export('$_[0]')}) }
+my ($rc, $out, $err);
 
 psql(q{
 CREATE TABLE billing_events (
@@ -67,6 +68,36 @@ $s1->quit;
 is(export('billing_export'), '1', 'the view: the row committed late is sent');
 is(psql(q{SELECT pending_ids::text FROM monk.sync_state WHERE cursor_name = 'public.billing_export'}), '{}', 'nothing pending');
 
+# red team: max_events ends a run before it read every pending id: the ids
+# it did not read stay pending (before: dropped, their rows never sent)
+$api->reset;
+psql(q{CREATE TABLE cut_src (id bigserial PRIMARY KEY, external_customer_id text DEFAULT 'cus_1', event_name text DEFAULT 'e');
+BEGIN; INSERT INTO cut_src DEFAULT VALUES; PREPARE TRANSACTION 'c1';});
+psql(q{BEGIN; INSERT INTO cut_src DEFAULT VALUES; PREPARE TRANSACTION 'c2';});
+psql(q{INSERT INTO cut_src DEFAULT VALUES});
+is(export('cut_src'), '1', 'id 3 sent, ids 1 and 2 being inserted');
+psql(q{COMMIT PREPARED 'c1'; COMMIT PREPARED 'c2'});
+is(psql(q{SELECT events_sent FROM monk_batch_export('cut_src', max_events => 1)}), '1', 'a run of one event reads id 1');
+is(psql(q{SELECT pending_ids::text FROM monk.sync_state WHERE cursor_name = 'public.cut_src'}), '{2}', 'id 2 stays pending');
+is(export('cut_src'), '1', 'and is sent by the next run');
+api_holds_exactly($api, [ 'sync_1', 'sync_2', 'sync_3' ], 'the API holds the three rows');
+
+# red team: a table's inheritance children are looked at too
+$api->reset;
+psql(q{CREATE TABLE parent_src (id bigserial PRIMARY KEY, external_customer_id text DEFAULT 'cus_1', event_name text DEFAULT 'e');
+CREATE TABLE child_src () INHERITS (parent_src); CREATE UNIQUE INDEX ON child_src (id);
+BEGIN; INSERT INTO child_src DEFAULT VALUES; PREPARE TRANSACTION 'c3';});
+psql(q{INSERT INTO parent_src DEFAULT VALUES});
+is(export('parent_src'), '1', 'the parent row is sent while the child row is being inserted');
+psql(q{COMMIT PREPARED 'c3'});
+is(export('parent_src'), '1', 'the child row committed late is sent');
+
+# red team: an export in a transaction that wrote rows could send them and
+# then roll back: refused
+($rc, $out, $err) = $node->psql('postgres', q{BEGIN; INSERT INTO cut_src DEFAULT VALUES; SELECT * FROM monk_batch_export('cut_src'); ROLLBACK});
+like($err, qr/monk_batch_export must run in a transaction that has written nothing/, 'an export after a write in its transaction is refused');
+is(export('cut_src'), '0', 'and nothing of the rolled back row is sent');
+
 # 3. ids of 0 and below: a new cursor starts before every id
 psql(q{CREATE TABLE signed (id bigint PRIMARY KEY, external_customer_id text, event_name text);
 INSERT INTO signed VALUES (-5, 'cus_1', 'negative'), (0, 'cus_1', 'zero'), (3, 'cus_1', 'positive')});
@@ -77,7 +108,7 @@ api_holds_exactly($api, [ 'sync_-5', 'sync_0', 'sync_3' ], 'the API holds the th
 # 4. a row whose id is NULL is refused, naming the row
 psql(q{CREATE TABLE nullable (id bigint, external_customer_id text, event_name text);
 INSERT INTO nullable VALUES (1, 'cus_1', 'one'), (NULL, 'cus_1', 'no id')});
-my ($rc, $out, $err) = $node->psql('postgres', q{SELECT * FROM monk_batch_export('nullable')});
+($rc, $out, $err) = $node->psql('postgres', q{SELECT * FROM monk_batch_export('nullable')});
 like($err, qr/public\.nullable has a row whose id is NULL/, 'a NULL id: an error naming the source');
 like($err, qr/"event_name":"no id"/, 'and the row');
 
