@@ -191,12 +191,12 @@ CREATE TABLE monk.sync_state (
     cursor_name     text        PRIMARY KEY,
     source          text        NOT NULL,
     last_id         bigint,
-    pending_ids     bigint[]    NOT NULL DEFAULT '{}',
     events_sent     bigint      NOT NULL DEFAULT 0,
     events_failed   bigint      NOT NULL DEFAULT 0,
     last_run_at     timestamptz,
     last_error      text,
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    pending_ids     bigint[]    NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id (all rows while it is NULL) are still to be sent, and those with an id in pending_ids';
 COMMENT ON COLUMN monk.sync_state.pending_ids IS 'ids at or below last_id of rows that a transaction in progress at the last run was inserting (or that committed during it): read again by the next run';
