@@ -17,6 +17,7 @@
 #include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -229,6 +230,11 @@ static void
 ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen, bool unseen_only,
 		 int64 **ids, int *nids, int *cap)
 {
+	MemoryContext outcxt = CurrentMemoryContext;
+
+	/* what a scan allocates goes with it: an export scans once per slice */
+	MemoryContext scancxt = AllocSetContextCreate(outcxt, "monk rows not seen", ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(scancxt);
 	Relation	rel = table_open(leaf->relid, AccessShareLock);
 	SnapshotData dirty;
 	SysScanDesc scan;
@@ -253,12 +259,14 @@ ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen
 		if (*nids == *cap)
 		{
 			*cap = Max(*cap * 2, 64);
-			*ids = *ids ? repalloc(*ids, sizeof(int64) * *cap) : palloc(sizeof(int64) * *cap);
+			*ids = *ids ? repalloc(*ids, sizeof(int64) * *cap) : MemoryContextAlloc(outcxt, sizeof(int64) * *cap);
 		}
 		(*ids)[(*nids)++] = id;
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(scancxt);
 }
 
 /*
