@@ -382,17 +382,18 @@ static const MonkSenderOps WorkerOps = {
 };
 
 
-/* The chunk being filled, and the events too large to send. */
+/* The chunk being filled, and the events that cannot be sent. */
 typedef struct Filling
 {
 	MonkChunk  *chunk;
-	List	   *too_large;
+	List	   *unsendable;
 } Filling;
 
 /*
  * Add one event to the chunk being filled (MonkLogTake's callback), unless
  * the body would pass monk.max_request_size; an event larger than
- * monk.max_event_size (queued under a higher limit) is put aside.
+ * monk.max_event_size (queued under a higher limit), or not convertible to
+ * UTF-8, is put aside.
  */
 static bool
 TakeItem(void *arg, MonkQueued *item)
@@ -401,7 +402,7 @@ TakeItem(void *arg, MonkQueued *item)
 
 	if (item->row.event_len > MonkMaxEventBytes() || item->not_utf8)
 	{
-		f->too_large = lappend(f->too_large, item);
+		f->unsendable = lappend(f->unsendable, item);
 		return true;
 	}
 	if (f->chunk->n > 0 &&
@@ -414,11 +415,12 @@ TakeItem(void *arg, MonkQueued *item)
 }
 
 /*
- * An event larger than monk.max_event_size now than when it was queued goes
- * to the dead letters with the reason: it never stops the events behind it.
+ * An event that cannot be sent as it is -- larger than monk.max_event_size
+ * now than when it was queued, or not convertible to UTF-8 -- goes to the
+ * dead letters with the reason: it never stops the events behind it.
  */
 static void
-DeadLetterTooLarge(MonkWorker *w, MonkQueued *item)
+DeadLetterUnsendable(MonkWorker *w, MonkQueued *item)
 {
 	MonkEventError err;
 	MonkDeadLetter dl = OutboxDeadLetter(item);
@@ -428,28 +430,20 @@ DeadLetterTooLarge(MonkWorker *w, MonkQueued *item)
 		/* kept as stored: in the database's encoding */
 		dl.event_utf8 = false;
 		dl.error = pstrdup("the event cannot be converted to UTF-8 (a character has no equivalent in UTF-8)");
-		MonkXactBegin("monk: dead-lettering an event not convertible to UTF-8");
-		MonkDeadLetterInsert(&dl);
-		MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, 0));
-		MonkXactCommit();
-		w->dead_letters = true;
-		ereport(LOG,
-				(errmsg("monk: event " INT64_FORMAT " cannot be converted to UTF-8; it was moved to monk.dead_letter",
-						item->row.id)));
-		pg_atomic_fetch_add_u64(&w->slot->counters[MONK_EVENTS_FAILED], 1);
-		MonkLogSettle(w->log, item);
-		return;
 	}
-	(void) MonkEventFits(item->row.event_len, &err);
-	dl.error = psprintf("%s (%s)", err.message, err.detail);
-	MonkXactBegin("monk: dead-lettering an event too large");
+	else
+	{
+		(void) MonkEventFits(item->row.event_len, &err);
+		dl.error = psprintf("%s (%s)", err.message, err.detail);
+	}
+	MonkXactBegin("monk: dead-lettering an event that cannot be sent");
 	MonkDeadLetterInsert(&dl);
 	MonkOutboxNotify(AlertPayload(w, "dead_letter", 1, 0));
 	MonkXactCommit();
 	w->dead_letters = true;
 	ereport(LOG,
-			(errmsg("monk: event " INT64_FORMAT " is %d bytes, more than monk.max_event_size; it was moved to monk.dead_letter",
-					item->row.id, item->row.event_len)));
+			(errmsg("monk: event " INT64_FORMAT " cannot be sent (%s); it was moved to monk.dead_letter",
+					item->row.id, dl.error)));
 	pg_atomic_fetch_add_u64(&w->slot->counters[MONK_EVENTS_FAILED], 1);
 	MonkLogSettle(w->log, item);
 }
@@ -466,9 +460,9 @@ Submit(MonkWorker *w)
 	ListCell   *lc;
 
 	(void) MonkLogTake(w->log, target, TakeItem, &f);
-	foreach(lc, f.too_large)
-		DeadLetterTooLarge(w, (MonkQueued *) lfirst(lc));
-	if (f.too_large != NIL)
+	foreach(lc, f.unsendable)
+		DeadLetterUnsendable(w, (MonkQueued *) lfirst(lc));
+	if (f.unsendable != NIL)
 		MonkLogAdvance(w->log);
 	if (f.chunk->n == 0)
 	{
