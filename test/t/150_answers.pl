@@ -88,6 +88,8 @@ sub decode_json_bytes
 sub status { return psql("SELECT $_[0] FROM monk.status", $_[1]) }
 
 # ---- 1. a 200 page of a catch-all server settles nothing ------------------
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN monk_alert');
 my $html = odd_server(200, 'text/html', '<html><body>Welcome to nginx!</body></html>');
 set_monk_conf($node, 'monk.base_url' => $html);
 my @keys = queue_events($node, 'html', 3);
@@ -99,6 +101,9 @@ is(status('events_sent'), '0', 'no event counted as sent');
 is(outbox_count($node), '3', 'the events stay queued');
 is(status('dead_letters'), '0', 'nothing dead-lettered');
 like(slurp_file($node->logfile), qr/unexpected answer HTTP 200 to a batch of 3 events/, 'a WARNING in the log');
+my $notes = $listener->query_safe('SELECT 1');
+like($listener->{stdout} . $notes, qr/"event": "unexpected_answer".*"status": 200/, 'and a NOTIFY monk_alert');
+$listener->quit;
 
 # a redirect is an answer of another class, never followed
 my $redirect = odd_server(302, 'text/html', 'moved', "Location: " . $api->url);
