@@ -26,6 +26,7 @@
 
 #include "access/detoast.h"
 #include "access/transam.h"
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -157,6 +158,16 @@ MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 		snap->xip[i] = WidenXid(next, s->xip[i]);
 	qsort(snap->xip, snap->nxip, sizeof(uint64), CompareU64);
 	MemoryContextSwitchTo(old);
+
+	/*
+	 * A commit the snapshot sees was inserted in the WAL before it became
+	 * visible, so before the insert position read now.  With
+	 * synchronous_commit = off it may not be flushed yet, and a crash would
+	 * lose a transaction already billed: flush up to there first (a no-op
+	 * when every commit waits for its flush).
+	 */
+	if (!RecoveryInProgress())
+		XLogFlush(GetXLogInsertRecPtr());
 }
 
 /* Is the transaction txid visible (finished) in snap? */
