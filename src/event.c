@@ -764,9 +764,11 @@ MonkEventFits(int len, MonkEventError *err)
 }
 
 /*
- * In a SQL_ASCII database text is bytes without an encoding, and monk sends
- * them as they are: an event that is not valid UTF-8 (the API's encoding) is
- * refused when it is queued (22021).  Other encodings are converted.
+ * The API reads UTF-8.  In a SQL_ASCII database text is bytes without an
+ * encoding, and monk sends them as they are: an event that is not valid UTF-8
+ * is refused when it is queued (22021).  In another encoding, an event with a
+ * character that has no equivalent in UTF-8 is refused (22P05): the worker
+ * could never send it.
  */
 void
 MonkEventCheckBytes(const char *json, int len)

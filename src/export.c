@@ -37,8 +37,8 @@
 #include "utils/wait_event.h"
 
 #include "event.h"
-#include "store.h"
 #include "inflight.h"
+#include "store.h"
 #include "sender.h"
 #include "settings.h"
 #include "source.h"
@@ -198,15 +198,6 @@ static const MonkSenderOps export_ops = {
 	.chunk_done = OnChunkDone,
 };
 
-static int
-CompareIds(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return x < y ? -1 : x > y;
-}
-
 static void
 DuplicateId(int64 id)
 {
@@ -256,10 +247,10 @@ KeepPending(Export *ex)
 	/* max_events may have ended the run before it read every pending id */
 	bool		cut = ex->max_events > 0 && ex->read >= ex->max_events;
 
-	qsort(ex->pending_read, ex->npending_read, sizeof(int64), CompareIds);
+	qsort(ex->pending_read, ex->npending_read, sizeof(int64), MonkCompareIds);
 	for (int i = 0; i < nold; i++)
 	{
-		bool		read = bsearch(&old[i], ex->pending_read, ex->npending_read, sizeof(int64), CompareIds) != NULL;
+		bool		read = bsearch(&old[i], ex->pending_read, ex->npending_read, sizeof(int64), MonkCompareIds) != NULL;
 
 		/*
 		 * Unread: kept while its row exists and is not seen (still being
@@ -275,7 +266,7 @@ KeepPending(Export *ex)
 		if (ex->pos.started && ex->unseen[i] <= ex->pos.last_id)
 			keep[n++] = ex->unseen[i];
 	}
-	qsort(keep, n, sizeof(int64), CompareIds);
+	qsort(keep, n, sizeof(int64), MonkCompareIds);
 	ex->pos.npending = 0;
 	for (int i = 0; i < n; i++)
 	{
@@ -340,26 +331,20 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 		else
 		{
 			char	   *utf8;
+			char	   *why = NULL;
 
 			initStringInfo(&json);
 			(void) MonkEventRender(&json, &row.ev, row.key, 0);
 			/* the API reads UTF-8 */
 			utf8 = MonkToUtf8NoError(json.data, json.len);
-
-			if (utf8 == NULL || (GetDatabaseEncoding() == PG_SQL_ASCII &&
-								 !pg_verify_mbstr(PG_UTF8, json.data, json.len, true)))
-			{
-				MonkDeadLetter dl = {0};
-
-				dl.source_id = row.id;
-				dl.key = row.key;
-				dl.event = json.data;
-				dl.error = pstrdup(utf8 == NULL ? "invalid event: a character has no equivalent in UTF-8"
-								   : "invalid event: its text is not valid UTF-8 (a SQL_ASCII database sends its bytes as they are)");
-				DeadLetterRow(ex, &dl);
-			}
-			else if (MonkEventFits(json.len, &err))
-				MonkChunkAdd(slice->chunk, row.id, utf8, strlen(utf8), now);
+			if (utf8 == NULL)
+				why = pstrdup("invalid event: a character has no equivalent in UTF-8");
+			else if (GetDatabaseEncoding() == PG_SQL_ASCII && !pg_verify_mbstr(PG_UTF8, json.data, json.len, true))
+				why = pstrdup("invalid event: its text is not valid UTF-8 (a SQL_ASCII database sends its bytes as they are)");
+			else if (!MonkEventFits(json.len, &err))
+				why = psprintf("invalid event: %s (%s)", err.message, err.detail);
+			if (why == NULL)
+				MonkChunkAdd(slice->chunk, row.id, utf8, utf8 == json.data ? json.len : strlen(utf8), now);
 			else
 			{
 				MonkDeadLetter dl = {0};
@@ -367,7 +352,7 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 				dl.source_id = row.id;
 				dl.key = row.key;
 				dl.event = json.data;
-				dl.error = psprintf("invalid event: %s (%s)", err.message, err.detail);
+				dl.error = why;
 				DeadLetterRow(ex, &dl);
 			}
 		}

@@ -624,8 +624,9 @@ MonkTextForDatabase(const char *utf8)
 }
 
 /*
- * Text of the database's encoding converted to UTF-8 (palloc'd), or NULL
- * when a character has no equivalent in UTF-8: no error is raised.  In a
+ * Text of the database's encoding converted to UTF-8 (palloc'd, terminated),
+ * s itself when the database's encoding needs no conversion, or NULL when a
+ * character has no equivalent in UTF-8: no error is raised.  In a
  * transaction (the conversion's function is looked up).
  */
 char *
@@ -637,7 +638,7 @@ MonkToUtf8NoError(const char *s, int len)
 	int			done;
 
 	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
-		return pnstrdup(s, len);
+		return unconstify(char *, s);
 	proc = FindDefaultConversionProc(enc, PG_UTF8);
 	if (!OidIsValid(proc))
 		return NULL;

@@ -197,8 +197,9 @@ IdOf(const Leaf *leaf, Datum d)
 	}
 }
 
-static int
-CompareInt64(const void *a, const void *b)
+/* qsort/bsearch order of int64 ids (the export sorts its ids with it too) */
+int
+MonkCompareIds(const void *a, const void *b)
 {
 	int64		x = *(const int64 *) a;
 	int64		y = *(const int64 *) b;
@@ -251,7 +252,7 @@ ScanLeaf(const Leaf *leaf, ScanKey keys, int nkeys, const int64 *seen, int nseen
 		if (isnull)
 			continue;
 		id = IdOf(leaf, d);
-		if (nseen > 0 && bsearch(&id, seen, nseen, sizeof(int64), CompareInt64) != NULL)
+		if (nseen > 0 && bsearch(&id, seen, nseen, sizeof(int64), MonkCompareIds) != NULL)
 			continue;
 		/* a row the snapshot sees was left out by the view: not pending */
 		if (unseen_only && VisibleNow(rel, leaf, id))

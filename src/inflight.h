@@ -21,6 +21,7 @@ typedef struct MonkInFlight MonkInFlight;
 extern MonkInFlight *MonkInFlightCreate(Oid source);
 extern void MonkInFlightFind(MonkInFlight *inf, bool has_lo, int64 lo, int64 hi,
 							 const int64 *seen, int nseen, int64 **ids, int *nids, int *cap);
+extern int	MonkCompareIds(const void *a, const void *b);
 extern bool MonkInFlightExists(MonkInFlight *inf, int64 id, bool unseen_only);
 
 #endif

@@ -136,16 +136,17 @@ ApiCall(const char *method, const char *url, const char *body)
 		}
 		outcome = MonkClassify(req.status, MONK_READ_OK);
 
-		/*
-		 * what the API said, as valid text of this database, clipped on a
-		 * character
-		 */
-		answer = AnswerClip(&req, 200);
 		if (outcome == MONK_OUTCOME_ACCEPTED)
 		{
 			result = AnswerText(req.big_response ? req.big_response : "", req.big_len);
 			break;
 		}
+
+		/*
+		 * what the API said, as valid text of this database, cut on a
+		 * character
+		 */
+		answer = AnswerClip(&req, 200);
 		if (outcome == MONK_OUTCOME_AUTH)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),

@@ -330,16 +330,14 @@ SetLastError(MonkSender *sender, MonkHttpRequest *req)
 	else
 	{
 		char		clip[161];
+		bool		unexpected = MonkClassify(req->status, MONK_BATCH_ACCEPTED) == MONK_OUTCOME_UNEXPECTED;
 
 		/* the answer is valid UTF-8 (http.c): clipped on a character */
-		(void) MonkValidUtf8(req->response, req->response_len, clip, sizeof(clip));
-		if (MonkClassify(req->status, MONK_BATCH_ACCEPTED) == MONK_OUTCOME_UNEXPECTED)
-		{
-			(void) MonkValidUtf8(req->response, req->response_len, clip, 121);
+		(void) MonkValidUtf8(req->response, req->response_len, clip, unexpected ? 121 : sizeof(clip));
+		if (unexpected)
 			snprintf(sender->last_error, sizeof(sender->last_error),
 					 "unexpected answer HTTP %ld (the Events API accepts a batch with 202; is monk.base_url right?): %s",
 					 req->status, clip);
-		}
 		else
 			snprintf(sender->last_error, sizeof(sender->last_error), "HTTP %ld: %s", req->status, clip);
 	}
