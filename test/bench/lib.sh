@@ -11,6 +11,7 @@
 #   pause_worker / point_worker URL   park the worker on a 401 / send it to URL (ALTER SYSTEM + reload)
 #   wait_outbox_empty S    poll every 100 ms (at most S seconds) until monk.outbox is empty
 #   now / since T / div A B / pct   timing and arithmetic helpers
+#   kb PID FIELD / mb KB   a /proc/<pid>/status figure, in kB and as megabytes
 #
 # Everything started here is stopped, and the temporary directory removed, on exit.
 
@@ -375,6 +376,16 @@ make_billing_events()
 	            FROM generate_series(1, $1) g" \
 	    -c "VACUUM ANALYZE billing_events" >/dev/null
 }
+
+# A /proc/<pid>/status field ($2) of process $1 in kB ("" once the process is gone); no fork, so
+# that it can sample often.  mb: kB as megabytes, "?" when empty.
+kb()
+{
+	local k v rest
+	{ while read -r k v rest; do [ "$k" = "$2:" ] && { echo "$v"; return 0; }; done <"/proc/$1/status"; } 2>/dev/null
+	return 0
+}
+mb() { awk -v k="$1" 'BEGIN { if (k == "") print "?"; else printf "%.1f MB", k / 1024 }'; }
 
 outbox_depth() { sql -c "SELECT count(*) FROM monk.outbox"; }
 

@@ -31,15 +31,7 @@ TIMEOUT=$((BIG / 1000 + 60))
 pg_start "monk.batch_size = 10000" "monk.max_parallel_requests = 4" "monk.flush_interval = '1s'"
 nginx_start
 
-# A /proc/<pid>/status field in kB ("" once the process is gone); no fork, so that it can sample often.
-kb()
-{
-	local k v rest
-	{ while read -r k v rest; do [ "$k" = "$2:" ] && { echo "$v"; return 0; }; done <"/proc/$1/status"; } 2>/dev/null
-	return 0
-}
 INTERVAL=0.02		# seconds between samples (20 ms: the smoke run's drains take a fraction of a second)
-mb() { awk -v k="$1" 'BEGIN { if (k == "") print "?"; else printf "%.1f MB", k / 1024 }'; }
 
 # Sample RssAnon of pid $1 every $INTERVAL s into $2 until the file $3 exists or the process is gone.
 sample()

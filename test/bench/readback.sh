@@ -22,14 +22,6 @@ pg_start "work_mem = '4MB'"
 api_start
 point_worker "$API_URL"
 
-kb()
-{
-	local k v rest
-	{ while read -r k v rest; do [ "$k" = "$2:" ] && { echo "$v"; return 0; }; done <"/proc/$1/status"; } 2>/dev/null
-	return 0
-}
-mb() { awk -v k="$1" 'BEGIN { if (k == "") print "?"; else printf "%.1f MB", k / 1024 }'; }
-
 # Run the statement $2 in a new session, sampling its backend; sets R_ANON, R_HWM, R_SECS, R_OUT.
 run_sampled()
 {
