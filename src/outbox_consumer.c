@@ -164,10 +164,12 @@ MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 	 * visible, so before the insert position read now.  With
 	 * synchronous_commit = off it may not be flushed yet, and a crash would
 	 * lose a transaction already billed: flush up to there first (a no-op
-	 * when every commit waits for its flush).
+	 * when every commit waits for its flush).  The end of what was inserted,
+	 * not the insert position: at a page's start, that one points past the
+	 * page header, which nothing has written yet, and XLogFlush fails.
 	 */
 	if (!RecoveryInProgress())
-		XLogFlush(GetXLogInsertRecPtr());
+		XLogFlush(GetXLogInsertEndRecPtr());
 }
 
 /* Is the transaction txid visible (finished) in snap? */

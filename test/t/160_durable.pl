@@ -34,6 +34,44 @@ for my $i (1 .. 3)
 		"transaction $i, billed, survives a stop that flushes nothing");
 }
 
+# The flush asks for what was inserted, not the insert position: when the
+# WAL ends exactly at a page's start, the insert position points past the
+# next page's header, which nothing has written, and flushing to there
+# fails ("xlog flush request ... is not satisfied").  The worker is held
+# before it takes its snapshot while a session pads the WAL with messages
+# to a page's end, then let go in the same statement.
+$node->safe_psql('postgres', q{
+CREATE FUNCTION pad_wal_to_page() RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	off int;
+BEGIN
+	FOR i IN 1 .. 50 LOOP
+		off := ((pg_current_wal_insert_lsn() - '0/0'::pg_lsn) % 8192)::int;
+		IF off = 24 THEN
+			RETURN 'at a page start';
+		END IF;
+		-- a record is 55 bytes and the message (a long one), aligned to 8
+		IF 8192 - off < 320 THEN
+			PERFORM pg_logical_emit_message(false, 'p', repeat('x', 300));
+		ELSE
+			PERFORM pg_logical_emit_message(false, 'p', repeat('x', 8192 - off - 55));
+		END IF;
+	END LOOP;
+	RETURN 'missed';
+END $$});
+set_monk_conf($node, 'monk.test_wait_points' => 'read');
+my $hold = hold_wait_point($node, 'read');
+queue_events($node, 'page_start', 1);
+worker_waits_at($node, 'read');
+my $log_offset = -s $node->logfile;
+is($hold->query_safe(q{SELECT pad_wal_to_page()
+	  || ' ' || pg_advisory_unlock(hashtext('monk'), hashtext('read'))}),
+	'at a page start true', 'the WAL ends at a page start when the worker takes its snapshot');
+ok(wait_until('page_start_1 at the API', 30, sub { grep { $_ eq 'page_start_1' } @{ $api->keys } }),
+	'the event is sent');
+ok(!$node->log_contains('is not satisfied', $log_offset), 'the flush asked for nothing past the WAL');
+$hold->quit;
+
 $node->stop;
 $api->stop;
 done_testing();
