@@ -1,4 +1,5 @@
--- Idempotency keys: <prefix>outbox_<outbox id> unless the caller gives one
+-- Idempotency keys: <prefix>outbox_<outbox id> (the prefix: sync_ and the
+-- database's id, init.sql) unless the caller gives one
 -- (never an exported row's default key, <prefix><id>); fixed when the event
 -- is queued.
 ALTER SEQUENCE monk.outbox_id_seq RESTART WITH 1000;
@@ -21,6 +22,6 @@ SELECT id, idempotency_key, event::json->>'idempotencyKey' AS sent_key
 BEGIN;
 SELECT monk_send('api_call', 'cus_1') AS key;
 ROLLBACK;
-SELECT count(*) FROM monk.outbox WHERE idempotency_key = 'sync_outbox_1006';
+SELECT count(*) FROM monk.outbox WHERE idempotency_key = 'sync_a1b2c3d4e5f60718_outbox_1006';
 SELECT monk_send('api_call', 'cus_1') AS key;
 DELETE FROM monk.outbox;

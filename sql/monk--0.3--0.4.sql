@@ -163,3 +163,56 @@ ALTER TABLE monk.sync_state
     ADD COLUMN pending_ids bigint[] NOT NULL DEFAULT '{}';
 COMMENT ON TABLE monk.sync_state IS 'cursors of monk_batch_export: rows with id > last_id (all rows while it is NULL) are still to be sent, and those with an id in pending_ids';
 COMMENT ON COLUMN monk.sync_state.pending_ids IS 'ids at or below last_id of rows that a transaction in progress at the last run was inserting (or that committed during it): read again by the next run';
+
+-- Default keys unique to the database (issue 22).  0.3's cursors (the
+-- column's default: existing rows, and rows restored from a dump of 0.3)
+-- and the tables 0.3 captured keep 0.3's default keys, so that a re-export
+-- or a correction lands on the key already billed; a new cursor is made
+-- with legacy_keys false.  Queued events hold their keys already.
+ALTER TABLE monk.sync_state ADD COLUMN legacy_keys boolean NOT NULL DEFAULT true;
+COMMENT ON COLUMN monk.sync_state.legacy_keys IS 'a cursor of 0.3 (or restored from a dump of 0.3): its default keys are 0.3''s, sync_ and the id; a new cursor''s hold the database''s id';
+
+-- The database's part of the default idempotency keys (sync_<id>_...):
+-- drawn at random when the extension is created, so that the default keys
+-- of two databases, of one cluster or of two, never meet.  pg_dump keeps
+-- it: a restore derives the keys the original did.  One row; inserting one
+-- replaces it (as a restore does), and every session takes the new one.
+CREATE TABLE monk.database_id (
+    id text NOT NULL
+       DEFAULT pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), 'hex'), 16)
+       CHECK (id OPERATOR(pg_catalog.~) '^[0-9a-f]{16}$')
+);
+CREATE UNIQUE INDEX database_id_one ON monk.database_id ((true));
+COMMENT ON TABLE monk.database_id IS 'the database''s id in default idempotency keys (sync_<id>_...); inserting a row replaces it';
+CREATE FUNCTION monk.database_id_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'monk_database_id_changed'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION monk.database_id_changed() FROM PUBLIC;
+CREATE TRIGGER database_id_replace BEFORE INSERT ON monk.database_id
+    FOR EACH ROW EXECUTE FUNCTION monk.database_id_changed();
+CREATE TRIGGER database_id_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON monk.database_id
+    FOR EACH STATEMENT EXECUTE FUNCTION monk.database_id_changed();
+INSERT INTO monk.database_id DEFAULT VALUES;
+
+-- Tables captured under 0.3, named as keys name them: their rows keep 0.3's
+-- default keys (sync_ alone), so that a correction lands on the key already
+-- billed.  Filled by the update from 0.3; empty in a new installation.
+CREATE TABLE monk.capture_legacy (
+    source text PRIMARY KEY
+);
+COMMENT ON TABLE monk.capture_legacy IS 'tables captured under 0.3: their default keys stay 0.3''s (sync_ then table, key and event)';
+
+-- the tables 0.3 captured: where each monk_capture trigger was created (a
+-- partition's clone keys its rows after the partitioned table at the top)
+INSERT INTO monk.capture_legacy (source)
+SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, r.relname)
+  FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+  JOIN pg_catalog.pg_class r
+    ON r.oid OPERATOR(pg_catalog.=) CASE WHEN t.tgparentid OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid AND c.relispartition
+                                         THEN pg_catalog.pg_partition_root(c.oid)::pg_catalog.oid ELSE c.oid END
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
+ WHERE t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.monk_capture()'::pg_catalog.regprocedure::pg_catalog.oid;
+
+SELECT pg_catalog.pg_extension_config_dump('monk.database_id', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.capture_legacy', '');

@@ -25,8 +25,9 @@ SET monk.batch_size = 10;
 SET monk.base_url = 'http://example.com';
 SET monk.api_key = 'k';
 
--- The idempotency prefix may be set per database or session by a superuser.
-SET monk.idempotency_prefix = '';
+-- The idempotency prefix may be set per database or session by a superuser;
+-- empty (the default) is sync_ and the database's id.
+SET monk.idempotency_prefix = 'p1234567890123456789012345678901234567890123456789012345678901234';
 SET monk.idempotency_prefix = E'a\tb';
 SET monk.idempotency_prefix = 'db1_';
 SHOW monk.idempotency_prefix;

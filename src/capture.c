@@ -10,12 +10,14 @@
  * message naming the column), the same outbox, the same wake-up at commit,
  * and the same privileges (no right on schema monk is needed to fire it).
  *
- * The default key is the prefix, the table, the row's primary key and the
- * event name: sync_public.api_calls:42:api_call (identifiers quoted as SQL
- * quotes them, ',' ':' and '\' in key values escaped with '\').  It is
- * stable for the row, differs between tables and between two triggers of
- * one table, and never equals the default key of an exported row
- * (sync_<id>) or of monk_send (sync_outbox_<id>), which hold no ':'.  The
+ * The default key is the prefix (keys.c: sync_ and the database's id, or
+ * 0.3's sync_ for a table captured under 0.3), the table, the row's primary
+ * key and the event name: sync_5f0c2a9e13b7d4a8_public.api_calls:42:api_call
+ * (identifiers quoted as SQL quotes them, ',' ':' and '\' in key values
+ * escaped with '\').  It is stable for the row, differs between tables and
+ * between two triggers of one table, and never equals the default key of an
+ * exported row (prefix and id) or of monk_send (prefix, outbox_ and id),
+ * which hold no ':'.  The
  * table is the partitioned table for the partitions a trigger was cloned
  * to, so that a row's key does not depend on the way it was inserted.
  *
@@ -54,6 +56,7 @@
 
 #include "capture_map.h"
 #include "event.h"
+#include "keys.h"
 #include "outbox.h"
 #include "settings.h"
 #include "shmem.h"
@@ -328,7 +331,7 @@ RowKey(const MonkCaptureMap *map, TupleTableSlot *slot, StringInfo key, MonkEven
 		AppendText(key, &map->key, value);
 		return true;
 	}
-	appendStringInfoString(key, monk_idempotency_prefix ? monk_idempotency_prefix : "");
+	appendStringInfoString(key, MonkKeyPrefix(map->legacy_keys));
 	appendStringInfoString(key, map->source);
 	appendStringInfoChar(key, ':');
 	for (int i = 0; i < map->npk; i++)

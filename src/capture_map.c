@@ -41,6 +41,7 @@
 
 #include "capture.h"
 #include "capture_map.h"
+#include "keys.h"
 #include "compat.h"
 #include "source.h"
 
@@ -357,6 +358,7 @@ BuildMap(Relation rel, Oid source, int nargs, char **args)
 	map->source_relid = source;
 	map->relname = pstrdup(RelationGetRelationName(rel));
 	map->source = MonkSourceName(source);
+	map->legacy_keys = MonkCaptureLegacy(map->source);
 	map->nargs = nargs;
 	map->args = palloc(sizeof(char *) * Max(nargs, 1));
 	for (int i = 0; i < nargs; i++)

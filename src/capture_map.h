@@ -62,6 +62,7 @@ typedef struct MonkCaptureMap
 	const char *relname;
 	const char *event_name;
 	const char *source;			/* the quoted, qualified name in keys */
+	bool		legacy_keys;	/* captured under 0.3: 0.3's prefix (keys.c) */
 	MonkCaptureColumn external;
 	MonkCaptureColumn customer;
 	MonkCaptureColumn timestamp;

@@ -38,6 +38,7 @@
 
 #include "event.h"
 #include "inflight.h"
+#include "keys.h"
 #include "store.h"
 #include "sender.h"
 #include "settings.h"
@@ -59,6 +60,7 @@ typedef struct ExportSlice
 typedef struct Export
 {
 	const char *cursor_name;
+	const char *key_prefix;		/* of default keys: the cursor's (keys.c) */
 	int			batch_size;		/* rows per slice */
 	MonkSender *sender;
 	dlist_head	slices;			/* in id order, not yet behind the cursor */
@@ -317,7 +319,7 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 
 		/* what a row needs lives until the next row: memory stays flat */
 		MemoryContextReset(rowcxt);
-		if (!MonkSourceRowRead(tt->vals[r], tt->tupdesc, now, &row, &err))
+		if (!MonkSourceRowRead(tt->vals[r], tt->tupdesc, now, ex->key_prefix, &row, &err))
 		{
 			MonkDeadLetter dl = {0};
 
@@ -527,6 +529,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	MonkCursorLock(ex.cursor_name, MonkSourceName(source), &ex.pos);
+	ex.key_prefix = MonkKeyPrefix(ex.pos.legacy_keys);
 	ex.started = ex.pos.started;
 	ex.start_id = ex.pos.last_id;
 	/* pending ids past a cursor moved back by hand are read past it anyway */

@@ -35,8 +35,10 @@
 #include "delivery.h"
 #include "event.h"
 #include "http.h"
+#include "keys.h"
 #include "settings.h"
 #include "source.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(monk_list_events);
 PG_FUNCTION_INFO_V1(monk_usage_cost);
@@ -654,6 +656,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	bytea	   *lkey = NULL;
 	bytea	   *rkey;
 	bool		more_listed;
+	const char *prefix;
 
 	CheckApiTime("since", has_since, since);
 	source = MonkCheckSource(PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0));
@@ -675,6 +678,8 @@ monk_verify_export(PG_FUNCTION_ARGS)
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "monk verify row", ALLOCSET_DEFAULT_SIZES);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* the keys the export gave its rows: its cursor's (keys.c) */
+	prefix = MonkKeyPrefix(MonkSourceLegacyKeys(MonkSourceName(source)));
 	portal = MonkSourceOpen(query, 0, NULL, 0);
 	for (;;)
 	{
@@ -687,7 +692,7 @@ monk_verify_export(PG_FUNCTION_ARGS)
 			MonkSourceRow row;
 			MonkEventError err;
 			bool		valid = MonkSourceRowRead(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, now,
-												  &row, &err);
+												  prefix, &row, &err);
 			Datum		values[V_NCOLUMNS];
 			bool		nulls[V_NCOLUMNS] = {false, false, false, false, false};
 

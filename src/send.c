@@ -16,6 +16,7 @@
 #include "utils/tuplestore.h"
 
 #include "event.h"
+#include "keys.h"
 #include "outbox.h"
 #include "http.h"
 #include "settings.h"
@@ -85,9 +86,10 @@ ValidateEvent(MonkEvent *ev, TimestampTz now)
 
 /*
  * Queue a validated event in the outbox in the caller's transaction and
- * return its idempotency key.  The key is the caller's, or the prefix,
- * "outbox_" and the event's outbox id (sync_outbox_42): never the key of an
- * exported row, which is the prefix and the row's id (sync_42).  It never
+ * return its idempotency key.  The key is the caller's, or the prefix
+ * (keys.c), "outbox_" and the event's outbox id (sync_5f0c2a9e13b7d4a8_outbox_42):
+ * never the key of an exported row, which is the prefix and the row's id
+ * (sync_5f0c2a9e13b7d4a8_42).  It is stored with the event and never
  * changes afterwards.
  */
 static text *
@@ -103,7 +105,7 @@ QueueEvent(MonkEvent *ev, TimestampTz now)
 	MonkOutboxCheckCapacity();
 	id = MonkOutboxNextId();
 	key = ev->idempotency_key ? ev->idempotency_key
-		: psprintf("%s" MONK_OUTBOX_KEY_INFIX INT64_FORMAT, monk_idempotency_prefix, id);
+		: psprintf("%s" MONK_OUTBOX_KEY_INFIX INT64_FORMAT, MonkKeyPrefix(false), id);
 
 	initStringInfo(&json);
 	MonkEventCheckSize(MonkEventRender(&json, ev, key, MonkMaxEventBytes()) ? json.len : -1);

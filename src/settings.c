@@ -236,17 +236,12 @@ CheckDatabases(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
-/* monk.idempotency_prefix: non-empty, printable. */
+/* monk.idempotency_prefix: printable; empty is the default (keys.c). */
 static bool
 CheckPrefix(char **newval, void **extra, GucSource source)
 {
 	const char *p = *newval ? *newval : "";
 
-	if (*p == '\0')
-	{
-		GUC_check_errdetail("monk.idempotency_prefix must not be empty.");
-		return false;
-	}
 	if (strlen(p) > 64)
 	{
 		GUC_check_errdetail("monk.idempotency_prefix must be at most 64 bytes long.");
@@ -445,10 +440,10 @@ MonkSettingsInit(void)
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("monk.idempotency_prefix",
-							   "Prefix of the idempotency keys assigned to events (prefix followed by the outbox id).",
-							   "Make it unique per outbox when several databases or clusters send to one Monk account.",
+							   "Prefix of the idempotency keys monk assigns by default (empty: sync_ and the database's id).",
+							   "Empty, the default keys of every database differ; set, the keys are this prefix followed by the event's id.",
 							   &monk_idempotency_prefix,
-							   "sync_",
+							   "",
 							   PGC_SUSET, 0,
 							   CheckPrefix, NULL, NULL);
 

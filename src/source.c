@@ -8,8 +8,9 @@
  * A source is a table or view whose columns are mapped by name (id,
  * event_name, external_customer_id or customer_id, and optionally
  * timestamp, properties and idempotency_key); a view renames anything else.
- * A row's default key is monk.idempotency_prefix followed by its id, as the
- * bulk ingestion guide keys its rows.
+ * A row's default key is the prefix (keys.c: sync_ and the database's id, or
+ * 0.3's sync_ for a cursor made under 0.3) followed by its id, as the bulk
+ * ingestion guide keys its rows.
  */
 #include "postgres.h"
 
@@ -54,12 +55,6 @@ MonkSourceName(Oid relid)
 									  get_rel_name(relid));
 }
 
-/* The default key of a source's row: the prefix and the id (sync_42). */
-static char *
-MonkSourceKey(int64 id)
-{
-	return psprintf("%s" INT64_FORMAT, monk_idempotency_prefix, id);
-}
 
 /*
  * Check the source of an export or a verification: given, a table or view,
@@ -293,12 +288,12 @@ RowJson(int64 id, const MonkEvent *ev, const char *customer_text)
 
 /*
  * Read a row of MonkSourceQuery's result as an event, with its key (its own,
- * or the default).  False, with *err and row->json (the row as JSON, for a
+ * or the default: prefix, then the id).  False, with *err and row->json (the row as JSON, for a
  * dead letter), when the row breaks a rule of the API.
  */
 bool
-MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now, MonkSourceRow *row,
-				  MonkEventError *err)
+MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now, const char *prefix,
+				  MonkSourceRow *row, MonkEventError *err)
 {
 	bool		isnull;
 	Datum		d;
@@ -326,7 +321,7 @@ MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now, MonkSourceRo
 	if (!isnull)
 		ev->properties = DatumGetJsonbP(d);
 	ev->idempotency_key = SPI_getvalue(tuple, desc, 7);
-	row->key = ev->idempotency_key ? ev->idempotency_key : MonkSourceKey(row->id);
+	row->key = ev->idempotency_key ? ev->idempotency_key : psprintf("%s" INT64_FORMAT, prefix, row->id);
 
 	if (row->customer_text)
 	{

@@ -41,7 +41,7 @@ extern char *MonkSourceQuery(Oid relid, bool from_start, bool with_pending, int 
 extern Portal MonkSourceOpen(const char *query, int64 after, const int64 *pending, int npending);
 extern void MonkSourceCheckNullIds(Oid relid);
 extern bool MonkSourceRowRead(HeapTuple tuple, TupleDesc desc, TimestampTz now,
-							  MonkSourceRow *row, MonkEventError *err);
+							  const char *prefix, MonkSourceRow *row, MonkEventError *err);
 extern char *MonkSourceName(Oid relid);
 
 #endif

@@ -249,13 +249,13 @@ LockCursor(void *arg)
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		CursorBusy(c->cursor);
 
-	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source) VALUES ($1, $2)"
+	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source, legacy_keys) VALUES ($1, $2, false)"
 								" ON CONFLICT (cursor_name) DO NOTHING", 2, types, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
 	PG_TRY();
 	{
-		ret = SPI_execute_with_args("SELECT last_id, pending_ids FROM monk.sync_state WHERE cursor_name = $1"
+		ret = SPI_execute_with_args("SELECT last_id, pending_ids, legacy_keys FROM monk.sync_state WHERE cursor_name = $1"
 									" FOR UPDATE NOWAIT", 1, types, values, NULL, false, 0);
 	}
 	PG_CATCH();
@@ -283,6 +283,7 @@ LockCursor(void *arg)
 
 		c->pos->started = !isnull;
 		c->pos->last_id = isnull ? 0 : DatumGetInt64(last);
+		c->pos->legacy_keys = DatumGetBool(SPI_getbinval(tuple, desc, 3, &isnull)) && !isnull;
 		pending = SPI_getbinval(tuple, desc, 2, &isnull);
 		c->pos->npending = 0;
 		c->pos->pending = NULL;
@@ -300,6 +301,42 @@ LockCursor(void *arg)
 	}
 }
 
+typedef struct LegacyArgs
+{
+	const char *source;
+	bool		legacy;
+} LegacyArgs;
+
+static void
+ReadLegacyKeys(void *arg)
+{
+	LegacyArgs *a = arg;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(a->source)};
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT legacy_keys FROM monk.sync_state WHERE source = $1"
+							  " ORDER BY cursor_name = $1 DESC, legacy_keys DESC LIMIT 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading monk.sync_state failed");
+	a->legacy = SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+}
+
+/*
+ * Does the export of source (by name) keep 0.3's default keys?  Its cursor
+ * named after it says so, or else any of its cursors; none: it does not.
+ * Inside SPI.
+ */
+bool
+MonkSourceLegacyKeys(const char *source)
+{
+	LegacyArgs	a = {source, false};
+
+	AsOwner(ReadLegacyKeys, &a);
+	return a.legacy;
+}
+
 /*
  * Lock an export's cursor for the rest of the transaction (creating it for
  * source) and say where it stands (in the caller's memory context); another
@@ -310,7 +347,16 @@ MonkCursorLock(const char *cursor, const char *source, MonkCursorPos *pos)
 {
 	CursorArgs	c = {cursor, source, pos, 0, 0, NULL};
 	MemoryContext cxt = CurrentMemoryContext;
+	Oid			nsp = get_namespace_oid("monk", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("sync_state", nsp) : InvalidOid;
 
+	/* the library is newer than the tables until ALTER EXTENSION ... UPDATE */
+	if (OidIsValid(relid) && get_attnum(relid, "legacy_keys") == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("monk's tables in this database are older than its library"),
+				 errdetail("monk_batch_export needs the cursors of monk 0.4 (monk.sync_state); nothing was sent."),
+				 errhint("Run ALTER EXTENSION monk UPDATE in this database.")));
 	AsOwner(LockCursor, &c);
 	/* the pending ids were read in SPI's memory */
 	if (pos->pending)

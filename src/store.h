@@ -42,8 +42,10 @@ typedef struct MonkCursorPos
 	int64		last_id;		/* rows with a higher id are still to be sent */
 	int64	   *pending;		/* ids at or below last_id to read again */
 	int			npending;
+	bool		legacy_keys;	/* made under 0.3: 0.3's default keys */
 } MonkCursorPos;
 
+extern bool MonkSourceLegacyKeys(const char *source);
 extern void MonkCursorLock(const char *cursor, const char *source, MonkCursorPos *pos);
 extern void MonkCursorSave(const char *cursor, const MonkCursorPos *pos, int64 sent, int64 failed,
 						   const char *error);

@@ -17,7 +17,7 @@ use MonkApi;
 
 our @EXPORT = qw(monk_cluster monk_node wait_until wait_outbox_empty outbox_count api_holds_exactly
   committed_keys set_monk_conf monk_extra_conf billed_table has_library queue_events monk_status
-  hold_wait_point worker_waits_at api_versions);
+  hold_wait_point worker_waits_at api_versions key_prefix);
 
 # Lines every test cluster gets besides its own: test/sanitize.sh points
 # dynamic_library_path at a sanitizer build this way.
@@ -118,6 +118,15 @@ sub monk_status
 	my ($node, $column, $db) = @_;
 	return $node->safe_psql('postgres', "SELECT $column FROM monk.status"
 		  . (defined $db ? " WHERE database = '$db'" : ''));
+}
+
+# The prefix of the default keys of $db: sync_, the database's id, _ (read
+# without an operator: test/t/075 shadows || where the superuser runs this).
+sub key_prefix
+{
+	my ($node, $db) = @_;
+	return 'sync_'
+	  . $node->safe_psql($db // 'postgres', q{SELECT id FROM monk.database_id}) . '_';
 }
 
 # Hold the worker at a named step (monk.test_wait_points must list it): a

@@ -12,6 +12,7 @@ use MonkTest;
 
 my $api = MonkApi->new(api_key => 'test_key');
 my $node = monk_node(api => $api);
+my $kp = key_prefix($node);
 
 # 2,500 events for cus_1 over ten days, 500 for cus_2, exported from a table
 $node->safe_psql('postgres', q{
@@ -54,16 +55,16 @@ is($node->safe_psql('postgres', qq{SELECT count(*), min("timestamp") >= '$s', bo
 	'480|t|t', 'the range is bounded as asked');
 is(keys_of(q{SELECT idempotency_key FROM monk_list_events(event_name => 'tokens', external_customer_id => 'cus_2')}),
 	'', 'event_name filters too (cus_2 has only api_call events)');
-is($node->safe_psql('postgres', q{SELECT event_name, external_customer_id, "timestamp", properties FROM monk_list_events(external_customer_id => 'cus_2') WHERE idempotency_key = 'sync_6'}),
+is($node->safe_psql('postgres', qq{SELECT event_name, external_customer_id, "timestamp", properties FROM monk_list_events(external_customer_id => 'cus_2') WHERE idempotency_key = '${kp}6'}),
 	'api_call|cus_2|2026-03-01 00:30:00+00|{"n": 6}', 'each row carries the event');
 
 # verification after an export: nothing missing, then exactly what was lost
 is($node->safe_psql('postgres', q{SELECT count(*) FROM monk_verify_export('usage')}), '0', 'monk_verify_export: nothing missing after the export');
-$api->lose([ 'sync_10', 'sync_1500', 'sync_2999' ]);
+$api->lose([ "${kp}10", "${kp}1500", "${kp}2999" ]);
 is($node->safe_psql('postgres', q{SELECT string_agg(idempotency_key || ':' || reason, ',' ORDER BY id) FROM monk_verify_export('usage')}),
-	'sync_10:missing,sync_1500:missing,sync_2999:missing', 'it reports exactly the keys the API lost');
+	"${kp}10:missing,${kp}1500:missing,${kp}2999:missing", 'it reports exactly the keys the API lost');
 is($node->safe_psql('postgres', q{SELECT string_agg(idempotency_key, ',' ORDER BY id) FROM monk_verify_export('usage', since => '2026-03-06')}),
-	'sync_1500,sync_2999', 'since limits the check to newer rows');
+	"${kp}1500,${kp}2999", 'since limits the check to newer rows');
 $node->safe_psql('postgres', q{INSERT INTO usage VALUES (3001, '', 'api_call', '2026-03-20', NULL)});
 like($node->safe_psql('postgres', q{SELECT reason FROM monk_verify_export('usage') WHERE id = 3001}),
 	qr/^missing: the row is invalid \(external_customer_id must not be empty\)/, 'an invalid row is reported with its reason');
@@ -75,7 +76,7 @@ is($node->safe_psql('postgres', q{SELECT monk_usage_cost('{"externalCustomerId":
 # transient errors are retried as in the worker; cancellation is honoured
 $api->faults({ script => [ '500', '503', '429' ], retry_after => 0 });
 is($node->safe_psql('postgres', q{SELECT count(*) FROM monk_list_events(external_customer_id => 'cus_2')}), '499',
-	'5xx and 429 are retried (cus_2 has 500 events, less sync_1500 which the API lost)');
+	'5xx and 429 are retried (cus_2 has 500 events, less row 1500 which the API lost)');
 $api->faults({ delay_ms => 5000 });
 my ($rc, $out, $err) = $node->psql('postgres', q{SET statement_timeout = '300ms'; SELECT count(*) FROM monk_list_events()});
 like($err, qr/canceling statement due to statement timeout/, 'statement_timeout is honoured while waiting');

@@ -73,7 +73,7 @@ for my $b ((grep { !$_->{last} } @sql), (grep { $_->{last} } @sql))
 			my ($rc) = $node->psql('postgres', q{SELECT cron.alter_job(jobid, schedule => '2 seconds') FROM cron.job WHERE jobname = 'monk-sync'});
 			$node->safe_psql('postgres', q{SELECT cron.alter_job(jobid, schedule => '* * * * *') FROM cron.job WHERE jobname = 'monk-sync'})
 			  if $rc != 0;
-			ok(wait_until("pg_cron to run the README's job", 90, sub { grep { $_ eq 'sync_3' } @{ $api->keys } }),
+			ok(wait_until("pg_cron to run the README's job", 90, sub { grep { /^sync_[0-9a-f]{16}_3\z/ } @{ $api->keys } }),
 				"pg_cron runs the README's export in the database it names");
 			is($node->safe_psql('postgres', q{SELECT bool_or(status = 'succeeded'), bool_and(status <> 'failed'), min(database), max(database)
 			                                   FROM cron.job_run_details}),
@@ -87,13 +87,18 @@ for my $b ((grep { !$_->{last} } @sql), (grep { $_->{last} } @sql))
 
 # what the examples captured (two rows, one corrected; a bulk insert), queued (four monk_send calls) and
 # exported (two rows) arrived
+# (default keys begin with sync_ and database app's id, one for all)
 my %have = map { $_ => 1 } @{ $api->keys };
+my %ids = map { /^sync_([0-9a-f]{16})_/ ? ($1 => 1) : () } keys %have;
+is(join(',', keys %ids) =~ tr/,//, 0, 'default keys hold one database id');
+my ($id) = keys %ids;
 ok($have{$_}, "the API holds $_")
-  for ('sync_public.api_calls:1:api_call', 'sync_public.api_calls:2:api_call', 'backfill_42', 'sync_1', 'sync_2');
-is($api->events->{'sync_public.api_calls:1:api_call'}{event}{properties}{tokens}, 120,
+  for ("sync_${id}_public.api_calls:1:api_call", "sync_${id}_public.api_calls:2:api_call", 'backfill_42',
+	"sync_${id}_1", "sync_${id}_2");
+is($api->events->{"sync_${id}_public.api_calls:1:api_call"}{event}{properties}{tokens}, 120,
 	'the corrected row arrived in its newest version');
-is(scalar(grep { /^sync_outbox_/ } keys %have), 3, 'and the events queued with assigned keys');
-is(scalar(grep { /^sync_public\.bulk_calls:\d+:bulk_call$/ } keys %have), 1000,
+is(scalar(grep { /^sync_${id}_outbox_/ } keys %have), 3, 'and the events queued with assigned keys');
+is(scalar(grep { /^sync_${id}_public\.bulk_calls:\d+:bulk_call$/ } keys %have), 1000,
 	'and every row of the statement-level capture');
 is($node->safe_psql('app', q{SELECT count(*) FROM pg_extension WHERE extname = 'monk'}), '0',
 	'the Uninstalling example dropped the extension once its outbox was empty');

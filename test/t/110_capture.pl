@@ -19,6 +19,7 @@ my $node = monk_node(api => $api,
 		'monk.request_timeout'       => '2s',
 	});
 $node->append_conf('postgresql.conf', "restart_after_crash = on\n");
+my $kp = key_prefix($node);
 
 sub psql { return $node->safe_psql('postgres', $_[0]) }
 
@@ -43,7 +44,7 @@ sub table_tokens
 {
 	my ($table, $event) = @_;
 	my %rows = map { split /\|/ }
-	  split /\n/, psql("SELECT format('sync_public.%s:%s:%s', '$table', id, '$event') || '|' || tokens FROM $table");
+	  split /\n/, psql("SELECT format('%spublic.%s:%s:%s', '$kp', '$table', id, '$event') || '|' || tokens FROM $table");
 	return \%rows;
 }
 
@@ -84,7 +85,7 @@ for my $v (2 .. 4)
 }
 ok(wait_outbox_empty($node, undef, 120), 'the captured rows and their corrections settle under faults');
 $api->clear_faults;
-my ($tokens, $backwards) = api_tokens('sync_public.api_calls:');
+my ($tokens, $backwards) = api_tokens("${kp}public.api_calls:");
 my $table = table_tokens('api_calls', 'api_call');
 is(scalar(keys %$tokens), 100, 'one key per committed row, none for the rolled-back rows');
 same_tokens($tokens, $table, 'the API holds the newest version of every row');
@@ -106,7 +107,7 @@ psql(q{BEGIN; INSERT INTO bulk SELECT g, 'cus_x', g FROM generate_series(20001, 
 psql(q{UPDATE bulk SET tokens = tokens + 1000000 WHERE id % 2 = 0});
 psql(q{UPDATE bulk SET customer = customer WHERE id % 7 = 0});    # the same events: nothing queued
 ok(wait_outbox_empty($node, undef, 120), 'the bulk insert and its correction settle');
-($tokens, $backwards) = api_tokens('sync_public.bulk:');
+($tokens, $backwards) = api_tokens("${kp}public.bulk:");
 is(scalar(keys %$tokens), 20000, 'the API holds one key per committed row');
 same_tokens($tokens, table_tokens('bulk', 'bulk_call'), 'each with its newest version');
 cmp_ok($api->stats->{events_received} - $before, '<=', 30000,
@@ -121,7 +122,7 @@ $node->stop('immediate');
 $node->start;
 $api->clear_faults;
 ok(wait_outbox_empty($node, undef, 120), 'the rest is sent after the restart');
-($tokens) = api_tokens('sync_public.bulk:');
+($tokens) = api_tokens("${kp}public.bulk:");
 is(scalar(keys %$tokens), 40000, 'every committed row of both bulk inserts is held once');
 same_tokens($tokens, table_tokens('bulk', 'bulk_call'), 'with its newest version');
 

@@ -28,6 +28,7 @@ my $node = monk_node(api => $api,
 		'monk.flush_interval'        => '20ms',
 		'monk.test_wait_points'      => 'read',
 	});
+my $kp = key_prefix($node);
 $node->safe_psql('postgres', q{
 CREATE TABLE t (id int PRIMARY KEY, customer text NOT NULL, tokens int NOT NULL);
 CREATE TRIGGER t_capture AFTER INSERT OR UPDATE ON t
@@ -37,7 +38,7 @@ INSERT INTO t SELECT i, 'cus_1', 0 FROM generate_series(1, 25) i;
 my $rows = 25;
 my $keys = 15;
 my %want;    # key at the API => value committed last
-$want{"sync_public.t:$_:api_call"} = 0 for 1 .. $rows;
+$want{"${kp}public.t:$_:api_call"} = 0 for 1 .. $rows;
 
 my @sessions;
 my @open;    # per session: a transaction is open (it took its id)
@@ -69,7 +70,7 @@ while (time < $deadline && $ops < 2000)
 	my $row = 1 + int(rand($rows));
 	my $key = 'k_' . (1 + int(rand($keys)));
 	my $write = rand() < 0.6
-	  ? ["UPDATE t SET tokens = $value WHERE id = $row", "sync_public.t:$row:api_call"]
+	  ? ["UPDATE t SET tokens = $value WHERE id = $row", "${kp}public.t:$row:api_call"]
 	  : ["SELECT monk_send('call', 'cus_1', jsonb_build_object('tokens', $value), idempotency_key => '$key')", $key];
 	my ($sql, $akey) = @$write;
 	my $fate = rand();
@@ -130,7 +131,7 @@ is(scalar(@wrong), 0, 'every row and key holds the value committed last (seed ' 
   or diag(join("\n", map { "$_: want $want{$_}, API " . ($final->{$_} // 'nothing') } @wrong[0 .. ($#wrong < 9 ? $#wrong : 9)]));
 api_holds_exactly($api, [ keys %want ], 'and nothing else');
 is($node->safe_psql('postgres', q{SELECT string_agg(tokens::text, ',' ORDER BY id) FROM t}),
-	join(',', map { $want{"sync_public.t:$_:api_call"} } 1 .. $rows), 'the table agrees');
+	join(',', map { $want{"${kp}public.t:$_:api_call"} } 1 .. $rows), 'the table agrees');
 
 $node->stop;
 $api->stop;

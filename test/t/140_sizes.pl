@@ -15,6 +15,7 @@ use MonkTest;
 
 my $api = MonkApi->new(api_key => 'test_key');
 my $node = monk_node(api => $api, conf => { 'monk.batch_size' => 5000 });
+my $kp = key_prefix($node);
 
 sub psql { return $node->safe_psql('postgres', $_[0]) }
 
@@ -70,7 +71,7 @@ ok(wait_outbox_empty($node), 'the outbox drains');
 is(psql(q{SELECT left(idempotency_key, 5) || length(idempotency_key) FROM monk.dead_letter WHERE source = 'outbox'}), 'huge_3205',
 	'the event too large is dead-lettered, with its long key');
 like(psql(q{SELECT error FROM monk.dead_letter WHERE source = 'outbox'}), qr/more than monk.max_event_size/, 'with the reason');
-api_holds_exactly($api, [ 'sync_1', 'sync_3', (map { "before_$_" } 1 .. 10), (map { "after_$_" } 1 .. 10) ],
+api_holds_exactly($api, [ "${kp}1", "${kp}3", (map { "before_$_" } 1 .. 10), (map { "after_$_" } 1 .. 10) ],
 	'the events before and after it are delivered');
 
 # 5. a batch is cut by bytes: 64 kB bodies for events of about 1 kB

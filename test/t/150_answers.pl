@@ -182,7 +182,7 @@ CREATE TABLE billing_events (id bigint PRIMARY KEY, external_customer_id text, e
 INSERT INTO billing_events VALUES (1, 'cus_é', 'export_é', '{"n": "ü"}');
 }, 'latin1');
 is(psql(q{SELECT events_sent FROM monk_batch_export('billing_events')}, 'latin1'), '1', 'LATIN1: the export sends');
-is(api_event('sync_1')->{eventName}, 'export_é', 'LATIN1: exported in UTF-8');
+is(api_event(key_prefix($node, 'latin1') . '1')->{eventName}, 'export_é', 'LATIN1: exported in UTF-8');
 is(psql(q{SELECT count(*) FROM monk_verify_export('billing_events')}, 'latin1'), '0', 'LATIN1: verified');
 
 # a character LATIN1 cannot hold, from the API

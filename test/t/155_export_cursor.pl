@@ -13,6 +13,7 @@ use MonkTest;
 
 my $api = MonkApi->new(api_key => 'test_key', customers => ['cus_1']);
 my $node = monk_node(api => $api, conf => { 'max_prepared_transactions' => 5 });
+my $kp = key_prefix($node);
 
 sub psql { return $node->safe_psql('postgres', $_[0]) }
 sub export { return psql(qq{SELECT events_sent FROM monk_batch_export('$_[0]')}) }
@@ -37,7 +38,7 @@ is(psql(q{SELECT last_id || ' ' || pending_ids::text FROM monk.sync_state}), '2 
 $s1->query_safe('COMMIT');
 is(export('billing_events'), '1', 'the next export sends the row committed late');
 is(psql(q{SELECT pending_ids::text FROM monk.sync_state}), '{}', 'and lets it go');
-api_holds_exactly($api, [ 'sync_1', 'sync_2' ], 'the API holds both rows');
+api_holds_exactly($api, [ "${kp}1", "${kp}2" ], 'the API holds both rows');
 
 # 2. a prepared transaction committed after the export; a row rolled back
 psql(q{BEGIN; INSERT INTO billing_events (external_customer_id, event_name) VALUES ('cus_1', 'prepared'); PREPARE TRANSACTION 'p1'});
@@ -51,7 +52,7 @@ $s1->quit;
 is(export('billing_events'), '1', 'the prepared row is sent once committed');
 is(psql(q{SELECT pending_ids::text FROM monk.sync_state}), '{}', 'the rolled back one is let go');
 is(export('billing_events'), '0', 'and nothing is sent again');
-api_holds_exactly($api, [ map { "sync_$_" } 1, 2, 3, 5 ], 'the API holds every committed row once, and not the rolled back one');
+api_holds_exactly($api, [ map { "$kp$_" } 1, 2, 3, 5 ], 'the API holds every committed row once, and not the rolled back one');
 
 # the README's pattern: a plain view over the table, filtering and renaming
 psql(q{CREATE VIEW billing_export AS
@@ -80,7 +81,7 @@ psql(q{COMMIT PREPARED 'c1'; COMMIT PREPARED 'c2'});
 is(psql(q{SELECT events_sent FROM monk_batch_export('cut_src', max_events => 1)}), '1', 'a run of one event reads id 1');
 is(psql(q{SELECT pending_ids::text FROM monk.sync_state WHERE cursor_name = 'public.cut_src'}), '{2}', 'id 2 stays pending');
 is(export('cut_src'), '1', 'and is sent by the next run');
-api_holds_exactly($api, [ 'sync_1', 'sync_2', 'sync_3' ], 'the API holds the three rows');
+api_holds_exactly($api, [ "${kp}1", "${kp}2", "${kp}3" ], 'the API holds the three rows');
 
 # red team: a table's inheritance children are looked at too
 $api->reset;
@@ -103,7 +104,7 @@ psql(q{CREATE TABLE signed (id bigint PRIMARY KEY, external_customer_id text, ev
 INSERT INTO signed VALUES (-5, 'cus_1', 'negative'), (0, 'cus_1', 'zero'), (3, 'cus_1', 'positive')});
 $api->reset;
 is(export('signed'), '3', 'rows with ids -5, 0 and 3 are sent');
-api_holds_exactly($api, [ 'sync_-5', 'sync_0', 'sync_3' ], 'the API holds the three');
+api_holds_exactly($api, [ "${kp}-5", "${kp}0", "${kp}3" ], 'the API holds the three');
 
 # 4. a row whose id is NULL is refused, naming the row
 psql(q{CREATE TABLE nullable (id bigint, external_customer_id text, event_name text);

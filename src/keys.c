@@ -1,0 +1,188 @@
+/*
+ * keys.c
+ *		The prefix of the idempotency keys monk assigns by default: unique to
+ *		the database that queues the events, across the databases of a
+ *		cluster and across clusters.
+ *
+ * monk.idempotency_prefix, when set, is the prefix, as in 0.3.  Unset (the
+ * default), the prefix is "sync_", the database's id and "_"
+ * (sync_5f0c2a9e13b7d4a8_outbox_42): the id is random, drawn when the
+ * extension is created or updated to 0.4, and kept in monk.database_id,
+ * which pg_dump carries with the database, so that a restore derives the
+ * keys the original did.  Inserting a row there replaces the id (a copy
+ * that exports on its own); every session drops the id it kept at the
+ * commit (a relcache invalidation of the table).
+ *
+ * 0.3 had no id: its default prefix was "sync_" alone, in every database.
+ * The keys of rows already billed must not change, or a correction or a
+ * re-export would bill them twice: an export cursor made under 0.3
+ * (monk.sync_state.legacy_keys) and a table captured under 0.3
+ * (monk.capture_legacy) keep 0.3's prefix.  Events queued by monk_send hold
+ * their key already.  Until the extension is updated to 0.4 in a database,
+ * that database keeps 0.3's keys.
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "keys.h"
+#include "settings.h"
+
+PG_FUNCTION_INFO_V1(monk_database_id_changed);
+
+#define LEGACY_PREFIX "sync_"
+
+static char *kept_prefix = NULL;	/* "sync_<id>_", in TopMemoryContext */
+static Oid	kept_relid = InvalidOid;
+static bool inval_registered = false;
+
+static void
+ForgetPrefix(Datum arg, Oid relid)
+{
+	if (kept_prefix != NULL && (!OidIsValid(relid) || relid == kept_relid))
+	{
+		pfree(kept_prefix);
+		kept_prefix = NULL;
+	}
+}
+
+/* A table of schema monk, or InvalidOid (the extension is older, or absent). */
+static Oid
+MonkTable(const char *name)
+{
+	Oid			nsp = get_namespace_oid("monk", true);
+
+	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
+}
+
+/*
+ * Call fn with the text value of column "column" of each row of table relid
+ * (a few rows), until it returns true; returns whether it did.
+ */
+static bool
+ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, void *arg), void *arg)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	AttrNumber	attnum = get_attnum(relid, column);
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	HeapTuple	tuple;
+	bool		done = false;
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "column %s of monk's table %s does not exist", column, RelationGetRelationName(rel));
+	while (!done && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			done = fn(TextDatumGetCString(d), arg);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return done;
+}
+
+static bool
+TakeId(const char *value, void *arg)
+{
+	*(const char **) arg = value;
+	return true;
+}
+
+/*
+ * The prefix of a default key: monk.idempotency_prefix when set; else
+ * 0.3's "sync_" for legacy keys, or "sync_", the database's id and "_".
+ */
+const char *
+MonkKeyPrefix(bool legacy)
+{
+	Oid			relid;
+	const char *id = NULL;
+
+	if (monk_idempotency_prefix != NULL && monk_idempotency_prefix[0] != '\0')
+		return monk_idempotency_prefix;
+	if (legacy)
+		return LEGACY_PREFIX;
+	if (kept_prefix != NULL)
+		return kept_prefix;
+
+	relid = MonkTable("database_id");
+	if (!OidIsValid(relid))
+		return LEGACY_PREFIX;	/* not updated to 0.4 yet */
+	if (!inval_registered)
+	{
+		CacheRegisterRelcacheCallback(ForgetPrefix, (Datum) 0);
+		inval_registered = true;
+	}
+	if (!ScanColumn(relid, "id", TakeId, &id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("monk.database_id is empty"),
+				 errdetail("Default idempotency keys begin with the database's id, kept in monk.database_id."),
+				 errhint("As a superuser, draw one with INSERT INTO monk.database_id DEFAULT VALUES (after a restore, restore its row instead).")));
+	kept_prefix = MemoryContextStrdup(TopMemoryContext, psprintf(LEGACY_PREFIX "%s_", id));
+	kept_relid = relid;
+	return kept_prefix;
+}
+
+static bool
+SameSource(const char *value, void *arg)
+{
+	return strcmp(value, (const char *) arg) == 0;
+}
+
+/*
+ * Did 0.3 capture the table named source (as keys name it)?  Its rows then
+ * keep 0.3's keys.  True too while the extension is older than 0.4.
+ */
+bool
+MonkCaptureLegacy(const char *source)
+{
+	Oid			relid = MonkTable("capture_legacy");
+
+	if (!OidIsValid(relid))
+		return !OidIsValid(MonkTable("database_id"));
+	return ScanColumn(relid, "source", SameSource, (void *) source);
+}
+
+/*
+ * Trigger of monk.database_id: before a row is inserted, the old one goes
+ * (the new id replaces it, as a restore does); after any change, every
+ * session forgets the id it kept.
+ */
+Datum
+monk_database_id_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("monk.database_id_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(td->tg_relation);
+	if (TRIGGER_FIRED_BEFORE(td->tg_event) && TRIGGER_FIRED_FOR_ROW(td->tg_event) &&
+		TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute("DELETE FROM monk.database_id", false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "deleting the old database id failed");
+		SPI_finish();
+		return PointerGetDatum(td->tg_trigtuple);
+	}
+	return PointerGetDatum(NULL);
+}
