@@ -10,6 +10,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "common/hashfn.h"
 #include "mb/pg_wchar.h"
 #include "utils/hsearch.h"
@@ -20,6 +21,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "settings.h"
+#include "standby.h"
 #include "window_keys.h"
 #include "xact.h"
 
@@ -27,6 +29,9 @@
 #define SEGMENT_ROTATE_MS 5000
 /* The frontier is saved at most this often while requests are in flight. */
 #define SAVE_STATE_MS 200
+/* how often the standbys are looked at while events wait for them; when a wait is logged */
+#define MONK_GATE_POLL_MS 100
+#define MONK_GATE_LOG_MS 60000
 
 /*
  * A window of the log: the events that became visible between two snapshots
@@ -38,6 +43,8 @@ typedef struct MonkWindow
 	MonkOutboxSnapshot snap;	/* its end */
 	int			nslices;		/* slices of it not yet behind the frontier */
 	bool		read_whole;		/* every event of it has been read */
+	uint64		base;			/* the committed count read before its
+								 * snapshot (0: unknown, a resumed window) */
 
 	MonkWindowKeys keys;		/* which version of a key wins in it */
 } MonkWindow;
@@ -101,6 +108,15 @@ struct MonkLog
 	dlist_head	slices;			/* oldest first */
 	MonkOutboxSnapshot next_prev;	/* the start of the next window */
 	uint64		read_base;		/* committed count before the last read */
+
+	/* the standbys (standby.c): the window opens once they flushed gate_lsn */
+	bool		has_next_snap;	/* next_snap is taken, its window not open */
+	MonkOutboxSnapshot next_snap;
+	uint64		next_snap_base; /* the committed count read before it */
+	XLogRecPtr	gate_lsn;		/* InvalidXLogRecPtr: nothing to wait for */
+	TimestampTz gate_check_at;	/* when to look at the standbys again */
+	TimestampTz gate_since;		/* when the wait began */
+	bool		gate_logged;	/* a long wait was logged */
 
 	/* waiting */
 	HTAB	   *keys;			/* MonkKeyEntry by hash of the key */
@@ -355,9 +371,11 @@ LoadDups(MonkLog *log)
  * transaction ids; both in (txid, id) order.
  */
 static void
-OpenWindow(MonkLog *log, const MonkOutboxSnapshot *snap)
+OpenWindow(MonkLog *log, const MonkOutboxSnapshot *snap, uint64 base)
 {
 	MonkWindow *win = MemoryContextAllocZero(log->cxt, sizeof(MonkWindow));
+
+	win->base = base;
 
 	CopySnapshot(&win->prev, &log->next_prev, log->cxt);
 	CopySnapshot(&win->snap, snap, log->cxt);
@@ -386,7 +404,7 @@ ResumeWindow(MonkLog *log)
 {
 	MonkOutboxState *st = &log->state;
 
-	OpenWindow(log, &st->window);
+	OpenWindow(log, &st->window, 0);
 	/* versions of it read before the restart may have been sent */
 	log->window->keys.need_log = true;
 	if (st->pos_txid >= log->window->prev.xmax)
@@ -416,6 +434,61 @@ EndWindow(MonkLog *log)
 	MonkWindowKeysRelease(&win->keys);
 }
 
+/* Wait, before reading on, until the standbys have flushed lsn. */
+static void
+GateAt(MonkLog *log, XLogRecPtr lsn)
+{
+	if (XLogRecPtrIsInvalid(lsn))
+		return;
+	log->gate_lsn = lsn;
+	log->gate_check_at = 0;
+	log->gate_since = GetCurrentTimestamp();
+}
+
+/*
+ * May the read go on: have the standbys flushed what the window waits for?
+ * If not, look again in MONK_GATE_POLL_MS; a wait of a minute is logged.
+ */
+static bool
+PassGate(MonkLog *log)
+{
+	char	   *why = NULL;
+
+	if (XLogRecPtrIsInvalid(log->gate_lsn))
+		return true;
+	if (MonkStandbysFlushed(log->gate_lsn, &why))
+	{
+		if (log->gate_logged)
+			ereport(LOG,
+					(errmsg("monk: the standbys in monk.standby_names have flushed the events waiting for them; sending goes on")));
+		log->gate_lsn = InvalidXLogRecPtr;
+		log->gate_logged = false;
+		return true;
+	}
+	log->gate_check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), MONK_GATE_POLL_MS);
+	if (!log->gate_logged &&
+		TimestampDifferenceExceeds(log->gate_since, GetCurrentTimestamp(), MONK_GATE_LOG_MS))
+	{
+		ereport(LOG,
+				(errmsg("monk: events wait for standbys: %s", why),
+				 errhint("A standby named but gone is waited for, as synchronous replication waits: change monk.standby_names and reload to stop waiting.")));
+		log->gate_logged = true;
+	}
+	return false;
+}
+
+/* Milliseconds until the standbys are looked at again (-1: not waiting). */
+long
+MonkLogGateWaitMs(MonkLog *log)
+{
+	long		ms;
+
+	if (XLogRecPtrIsInvalid(log->gate_lsn))
+		return -1;
+	ms = (long) ((log->gate_check_at - GetCurrentTimestamp()) / 1000);
+	return Max(ms, 0);
+}
+
 /*
  * Read up to "want" events into pending, as one slice, within "budget" bytes
  * of events (the first always comes).  Returns true when more may be
@@ -426,16 +499,34 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 {
 	int			asked = want;
 	bool		cut = false;
+	bool		stale = false;	/* a window ended that events committed since
+								 * its snapshot (counted in read_base) are not
+								 * in */
 
 	MonkWaitPointAlone("read");
 	log->read_base = pg_atomic_read_u64(&log->slot->committed);
+	if (!XLogRecPtrIsInvalid(log->gate_lsn) && GetCurrentTimestamp() < log->gate_check_at)
+		return false;
 	MonkXactBegin("monk: reading queued events");
+	if (log->window == NULL && !log->has_next_snap)
+	{
+		XLogRecPtr	end = MonkOutboxTakeSnapshot(&log->next_snap, log->cxt);
+
+		log->has_next_snap = true;
+		log->next_snap_base = log->read_base;
+		if (MonkStandbysNamed())
+			GateAt(log, end);
+	}
+	if (!PassGate(log))
+	{
+		MonkXactCommit();
+		return false;
+	}
 	if (log->window == NULL)
 	{
-		MonkOutboxSnapshot snap;
-
-		MonkOutboxTakeSnapshot(&snap, CurrentMemoryContext);
-		OpenWindow(log, &snap);
+		OpenWindow(log, &log->next_snap, log->next_snap_base);
+		pfree(log->next_snap.xip);
+		log->has_next_snap = false;
 	}
 
 	log->slice = MemoryContextAllocZero(log->cxt, sizeof(MonkSlice));
@@ -465,7 +556,10 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 									  log->window->snap.xip, log->window->snap.nxip, want,
 									  log->window->keys.in_log, &budget, &cut, AddRow, log);
 			if (got < want && !cut)
+			{
+				stale |= log->window->base < log->read_base;
 				EndWindow(log);
+			}
 		}
 		want -= got;
 		/* a row that needs the window's repeated keys: read them, go on */
@@ -475,7 +569,8 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 	MonkXactCommit();
 	log->slice = NULL;
 	AdvanceFrontier(log);
-	return (want == 0 || cut) && asked > 0;
+	/* a window older than the count of events committed: read on at once */
+	return ((want == 0 || cut) && asked > 0) || stale;
 }
 
 /* ------------------------------------------------------------------------
@@ -529,7 +624,12 @@ MonkLogResume(MonkLog *log)
 {
 	CopySnapshot(&log->next_prev, &log->state.frontier, log->cxt);
 	if (log->state.in_window)
+	{
 		ResumeWindow(log);
+		/* what it holds committed before now: before the end of the WAL */
+		if (MonkStandbysNamed() && !RecoveryInProgress())
+			GateAt(log, GetXLogInsertEndRecPtr());
+	}
 }
 
 /*

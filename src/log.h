@@ -75,6 +75,7 @@ extern void MonkLogResume(MonkLog *log);
 extern int64 MonkLogCountUnsettled(MonkLog *log);
 extern bool MonkLogRead(MonkLog *log, int want, int64 budget);
 extern uint64 MonkLogReadBase(MonkLog *log);
+extern long MonkLogGateWaitMs(MonkLog *log);
 extern int	MonkLogCountSendable(MonkLog *log, int target, TimestampTz *oldest);
 extern int	MonkLogTake(MonkLog *log, int target, bool (*take) (void *arg, MonkQueued *item), void *arg);
 extern int64 MonkLogPendingBytes(MonkLog *log);

@@ -6,6 +6,7 @@
 #ifndef MONK_OUTBOX_H
 #define MONK_OUTBOX_H
 
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "storage/itemptr.h"
@@ -90,7 +91,7 @@ typedef enum MonkOutboxSchema
 
 /* The worker's side (outbox_consumer.c), in MonkXactBegin's transactions. */
 extern MonkOutboxSchema MonkOutboxFindSchema(void);
-extern void MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt);
+extern XLogRecPtr MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt);
 extern bool MonkOutboxSnapshotSees(const MonkOutboxSnapshot *snap, uint64 txid);
 extern int	MonkOutboxReadTxid(uint64 txid, int64 after_id, int limit, bool with_keys, int64 *budget,
 							   bool *cut, MonkOutboxRowCallback cb, void *arg);

@@ -142,12 +142,17 @@ WidenXid(FullTransactionId next, TransactionId xid)
 	return (epoch << 32) | xid;
 }
 
-/* The current transaction's snapshot, with full transaction ids. */
-void
+/*
+ * The current transaction's snapshot, with full transaction ids.  Returns
+ * the end of the WAL inserted, read after it: every commit it sees is
+ * before there (and flushed; InvalidXLogRecPtr during recovery).
+ */
+XLogRecPtr
 MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 {
 	Snapshot	s = GetActiveSnapshot();
 	FullTransactionId next = ReadNextFullTransactionId();
+	XLogRecPtr	end;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 
 	snap->xmin = WidenXid(next, s->xmin);
@@ -168,8 +173,11 @@ MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 	 * not the insert position: at a page's start, that one points past the
 	 * page header, which nothing has written yet, and XLogFlush fails.
 	 */
-	if (!RecoveryInProgress())
-		XLogFlush(GetXLogInsertEndRecPtr());
+	if (RecoveryInProgress())
+		return InvalidXLogRecPtr;
+	end = GetXLogInsertEndRecPtr();
+	XLogFlush(end);
+	return end;
 }
 
 /* Is the transaction txid visible (finished) in snap? */

@@ -25,6 +25,7 @@
 
 #include "compat.h"
 #include "settings.h"
+#include "standby.h"
 
 static char *monk_base_url = NULL;	/* read through MonkBaseUrl() */
 char	   *monk_databases = NULL;
@@ -438,6 +439,14 @@ MonkSettingsInit(void)
 							10000, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("monk.standby_names",
+							   "Standbys that must have flushed a transaction's commit before its events are sent.",
+							   "In the form of synchronous_standby_names: FIRST n (...), ANY n (...), '*'. Empty: no standby is waited for.",
+							   &monk_standby_names,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   MonkStandbyNamesCheck, MonkStandbyNamesAssign, NULL);
 
 	DefineCustomStringVariable("monk.idempotency_prefix",
 							   "Prefix of the idempotency keys monk assigns by default (empty: sync_ and the database's id).",

@@ -353,6 +353,8 @@ MonkStateName(int state)
 			return "paused: TLS certificate refused";
 		case MONK_STATE_STOPPING:
 			return "stopping";
+		case MONK_STATE_WAITING_STANDBY:
+			return "waiting for standbys";
 	}
 	return "unknown";
 }

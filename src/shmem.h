@@ -52,7 +52,8 @@ typedef enum MonkWorkerState
 	MONK_STATE_CIRCUIT_OPEN,
 	MONK_STATE_PAUSED_AUTH,
 	MONK_STATE_PAUSED_TLS,
-	MONK_STATE_STOPPING
+	MONK_STATE_STOPPING,
+	MONK_STATE_WAITING_STANDBY	/* events wait for monk.standby_names */
 } MonkWorkerState;
 
 typedef struct MonkWorkerSlot

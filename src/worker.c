@@ -626,6 +626,8 @@ PublishState(MonkWorker *w)
 		MonkWorkerSetState(w, MONK_STATE_CIRCUIT_OPEN);
 	else if (MonkSenderInflight(w->sender) > 0)
 		MonkWorkerSetState(w, MONK_STATE_SENDING);
+	else if (MonkLogGateWaitMs(w->log) >= 0)
+		MonkWorkerSetState(w, MONK_STATE_WAITING_STANDBY);
 	else if (MonkSenderBackingOff(w->sender) > 0)
 		MonkWorkerSetState(w, MONK_STATE_BACKOFF);
 	else
@@ -649,6 +651,9 @@ ReadIfRoom(MonkWorker *w, TimestampTz *oldest)
 {
 	int			sendable = MonkLogCountSendable(w->log, MonkBatchTarget(), oldest);
 
+	/* events waiting for the standbys: look at them again when due */
+	if (MonkLogGateWaitMs(w->log) == 0)
+		w->need_read = true;
 	if (w->need_read && HasRoom(w) && sendable < MonkBatchTarget())
 	{
 		int64		room = (int64) MonkMaxRequestBytes() - MonkLogPendingBytes(w->log);
@@ -767,6 +772,13 @@ Step(MonkWorker *w)
 	PublishState(w);
 	timeout = EarlierTimeout(timeout, MonkSenderNextWakeMs(w->sender));
 	timeout = ArmWakeup(w, sendable, timeout);
+
+	/*
+	 * events waiting for the standbys: look again (without room, a settled
+	 * chunk wakes us)
+	 */
+	if (HasRoom(w))
+		timeout = EarlierTimeout(timeout, MonkLogGateWaitMs(w->log));
 	return BeforeSleep(w, timeout);
 }
 

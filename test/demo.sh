@@ -176,7 +176,8 @@ INSERT INTO api_calls (customer, endpoint, tokens) VALUES
 SELECT id, idempotency_key, event FROM monk.outbox_events ORDER BY id;
 COMMIT;
 SQL
-committed_keys=$(sql -qAt -c "SELECT string_agg('sync_public.api_calls:' || id || ':api_call', ' ' ORDER BY id) FROM api_calls")
+# default keys: sync_, the database's id, the table, the row's id, the event
+committed_keys=$(sql -qAt -c "SELECT string_agg('sync_' || (SELECT id FROM monk.database_id) || '_public.api_calls:' || id || ':api_call', ' ' ORDER BY id) FROM api_calls")
 
 # ---------------------------------------------------------------------------------------------
 heading "Rolled-back transaction: one row, whose event must never be sent"
@@ -184,7 +185,7 @@ echo "BEGIN; INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_ini
 rolled_back_key=$(sql -qAt <<'SQL'
 BEGIN;
 INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_initech', '/v1/chat', 9999)
-    RETURNING 'sync_public.api_calls:' || id || ':api_call';
+    RETURNING 'sync_' || (SELECT id FROM monk.database_id) || '_public.api_calls:' || id || ':api_call';
 ROLLBACK;
 SQL
 )

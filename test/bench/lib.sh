@@ -3,6 +3,7 @@
 #   bench_init NAME        temporary directory (owned by postgres when run as root), cleanup trap
 #   pg_start [CONF...]     a throwaway PostgreSQL cluster (PG_CONFIG's) with monk preloaded (extra postgresql.conf
 #                          lines as arguments); sets PGPORT_BENCH; sql / sqlf / pg_set run statements
+#   BENCH_CLUSTERS         data directories of further clusters a bench starts itself (stopped on exit)
 #   nginx_start            nginx answering 202 on NGINX_URL and 401 on NGINX_401_URL
 #   api_start              the local Monk API (test/monk_api.py) on API_URL, key $API_KEY
 #   slow_sink_start MS     a sink answering 202 after MS ms on SLOW_URL: nginx reads the body (in C,
@@ -23,6 +24,7 @@ API_KEY=bench_key
 BENCH_TMP=""
 BENCH_DATA=""
 BENCH_PIDS=()
+BENCH_CLUSTERS=()
 NGINX_STARTED=0
 as_user=()
 
@@ -60,6 +62,10 @@ bench_cleanup()
 	if [ -n "$BENCH_DATA" ] && [ -f "$BENCH_DATA/postmaster.pid" ]; then
 		(cd "$BENCH_TMP" && "${as_user[@]}" "$PGBIN/pg_ctl" -D "$BENCH_DATA" -m immediate -w -t 30 stop >/dev/null 2>&1)
 	fi
+	for dir in "${BENCH_CLUSTERS[@]}"; do
+		[ -f "$dir/postmaster.pid" ] &&
+			(cd "$BENCH_TMP" && "${as_user[@]}" "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 30 stop >/dev/null 2>&1)
+	done
 	if [ "$NGINX_STARTED" = 1 ] && [ -f "$BENCH_TMP/nginx.pid" ]; then
 		kill "$(cat "$BENCH_TMP/nginx.pid")" 2>/dev/null
 		for _ in $(seq 50); do [ -f "$BENCH_TMP/nginx.pid" ] || break; sleep 0.1; done

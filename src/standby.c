@@ -1,0 +1,147 @@
+/*
+ * standby.c
+ *		monk.standby_names: the standbys that must have flushed a
+ *		transaction's commit before the worker sends its events, so that a
+ *		failover to one of them never leaves billed a transaction the new
+ *		primary does not have.
+ *
+ * The setting has the form of synchronous_standby_names, parsed by the
+ * server's own parser (check_synchronous_standby_names): a list of
+ * application names (FIRST n (...), the first n connected ones by their
+ * order in the list; ANY n (...), any n of them; '*' matches every
+ * standby).  A snapshot records no WAL position: the worker reads the end
+ * of the WAL inserted right after taking a window's snapshot, which every
+ * commit the snapshot sees precedes, and opens the window only once the
+ * standbys named have flushed up to there (pg_stat_replication's
+ * flush_lsn).  Until then its events wait, and monk.status says so.  A
+ * standby named but gone is waited for, as synchronous replication waits
+ * for it: change the setting and reload to stop waiting.  Logical
+ * replication's walsenders are not standbys and never count.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "replication/syncrep.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/pg_lsn.h"
+#if PG_VERSION_NUM >= 160000
+#include "utils/guc_hooks.h"
+#endif
+
+#include "standby.h"
+
+char	   *monk_standby_names = NULL;
+static SyncRepConfigData *standby_config = NULL;
+
+/* Check hook: the form of synchronous_standby_names, by its own parser. */
+bool
+MonkStandbyNamesCheck(char **newval, void **extra, GucSource source)
+{
+	return check_synchronous_standby_names(newval, extra, source);
+}
+
+void
+MonkStandbyNamesAssign(const char *newval, void *extra)
+{
+	standby_config = (SyncRepConfigData *) extra;
+}
+
+/* Does monk.standby_names name any standby? */
+bool
+MonkStandbysNamed(void)
+{
+	return standby_config != NULL;
+}
+
+/* The priority of a standby by its name: 1 for the first member, 0: none. */
+static int
+StandbyPriority(const SyncRepConfigData *conf, const char *name)
+{
+	const char *member = conf->member_names;
+
+	for (int i = 1; i <= conf->nmembers; i++)
+	{
+		if (strcmp(member, "*") == 0 || pg_strcasecmp(member, name) == 0)
+			return i;
+		member += strlen(member) + 1;
+	}
+	return 0;
+}
+
+typedef struct Candidate
+{
+	int			priority;
+	bool		flushed;
+} Candidate;
+
+/* By priority, then those that flushed first (ties are the server's choice). */
+static int
+CompareCandidates(const void *a, const void *b)
+{
+	const Candidate *ca = a;
+	const Candidate *cb = b;
+
+	if (ca->priority != cb->priority)
+		return ca->priority < cb->priority ? -1 : 1;
+	return (int) cb->flushed - (int) ca->flushed;
+}
+
+/*
+ * Have the standbys monk.standby_names names flushed the WAL up to lsn?
+ * True when it names none.  Otherwise, when they have not, *why says how
+ * many did.  In a transaction with SPI connected.
+ */
+bool
+MonkStandbysFlushed(XLogRecPtr lsn, char **why)
+{
+	const SyncRepConfigData *conf = standby_config;
+	Candidate  *cands;
+	int			ncands = 0;
+	int			nflushed = 0;
+	bool		ok;
+
+	if (conf == NULL)
+		return true;
+	/* physical walsenders only: a logical one has a database */
+	if (SPI_execute("SELECT a.application_name, w.flush_lsn"
+					"  FROM pg_catalog.pg_stat_get_wal_senders() w"
+					"  JOIN pg_catalog.pg_stat_get_activity(NULL) a ON a.pid OPERATOR(pg_catalog.=) w.pid"
+					" WHERE a.datid IS NULL", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_stat_replication failed");
+	cands = palloc(sizeof(Candidate) * Max(SPI_processed, 1));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		Datum		flush = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
+		int			priority = name ? StandbyPriority(conf, name) : 0;
+
+		if (priority == 0)
+			continue;
+		cands[ncands].priority = priority;
+		cands[ncands].flushed = !isnull && DatumGetLSN(flush) >= lsn;
+		ncands++;
+	}
+	if (conf->syncrep_method == SYNC_REP_QUORUM)
+	{
+		for (int i = 0; i < ncands; i++)
+			nflushed += cands[i].flushed ? 1 : 0;
+		ok = nflushed >= conf->num_sync;
+	}
+	else
+	{
+		/* the num_sync connected standbys of the highest priority */
+		qsort(cands, ncands, sizeof(Candidate), CompareCandidates);
+		for (int i = 0; i < Min(ncands, conf->num_sync); i++)
+			nflushed += cands[i].flushed ? 1 : 0;
+		ok = nflushed >= conf->num_sync;
+	}
+	if (!ok && why)
+		*why = psprintf("%d of the %d standbys monk.standby_names asks for (%s) %s flushed %X/%X; %d of those it names %s connected",
+						nflushed, conf->num_sync, monk_standby_names, nflushed == 1 ? "has" : "have",
+						LSN_FORMAT_ARGS(lsn), ncands, ncands == 1 ? "is" : "are");
+	pfree(cands);
+	return ok;
+}
