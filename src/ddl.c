@@ -33,6 +33,7 @@
 #include "capture.h"
 #include "ddl.h"
 #include "settings.h"
+#include "shmem.h"
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
@@ -127,28 +128,28 @@ GuardDrop(DropStmt *stmt)
 				 errhint("Wait until the worker has sent them (SELECT outbox_depth FROM monk.status), or discard them first with DELETE FROM monk.outbox.")));
 }
 
-/* Warn when the database just given the extension has no worker. */
+/*
+ * The database just given the extension: its worker, waiting for it, is
+ * woken at the commit; warn when it has none.
+ */
 static void
 WarnIfNotExported(CreateExtensionStmt *stmt)
 {
 	char	   *dbname;
-	const List *names;
-	ListCell   *lc;
 
 	if (strcmp(stmt->extname, "monk") != 0)
 		return;
 	dbname = get_database_name(MyDatabaseId);
-	names = MonkDatabaseList();
-	foreach(lc, names)
+	if (MonkDatabaseListed(dbname))
 	{
-		if (strcmp((char *) lfirst(lc), dbname) == 0)
-			return;
+		MonkWakeWorkerAtCommit(0);
+		return;
 	}
 	ereport(WARNING,
 			(errcode(ERRCODE_WARNING),
 			 errmsg("database \"%s\" is not in monk.databases: no worker sends its events", dbname),
 			 errdetail("monk.databases is \"%s\".", monk_databases ? monk_databases : ""),
-			 errhint("Add \"%s\" to monk.databases in postgresql.conf and restart the server; the events queued meanwhile are kept.",
+			 errhint("Add \"%s\" to monk.databases in postgresql.conf and reload (SELECT pg_reload_conf()); the events queued meanwhile are kept.",
 					 dbname)));
 }
 

@@ -30,6 +30,6 @@ _PG_init(void)
 		return;
 
 	MonkShmemInit();
-	MonkWorkersRegister();
+	MonkLauncherRegister();
 	MonkDdlInit();
 }

@@ -191,16 +191,21 @@ monk_worker_status(PG_FUNCTION_ARGS)
 					success,
 					error_at;
 		char		last_error[MONK_LAST_ERROR_LEN];
+		char		dbname[NAMEDATALEN];
 
 		SpinLockAcquire(&slot->mutex);
+		strlcpy(dbname, slot->dbname, sizeof(dbname));
 		started = slot->started_at;
 		success = slot->last_success_at;
 		error_at = slot->last_error_at;
 		strlcpy(last_error, slot->last_error, sizeof(last_error));
 		SpinLockRelease(&slot->mutex);
+		/* a free slot (launcher.c) */
+		if (dbname[0] == '\0')
+			continue;
 
 		memset(nulls, false, sizeof(nulls));
-		values[n++] = CStringGetTextDatum(slot->dbname);
+		values[n++] = CStringGetTextDatum(dbname);
 		values[n] = Int32GetDatum(pid);
 		nulls[n++] = (pid == 0);
 		values[n++] = CStringGetTextDatum(pid ? MonkStateName(slot->state) : "not running");

@@ -232,6 +232,12 @@ CheckDatabases(char **newval, void **extra, GucSource source)
 
 	if (!ok)
 		GUC_check_errdetail("monk.databases must be a comma-separated list of database names.");
+	else if (list_length(names) > MONK_MAX_DATABASES)
+	{
+		GUC_check_errdetail("monk.databases names %d databases, more than the %d allowed.",
+							list_length(names), MONK_MAX_DATABASES);
+		ok = false;
+	}
 	list_free(names);
 	pfree(raw);
 	return ok;
@@ -315,27 +321,49 @@ MonkMaxRequestBytes(void)
 }
 
 /*
- * The names listed in monk.databases, parsed once per process (the setting
- * takes effect at server start only; backends inherit the postmaster's
- * list).  Neither the list nor its names may be modified.
+ * The names listed in monk.databases, parsed again when the setting changed
+ * (on reload).  Neither the list nor its names may be modified, nor kept
+ * past a reload.
  */
 const List *
 MonkDatabaseList(void)
 {
 	static List *names = NIL;
-	static bool parsed = false;
+	static char *parsed = NULL; /* the value the list was parsed from */
+	static char *raw = NULL;	/* what its names point into */
+	const char *value = monk_databases ? monk_databases : "";
 
-	if (!parsed)
+	if (parsed == NULL || strcmp(parsed, value) != 0)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		char	   *raw = pstrdup(monk_databases ? monk_databases : "");
 
+		list_free(names);
+		names = NIL;
+		if (raw)
+			pfree(raw);
+		if (parsed)
+			pfree(parsed);
+		parsed = pstrdup(value);
+		raw = pstrdup(value);
 		if (!SplitIdentifierString(raw, ',', &names))
 			elog(ERROR, "invalid monk.databases");
 		MemoryContextSwitchTo(old);
-		parsed = true;
 	}
 	return names;
+}
+
+/* Is database name listed in monk.databases? */
+bool
+MonkDatabaseListed(const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, MonkDatabaseList())
+	{
+		if (strcmp((const char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
 }
 
 /* Define every monk.* setting and reserve the prefix. */
@@ -516,16 +544,14 @@ MonkSettingsInit(void)
 							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 
-	/* a postmaster setting can only be defined while preloading */
-	if (process_shared_preload_libraries_in_progress)
-		DefineCustomStringVariable("monk.databases",
-								   "Databases whose outbox a monk worker exports, comma-separated.",
-								   NULL,
-								   &monk_databases,
-								   "postgres",
-								   PGC_POSTMASTER,
-								   GUC_SUPERUSER_ONLY | GUC_LIST_INPUT,
-								   CheckDatabases, NULL, NULL);
+	DefineCustomStringVariable("monk.databases",
+							   "Databases whose outbox a monk worker exports, comma-separated.",
+							   "Read on reload: the launcher starts a worker for a database added, and the worker of one removed stops.",
+							   &monk_databases,
+							   "postgres",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_LIST_INPUT,
+							   CheckDatabases, NULL, NULL);
 
 	MarkGUCPrefixReserved("monk");
 }

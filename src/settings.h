@@ -8,6 +8,7 @@
 #include "nodes/pg_list.h"
 
 #define MONK_MAX_BATCH_SIZE 10000
+#define MONK_MAX_DATABASES 64
 
 extern char *monk_databases;
 extern int	monk_batch_size;
@@ -35,5 +36,6 @@ extern uint64 MonkDestinationHash(void);
 extern int	MonkMaxEventBytes(void);
 extern int	MonkMaxRequestBytes(void);
 extern const List *MonkDatabaseList(void);
+extern bool MonkDatabaseListed(const char *name);
 
 #endif

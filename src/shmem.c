@@ -32,7 +32,6 @@ MonkShared *MonkShmem = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-static int	monk_nslots = 0;
 static int64 events_in_xact = 0;	/* events queued by this transaction */
 
 /* wake the worker at commit, whatever the count */
@@ -59,7 +58,7 @@ static Size
 MonkShmemSize(void)
 {
 	return add_size(offsetof(MonkShared, slots),
-					mul_size(sizeof(MonkWorkerSlot), monk_nslots));
+					mul_size(sizeof(MonkWorkerSlot), MONK_MAX_DATABASES));
 }
 
 static void
@@ -83,17 +82,12 @@ MonkShmemStartup(void)
 	MonkShmem = ShmemInitStruct("monk", MonkShmemSize(), &found);
 	if (!found)
 	{
-		const List *names = MonkDatabaseList();
-		ListCell   *lc;
-		int			i = 0;
-
 		memset(MonkShmem, 0, MonkShmemSize());
-		MonkShmem->nslots = monk_nslots;
-		foreach(lc, names)
+		MonkShmem->nslots = MONK_MAX_DATABASES;
+		for (int i = 0; i < MONK_MAX_DATABASES; i++)
 		{
-			MonkWorkerSlot *slot = &MonkShmem->slots[i++];
+			MonkWorkerSlot *slot = &MonkShmem->slots[i];
 
-			strlcpy(slot->dbname, (char *) lfirst(lc), NAMEDATALEN);
 			SpinLockInit(&slot->mutex);
 			for (int c = 0; c < MONK_NUM_COUNTERS; c++)
 				pg_atomic_init_u64(&slot->counters[c], 0);
@@ -106,19 +100,64 @@ MonkShmemStartup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/*
+ * Give a free slot to database name (the launcher, its only writer of
+ * names): its counters start at zero.  Returns its number, or -1 when all
+ * are taken.
+ */
+int
+MonkSlotClaim(const char *name)
+{
+	for (int i = 0; i < MONK_MAX_DATABASES; i++)
+	{
+		MonkWorkerSlot *slot = &MonkShmem->slots[i];
+		bool		free;
+
+		SpinLockAcquire(&slot->mutex);
+		free = slot->dbname[0] == '\0' && slot->pid == 0;
+		if (free)
+		{
+			strlcpy(slot->dbname, name, NAMEDATALEN);
+			slot->dboid = InvalidOid;
+			slot->latch = NULL;
+			slot->state = 0;
+			slot->circuit = 0;
+			slot->depth_base = 0;
+			slot->depth_known = false;
+			slot->started_at = 0;
+			slot->last_success_at = 0;
+			slot->last_error_at = 0;
+			slot->last_error[0] = '\0';
+		}
+		SpinLockRelease(&slot->mutex);
+		if (free)
+		{
+			for (int c = 0; c < MONK_NUM_COUNTERS; c++)
+				pg_atomic_write_u64(&slot->counters[c], 0);
+			pg_atomic_write_u64(&slot->committed, 0);
+			pg_atomic_write_u64(&slot->wake_at, 0);
+			pg_atomic_write_u32(&slot->segment, PG_UINT32_MAX);
+			pg_atomic_write_u64(&slot->settled, 0);
+			return i;
+		}
+	}
+	return -1;
+}
+
+/* A worker leaves its slot: its database is no longer listed. */
+void
+MonkSlotRelease(MonkWorkerSlot *slot)
+{
+	SpinLockAcquire(&slot->mutex);
+	slot->dbname[0] = '\0';
+	slot->dboid = InvalidOid;
+	SpinLockRelease(&slot->mutex);
+}
+
 /* Called from _PG_init while shared_preload_libraries are loaded. */
 void
 MonkShmemInit(void)
 {
-	const List *names = MonkDatabaseList();
-
-	monk_nslots = list_length(names);
-	if (monk_nslots > MONK_MAX_DATABASES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("monk.databases names %d databases, more than the %d allowed",
-						monk_nslots, MONK_MAX_DATABASES)));
-
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = MonkShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;

@@ -39,7 +39,6 @@
 
 #include "delivery.h"
 
-#define MONK_MAX_DATABASES 64
 #define MONK_LAST_ERROR_LEN 256
 
 typedef enum MonkWorkerState
@@ -58,7 +57,7 @@ typedef enum MonkWorkerState
 
 typedef struct MonkWorkerSlot
 {
-	char		dbname[NAMEDATALEN];	/* set at startup, never changes */
+	char		dbname[NAMEDATALEN];	/* "": a free slot (launcher.c) */
 	Oid			dboid;			/* set by the worker once connected */
 	int			pid;			/* 0 when no worker runs */
 	Latch	   *latch;			/* the worker's latch, NULL when none runs */
@@ -92,6 +91,8 @@ extern MonkShared *MonkShmem;
 extern void MonkShmemInit(void);
 extern void MonkRequirePreload(void);
 extern MonkWorkerSlot *MonkSlotForDatabase(Oid dboid);
+extern int	MonkSlotClaim(const char *name);
+extern void MonkSlotRelease(MonkWorkerSlot *slot);
 extern void MonkWakeWorkerAtCommit(int nevents);
 extern void MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at);
 extern int64 MonkSlotDepth(MonkWorkerSlot *slot);

@@ -75,6 +75,7 @@ typedef struct MonkWorker
 	int64		chunks_bytes;	/* the memory they hold */
 	bool		dead_letters;	/* monk.dead_letter holds outbox events */
 	TimestampTz counted_at;		/* when the queued events were last counted */
+	bool		unlisted;		/* its database left monk.databases: stop */
 } MonkWorker;
 
 /* What monk.status shows the worker doing. */
@@ -101,34 +102,6 @@ MonkSigterm(SIGNAL_ARGS)
 	shutdown_requested = true;
 	SetLatch(MyLatch);
 	errno = save_errno;
-}
-
-/* Register one worker per database of monk.databases (from _PG_init). */
-void
-MonkWorkersRegister(void)
-{
-	const List *names = MonkDatabaseList();
-	ListCell   *lc;
-	int			i = 0;
-
-	foreach(lc, names)
-	{
-		BackgroundWorker worker;
-
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		/* a standby does not export; after promotion the worker starts */
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = 5;
-		strlcpy(worker.bgw_library_name, "monk", BGW_MAXLEN);
-		strlcpy(worker.bgw_function_name, "MonkWorkerMain", BGW_MAXLEN);
-		snprintf(worker.bgw_name, BGW_MAXLEN, "monk worker for database %s", (char *) lfirst(lc));
-		strlcpy(worker.bgw_type, "monk worker", BGW_MAXLEN);
-		worker.bgw_main_arg = Int32GetDatum(i);
-		worker.bgw_notify_pid = 0;
-		RegisterBackgroundWorker(&worker);
-		i++;
-	}
 }
 
 /* Forget this worker in shared memory when it exits. */
@@ -582,6 +555,15 @@ Reload(MonkWorker *w)
 
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
+	if (!MonkDatabaseListed(w->slot->dbname))
+	{
+		ereport(LOG,
+				(errmsg("monk: database \"%s\" is no longer in monk.databases: its worker stops; its queued events stay queued",
+						w->slot->dbname),
+				 errhint("Add it to monk.databases again and reload to have them sent.")));
+		w->unlisted = true;
+		return;
+	}
 	MonkSenderConfigChanged(w->sender, MonkDestinationHash() != destination);
 	if (was_paused)
 	{
@@ -789,6 +771,7 @@ MonkWorkerMain(Datum arg)
 	int			slotno = DatumGetInt32(arg);
 	MonkWorker	w;
 	MemoryContext loopcxt;
+	char		dbname[NAMEDATALEN];
 
 	memset(&w, 0, sizeof(w));
 	w.slot = &MonkShmem->slots[slotno];
@@ -808,29 +791,47 @@ MonkWorkerMain(Datum arg)
 	pqsignal(SIGTERM, MonkSigterm);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(w.slot->dbname, NULL, 0);
+	/*
+	 * The slot is this worker's, unless another runs for it, or its database
+	 * left monk.databases since the launcher started it (launcher.c).
+	 */
+	SpinLockAcquire(&w.slot->mutex);
+	if (w.slot->dbname[0] == '\0' || w.slot->pid != 0)
+	{
+		SpinLockRelease(&w.slot->mutex);
+		proc_exit(0);
+	}
+	if (!MonkDatabaseListed(w.slot->dbname))
+	{
+		w.slot->dbname[0] = '\0';
+		w.slot->dboid = InvalidOid;
+		SpinLockRelease(&w.slot->mutex);
+		proc_exit(0);
+	}
+	w.slot->pid = MyProcPid;
+	w.slot->started_at = GetCurrentTimestamp();
+	strlcpy(dbname, w.slot->dbname, NAMEDATALEN);
+	SpinLockRelease(&w.slot->mutex);
+	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
+
+	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	/* the database's search_path never chooses what the worker runs */
 	MonkSafeSearchPathPin();
-	pgstat_report_appname(psprintf("monk worker: %s", w.slot->dbname));
+	pgstat_report_appname(psprintf("monk worker: %s", dbname));
 
 	w.slot->dboid = MyDatabaseId;
 	w.slot->state = MONK_STATE_STARTING;
-	SpinLockAcquire(&w.slot->mutex);
-	w.slot->started_at = GetCurrentTimestamp();
-	SpinLockRelease(&w.slot->mutex);
-	w.slot->pid = MyProcPid;
 	w.slot->latch = MyLatch;
-	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
 
 	w.cxt = AllocSetContextCreate(TopMemoryContext, "monk worker", ALLOCSET_DEFAULT_SIZES);
 	dlist_init(&w.chunks);
 	w.log = MonkLogCreate(w.cxt, w.slot, OnMaintain, &w);
 	w.sender = MonkSenderCreate(&WorkerOps, &w, w.cxt);
 
-	ereport(LOG, (errmsg("monk worker started for database \"%s\"", w.slot->dbname)));
+	ereport(LOG, (errmsg("monk worker started for database \"%s\"", dbname)));
 
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "monk worker loop", ALLOCSET_DEFAULT_SIZES);
-	while (!shutdown_requested)
+	while (!shutdown_requested && !w.unlisted)
 	{
 		long		timeout;
 
@@ -858,5 +859,7 @@ MonkWorkerMain(Datum arg)
 	}
 
 	Drain(&w);
-	proc_exit(1);
+	if (w.unlisted)
+		MonkSlotRelease(w.slot);
+	proc_exit(w.unlisted ? 0 : 1);
 }

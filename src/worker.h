@@ -5,7 +5,8 @@
 #ifndef MONK_WORKER_H
 #define MONK_WORKER_H
 
-extern void MonkWorkersRegister(void);
+extern void MonkLauncherRegister(void);
+extern PGDLLEXPORT void MonkLauncherMain(Datum arg);
 extern PGDLLEXPORT void MonkWorkerMain(Datum arg);
 
 #endif

@@ -38,6 +38,8 @@ API_EVENTS=${SCALEOUT_API_EVENTS:-$(scaled 500000)}
 NS=${SCALEOUT_NS:-1 2 4}
 RUNS=${SCALEOUT_RUNS:-nginx api}
 REPEAT=${SCALEOUT_REPEAT:-3}
+SO=$("$PGBIN/pg_config" --pkglibdir)/monk.so
+SO_MD5=$(md5sum "$SO" | cut -c1-12)
 CONF=("monk.max_parallel_requests = 4" "monk.flush_interval = '1s'" "monk.batch_size = 10000")
 
 nginx_start
@@ -240,4 +242,6 @@ if [ "$RUN2" = 1 ]; then
 	done
 	for n in $NS; do echo "  N=$n, each cluster's first default key: ${R2_SAMPLE[$n]}"; done
 fi
+[ "$(md5sum "$SO" | cut -c1-12)" = "$SO_MD5" ] ||
+	note "WARNING: monk.so changed during the run (md5 $SO_MD5, now $(md5sum "$SO" | cut -c1-12), of $(date -u -r "$SO" +%FT%TZ)): clusters started after that ran the new build"
 [ "$failed" = 0 ] || die "the local API counted fewer distinct keys than events queued: default keys collided across clusters"
