@@ -33,6 +33,11 @@
 
 /* how long a stopped worker waits before it is started again */
 #define RESTART_MS 5000
+/*
+ * How often the launcher looks at its workers: a launcher connected to no
+ * database is not woken when one stops (its SIGUSR1 sets no latch).
+ */
+#define LOOK_MS 1000
 
 typedef struct Launched
 {
@@ -196,9 +201,9 @@ MonkLauncherMain(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		timeout = Reconcile();
-		/* woken by a reload, and by its workers starting and stopping */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout >= 0 ? WL_TIMEOUT : 0),
-						 timeout, PG_WAIT_EXTENSION);
+		/* woken by a reload; its workers stopping are seen within LOOK_MS */
+		timeout = timeout < 0 ? LOOK_MS : Min(timeout, LOOK_MS);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

@@ -2,44 +2,47 @@
 # transactions of the surviving timeline.
 #
 # A pg_auto_failover monitor and two data nodes, both preloading monk, with
-# monk.standby_names = '*' (set MONK_AF_STANDBY_NAMES to try another value,
-# an empty one to name none).  pg_auto_failover runs its two nodes with
-# synchronous replication (synchronous_standby_names = 'ANY 1 (...)'), so a
-# COMMIT that returned is on the standby.  A writer, connecting for each
+# monk.standby_names = '*' (MONK_AF_STANDBY_NAMES sets another value; empty,
+# it names none).  pg_auto_failover runs two nodes with synchronous
+# replication (synchronous_standby_names = 'ANY 1 (...)' on the primary), so
+# a COMMIT that returned is on the standby.  A writer, connecting for each
 # transaction through the multi-host connection string with
 # target_session_attrs=read-write, inserts rows of a table captured by
-# monk_capture and corrects rows already inserted (an UPDATE of the mapped
+# monk_capture, corrects rows it inserted before (an UPDATE of the mapped
 # property: same key, newer version), rolls some transactions back, and
-# records only the transactions whose COMMIT returned.  Then:
-#   - replication stalls (the primary's walsender is stopped), so that a
-#     probe transaction (a new row and a correction) is committed on the
-#     primary only, and waits for the standby; the writer's transaction in
-#     flight may too;
-#   - the primary's node crashes: its pg_autoctl is frozen (SIGSTOP) and its
-#     postmaster killed with SIGKILL.  (With pg_autoctl running, a postmaster
-#     killed alone is restarted in place within a second and there is usually
-#     no failover.)
-#   - the monitor promotes the secondary; the writer goes on through it;
-#   - the old primary's pg_autoctl wakes up: it restarts Postgres, still a
-#     primary until it hears from the monitor, after crash recovery has made
-#     the probe's transaction visible there -- the window in which an
-#     exporter that does not wait for the standbys bills a transaction the
-#     new primary lacks; then it is demoted, rewound and rejoins as the
-#     secondary; the writer goes on.
+# records which COMMITs returned; transaction k writes tokens = k, so that
+# each version names its transaction.  Then:
+#   - replication stalls (the primary's walsender is stopped): a probe
+#     transaction (a new row and a correction) commits on the primary only
+#     and waits for the standby, as may the writer's transaction in flight;
+#   - the primary's postmaster is killed with SIGKILL.  Its pg_autoctl
+#     reports Postgres down, the monitor promotes the secondary, and
+#     pg_autoctl restarts the old Postgres -- as the primary it still
+#     believes it is, for about a second until it hears of the failover.
+#     Crash recovery has made the probe visible there, and with PostgreSQL's
+#     default wal_retrieve_retry_interval (5 s) the promoted standby has not
+#     streamed it: the window in which an exporter that does not wait for a
+#     standby bills a transaction the new primary lacks.  The old primary is
+#     then demoted, rewound, and rejoins as the secondary;
+#   - the writer goes on through the new primary, alone and then with the
+#     old one as its synchronous standby.
 # At the end, by idempotency key, the API holds exactly the keys of the rows
-# of the surviving primary, each with its row's current value, and no
-# version it ever received (of the last 16 of each key) came from a
-# transaction the surviving primary lacks (rolled back, lost with the old
-# primary, or in flight at the crash and not there).  Every transaction whose
-# COMMIT returned is on the surviving primary; those whose outcome is unknown
-# are looked up there, not assumed.
+# of the surviving primary, each at its row's current value, and no version
+# it ever received (of the last 16 of each key) came from a transaction that
+# primary lacks: rolled back, lost with the old primary, or in flight at the
+# crash and not there.  Every transaction whose COMMIT returned is on the
+# surviving primary; those whose outcome is unknown (the probe among them)
+# are looked up there, not assumed either way.
 #
 # What it does not prove: asynchronous replication (pg_auto_failover with
-# number_sync_standbys = 0 and replication-quorum false; see 168_standby.pl
-# for monk.standby_names with an asynchronous standby), more than two data
-# nodes, a crash of the monitor, or a network partition between live nodes.
-# With the standbys named, events queued on the new primary while it runs
-# alone (pg_auto_failover's wait_primary) wait until the old one has rejoined.
+# number_sync_standbys = 0 and replication quorum off: see 168_standby.pl for
+# monk.standby_names with an asynchronous standby), more than two data
+# nodes, a crash of the monitor, a network partition between live nodes, or
+# that the window above occurs on every run (it is timing; the test says
+# when it saw it).  With the standbys named, events queued on the new primary
+# while it runs alone (pg_auto_failover's wait_primary) wait until the old one
+# has rejoined.  Without them (MONK_AF_STANDBY_NAMES=), the old primary bills
+# the probe in its window and the test fails.
 #
 # Skipped when pg_auto_failover is not installed for the PostgreSQL under
 # test (test/setup.sh installs postgresql-NN-auto-failover where Debian has it).
@@ -159,6 +162,55 @@ END
 	stop_everything();
 }
 
+# The answer of a query, undef if it fails (a node may be down: no stdin
+# for psql, which PostgreSQL::Test::Cluster's psql would write to).
+sub query
+{
+	my ($node, $sql) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = eval {
+		IPC::Run::run([ 'psql', '-X', '-A', '-t', '-d', $node->connstr('postgres'), '-c', $sql ],
+			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
+	};
+	chomp $out;
+	return $ok ? $out : undef;
+}
+
+# The children of a process, and a process's command line (pg_autoctl
+# names its services in theirs).
+sub children_of
+{
+	my ($ppid) = @_;
+	opendir(my $d, '/proc') or return ();
+	my @c;
+	for my $pid (grep { /^\d+$/ } readdir $d)
+	{
+		open(my $f, '<', "/proc/$pid/stat") or next;
+		my $stat = <$f> // '';
+		push @c, $pid if $stat =~ /^\d+ \(.*\) \S (\d+)/ && $1 == $ppid;
+	}
+	return @c;
+}
+
+sub cmdline
+{
+	open(my $f, '<', "/proc/$_[0]/cmdline") or return '';
+	local $/;
+	my $c = <$f> // '';
+	$c =~ s/\0+/ /g;
+	return $c;
+}
+
+# The processes of a node's postmaster, for a diagnostic.
+sub processes_of
+{
+	my ($node) = @_;
+	my $pidfile = $node->data_dir . '/postmaster.pid';
+	return ('no postmaster.pid') unless -f $pidfile;
+	my ($pm) = split /\n/, slurp_file($pidfile);
+	return map { "$_ " . cmdline($_) } $pm, children_of($pm);
+}
+
 # The nodes as the monitor sees them: name => "reported/assigned".
 my $monitor;
 sub states
@@ -249,7 +301,10 @@ auto_conf($node1, %small,
 	'monk.retry_max_delay'       => '500ms',
 	'monk.circuit_open_time'     => '500ms',
 	'monk.request_timeout'       => '5s',
-	'monk.shutdown_timeout'      => '5s');
+	'monk.shutdown_timeout'      => '5s',
+	# PostgreSQL's default, which PostgreSQL::Test::Cluster lowers to 500ms:
+	# a standby that lost its primary waits this long to stream again
+	wal_retrieve_retry_interval  => '5s');
 ok(create_node('node1', $node1), 'pg_autoctl registers node1') or BAIL_OUT('see ' . autoctl_log('node1'));
 autoctl_run('node1', $node1);
 ok(wait_until('node1 single', 60, sub { in_state('node1', qr{^single/single$}) }), 'node1 runs alone');
@@ -374,30 +429,38 @@ ok( wait_until('the probe waiting for the standby', 30, sub {
 				q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'probe' AND wait_event = 'SyncRep'}) == 1 }),
 	'the probe has committed on node1 and waits for the standby');
 
-# --- node1 crashes: pg_autoctl frozen, postmaster killed
+# --- node1's postmaster is killed; the monitor fails over to node2
+# Watch node1 meanwhile: does it answer as a primary where the probe is?
+my %node1_seen;
+sub watch_node1
+{
+	my $r = query($node1, "SELECT pg_is_in_recovery()::text || ' ' || count(*) FROM applied WHERE txn = $probe_k");
+	return unless defined $r;
+	$node1_seen{primary}++ if $r =~ /^false/;
+	$node1_seen{primary_with_probe}++ if $r eq 'false 1';
+}
 my ($postmaster) = split /\n/, slurp_file($node1->data_dir . '/postmaster.pid');
 my $crash_at = time;
-kill 'STOP', -$autoctl{node1}{pid};
 kill 'KILL', $postmaster, $walsender;
 @stopped = ();
-ok(wait_until('node2 promoted', 90, sub { in_state('node2', qr{^(wait_primary|primary)/}) }),
+ok(wait_until('node2 promoted', 90, sub { watch_node1(); in_state('node2', qr{^(wait_primary|primary)/}) }),
 	'pg_auto_failover promotes node2') or diag('states: ' . states_text());
-note(sprintf('node2 promoted %.1f s after the crash', time - $crash_at));
+note(sprintf('node2 promoted %.1f s after the kill', time - $crash_at));
 eval { $probe->finish };
 isnt($probe->result(0) // -1, 0, "the probe's COMMIT never returned");
-is($node2->safe_psql('postgres', "SELECT count(*) FROM applied WHERE txn = $probe_k"), '0',
-	'node2 lacks the probe transaction');
 
-ok(wait_until('commits on node2', 90, sub { acked_on($node2->port) >= 30 }),
+ok(wait_until('commits on node2', 90, sub { watch_node1(); acked_on($node2->port) >= 30 }),
 	'the writer commits on node2 through the same connection string');
-
-# --- node1 wakes up: restarted, demoted, rewound, secondary
-kill 'CONT', -$autoctl{node1}{pid};
 ok( wait_until('node1 back as secondary', 90, sub {
+			watch_node1();
 			my %s = states();
 			($s{node1} // '') eq 'secondary/secondary' && ($s{node2} // '') eq 'primary/primary' }),
-	'node1 rejoins as the secondary of node2')
-  or diag('states: ' . states_text());
+	'node1 is demoted, rewound and rejoins as the secondary of node2')
+  or diag('states: ' . states_text() . "; node1's processes: " . join('; ', processes_of($node1)));
+my $probe_survived = $node2->safe_psql('postgres', "SELECT count(*) FROM applied WHERE txn = $probe_k") eq '1';
+note('after the kill node1 answered as a primary ' . ($node1_seen{primary} // 0) . ' time(s), with the probe visible '
+	  . ($node1_seen{primary_with_probe} // 0) . ' time(s); the probe is ' . ($probe_survived ? '' : 'not ')
+	  . 'on node2');
 my $rejoined = acked_on($node2->port);
 ok(wait_until('commits with node1 as standby', 60, sub { acked_on($node2->port) >= $rejoined + 20 }),
 	'the writer commits on node2 with node1 as its synchronous standby');
@@ -428,7 +491,6 @@ is(scalar(@missing), 0, 'every transaction whose COMMIT returned is on the survi
   or diag('missing: ' . join(', ', map { $_->{k} } @missing[ 0 .. ($#missing < 9 ? $#missing : 9) ]));
 is(scalar(grep { $applied{ $_->{k} } } grep { $_->{status} eq 'rolledback' } @t), 0,
 	'no rolled-back transaction is there');
-ok(!$applied{$probe_k} && !exists $tokens{$probe_row}, 'nor the probe, lost with node1');
 
 api_holds_exactly($api, [ map { key_of($_) } keys %tokens ],
 	'the API holds exactly the keys of the rows of the surviving primary');
@@ -444,8 +506,15 @@ for my $key (sort keys %$history)
 is(scalar(@billed_lost), 0,
 	'no version the API received came from a transaction the surviving primary lacks')
   or diag('billed but lost or rolled back: ' . join(', ', @billed_lost[ 0 .. ($#billed_lost < 9 ? $#billed_lost : 9) ]));
-ok(!exists $final->{ key_of($probe_row) } && !grep({ $_ eq $probe_k } @{ $history->{ key_of($probe_target) } // [] }),
-	"in particular, neither of the probe's versions");
+if ($probe_survived)
+{
+	is($final->{ key_of($probe_row) }, $probe_k, "the probe, which survived, is billed");
+}
+else
+{
+	ok(!exists $final->{ key_of($probe_row) } && !grep({ $_ eq $probe_k } @{ $history->{ key_of($probe_target) } // [] }),
+		"the probe, lost with node1, is not billed: neither its row nor its correction");
+}
 
 stop_everything();
 $api->stop;
