@@ -43,6 +43,7 @@
 #include "sender.h"
 #include "settings.h"
 #include "source.h"
+#include "standby.h"
 
 PG_FUNCTION_INFO_V1(monk_batch_export);
 
@@ -549,6 +550,8 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	MonkSourceCheckNullIds(source);
 	ex.inflight = MonkInFlightCreate(source);
 	portal = MonkSourceOpen(query, ex.pos.last_id, ex.pos.pending, ex.pos.npending);
+	/* no row is sent before its commit is durable, and on the standbys named */
+	MonkAwaitFlushed("monk_batch_export");
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
 	/* the sender's curl handles go with cxt, on an error too */

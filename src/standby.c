@@ -20,8 +20,13 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 #include "replication/syncrep.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -138,10 +143,47 @@ MonkStandbysFlushed(XLogRecPtr lsn, char **why)
 			nflushed += cands[i].flushed ? 1 : 0;
 		ok = nflushed >= conf->num_sync;
 	}
+	SPI_freetuptable(SPI_tuptable);
 	if (!ok && why)
 		*why = psprintf("%d of the %d standbys monk.standby_names asks for (%s) %s flushed %X/%X; %d of those it names %s connected",
 						nflushed, conf->num_sync, monk_standby_names, nflushed == 1 ? "has" : "have",
 						LSN_FORMAT_ARGS(lsn), ncands, ncands == 1 ? "is" : "are");
 	pfree(cands);
 	return ok;
+}
+
+/*
+ * For a session that sends rows it reads under its snapshot
+ * (monk_batch_export): wait until every commit the snapshot sees is
+ * flushed, here and on the standbys named.  Reads the end of the WAL now,
+ * after the snapshot was taken; a NOTICE every 10 s says why it waits (a
+ * cancel or statement_timeout ends the wait).  Inside SPI.
+ */
+void
+MonkAwaitFlushed(const char *who)
+{
+	XLogRecPtr	end;
+	TimestampTz told;
+	char	   *why = NULL;
+
+	if (RecoveryInProgress())
+		return;
+	end = GetXLogInsertEndRecPtr();
+	XLogFlush(end);
+	told = GetCurrentTimestamp();
+	while (!MonkStandbysFlushed(end, &why))
+	{
+		if (TimestampDifferenceExceeds(told, GetCurrentTimestamp(), 10000))
+		{
+			ereport(NOTICE,
+					(errmsg("%s waits for standbys: %s", who, why),
+					 errhint("A standby named but gone is waited for: change monk.standby_names and reload, or cancel.")));
+			told = GetCurrentTimestamp();
+		}
+		pfree(why);
+		why = NULL;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }

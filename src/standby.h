@@ -15,5 +15,6 @@ extern bool MonkStandbyNamesCheck(char **newval, void **extra, GucSource source)
 extern void MonkStandbyNamesAssign(const char *newval, void *extra);
 extern bool MonkStandbysNamed(void);
 extern bool MonkStandbysFlushed(XLogRecPtr lsn, char **why);
+extern void MonkAwaitFlushed(const char *who);
 
 #endif

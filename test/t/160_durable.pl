@@ -34,6 +34,24 @@ for my $i (1 .. 3)
 		"transaction $i, billed, survives a stop that flushes nothing");
 }
 
+# monk_batch_export too: rows committed with synchronous_commit = off, then
+# exported by a session whose transaction never commits (the server stops
+# first): what the API holds must have survived.
+$node->safe_psql('postgres', q{
+SET synchronous_commit = on;
+CREATE TABLE src (id bigint PRIMARY KEY, event_name text, external_customer_id text)});
+$node->safe_psql('postgres', q{INSERT INTO src SELECT i, 'exported', 'cus_1' FROM generate_series(1, 20) i});
+my $exporter = $node->background_psql('postgres');
+$exporter->query_safe('BEGIN');
+is($exporter->query_safe(q{SELECT events_sent FROM monk_batch_export('src')}), '20', 'the rows are exported');
+$node->stop('immediate');
+$exporter->quit;
+$node->start;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM src'), '20',
+	'the rows the export sent survive a stop that flushes nothing');
+my $kp = key_prefix($node);
+is(scalar(grep { /^\Q$kp\E\d+$/ } @{ $api->keys }), 20, 'and the API holds them');
+
 # The flush asks for what was inserted, not the insert position: when the
 # WAL ends exactly at a page's start, the insert position points past the
 # next page's header, which nothing has written, and flushing to there

@@ -45,6 +45,12 @@ ok(wait_until('the worker waiting for the standby', 30,
 		sub { monk_status($primary, 'worker_state') eq 'waiting for standbys' }),
 	'monk.status shows that sending waits for the standby');
 ok(!sent('k2'), 'the event waits: the standby has not flushed its commit');
+# an export waits too (a cancel ends the wait; nothing was sent)
+$primary->safe_psql('postgres', q{CREATE TABLE src (id bigint PRIMARY KEY, event_name text, external_customer_id text);
+INSERT INTO src VALUES (1, 'exported', 'cus_1')});
+($rc, $out, $err) = $primary->psql('postgres', q{SET statement_timeout = '1s'; SELECT * FROM monk_batch_export('src')});
+like($err, qr/canceling statement due to statement timeout/, 'monk_batch_export waits for the standby');
+is(scalar(grep { /_1$/ } @{ $api->keys }), 0, 'and sends nothing meanwhile');
 is(monk_status($primary, 'outbox_depth'), '1', 'it stays queued');
 
 # the primary is lost; the standby, which never had k2, is promoted
