@@ -176,13 +176,14 @@ COMMENT ON COLUMN monk.sync_state.legacy_keys IS 'a cursor of 0.3 (or restored f
 -- drawn at random when the extension is created, so that the default keys
 -- of two databases, of one cluster or of two, never meet.  pg_dump keeps
 -- it: a restore derives the keys the original did.  One row; inserting one
--- replaces it (as a restore does), and every session takes the new one.
+-- replaces it (as a restore does), and every session takes the new one at
+-- its next transaction.  Where the trigger does not fire (a data-only
+-- restore with --disable-triggers), the row inserted last is the id.
 CREATE TABLE monk.database_id (
     id text NOT NULL
        DEFAULT pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), 'hex'), 16)
        CHECK (id OPERATOR(pg_catalog.~) '^[0-9a-f]{16}$')
 );
-CREATE UNIQUE INDEX database_id_one ON monk.database_id ((true));
 COMMENT ON TABLE monk.database_id IS 'the database''s id in default idempotency keys (sync_<id>_...); inserting a row replaces it';
 CREATE FUNCTION monk.database_id_changed() RETURNS trigger
 AS 'MODULE_PATHNAME', 'monk_database_id_changed'
@@ -202,6 +203,14 @@ CREATE TABLE monk.capture_legacy (
 );
 COMMENT ON TABLE monk.capture_legacy IS 'tables captured under 0.3: their default keys stay 0.3''s (sync_ then table, key and event)';
 
+-- Sources exported under 0.3, named as monk.sync_state names them: a cursor
+-- made for one of them (again, after its cursor was deleted) keeps 0.3's
+-- default keys.  Filled by the update from 0.3; empty in a new installation.
+CREATE TABLE monk.export_legacy (
+    source text PRIMARY KEY
+);
+COMMENT ON TABLE monk.export_legacy IS 'sources exported under 0.3: a new cursor of one keeps 0.3''s default keys (sync_ then the id)';
+
 -- the tables 0.3 captured: where each monk_capture trigger was created (a
 -- partition's clone keys its rows after the partitioned table at the top)
 INSERT INTO monk.capture_legacy (source)
@@ -214,5 +223,9 @@ SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, r.relname)
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
  WHERE t.tgfoid OPERATOR(pg_catalog.=) '@extschema@.monk_capture()'::pg_catalog.regprocedure::pg_catalog.oid;
 
+-- the sources 0.3 exported
+INSERT INTO monk.export_legacy (source) SELECT DISTINCT source FROM monk.sync_state;
+
 SELECT pg_catalog.pg_extension_config_dump('monk.database_id', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.capture_legacy', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.export_legacy', '');

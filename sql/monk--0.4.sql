@@ -207,13 +207,14 @@ COMMENT ON COLUMN monk.sync_state.pending_ids IS 'ids at or below last_id of row
 -- drawn at random when the extension is created, so that the default keys
 -- of two databases, of one cluster or of two, never meet.  pg_dump keeps
 -- it: a restore derives the keys the original did.  One row; inserting one
--- replaces it (as a restore does), and every session takes the new one.
+-- replaces it (as a restore does), and every session takes the new one at
+-- its next transaction.  Where the trigger does not fire (a data-only
+-- restore with --disable-triggers), the row inserted last is the id.
 CREATE TABLE monk.database_id (
     id text NOT NULL
        DEFAULT pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), 'hex'), 16)
        CHECK (id OPERATOR(pg_catalog.~) '^[0-9a-f]{16}$')
 );
-CREATE UNIQUE INDEX database_id_one ON monk.database_id ((true));
 COMMENT ON TABLE monk.database_id IS 'the database''s id in default idempotency keys (sync_<id>_...); inserting a row replaces it';
 CREATE FUNCTION monk.database_id_changed() RETURNS trigger
 AS 'MODULE_PATHNAME', 'monk_database_id_changed'
@@ -232,6 +233,14 @@ CREATE TABLE monk.capture_legacy (
     source text PRIMARY KEY
 );
 COMMENT ON TABLE monk.capture_legacy IS 'tables captured under 0.3: their default keys stay 0.3''s (sync_ then table, key and event)';
+
+-- Sources exported under 0.3, named as monk.sync_state names them: a cursor
+-- made for one of them (again, after its cursor was deleted) keeps 0.3's
+-- default keys.  Filled by the update from 0.3; empty in a new installation.
+CREATE TABLE monk.export_legacy (
+    source text PRIMARY KEY
+);
+COMMENT ON TABLE monk.export_legacy IS 'sources exported under 0.3: a new cursor of one keeps 0.3''s default keys (sync_ then the id)';
 
 -- pg_dump keeps the queued events (those of transactions the frontier does
 -- not see, as in monk.outbox: pg_dump refuses a view in a filter), but a
@@ -257,6 +266,7 @@ SELECT pg_catalog.pg_extension_config_dump('monk.dead_letter_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.sync_state', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.database_id', '');
 SELECT pg_catalog.pg_extension_config_dump('monk.capture_legacy', '');
+SELECT pg_catalog.pg_extension_config_dump('monk.export_legacy', '');
 
 -- Queue an event in the caller's transaction; returns its idempotency key.
 CREATE FUNCTION @extschema@.monk_send(

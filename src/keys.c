@@ -10,8 +10,11 @@
  * extension is created or updated to 0.4, and kept in monk.database_id,
  * which pg_dump carries with the database, so that a restore derives the
  * keys the original did.  Inserting a row there replaces the id (a copy
- * that exports on its own); every session drops the id it kept at the
- * commit (a relcache invalidation of the table).
+ * that exports on its own): a trigger deletes the old one; where triggers
+ * do not fire (pg_restore --data-only --disable-triggers), the row inserted
+ * last (by its xmin) is the id.  A session takes a new id at the start of
+ * its next transaction (a relcache invalidation of the table), never within
+ * one: a row queued twice in a transaction keeps one key.
  *
  * 0.3 had no id: its default prefix was "sync_" alone, in every database.
  * The keys of rows already billed must not change, or a correction or a
@@ -24,6 +27,9 @@
 #include "postgres.h"
 
 #include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
@@ -46,14 +52,47 @@ PG_FUNCTION_INFO_V1(monk_database_id_changed);
 static char *kept_prefix = NULL;	/* "sync_<id>_", in TopMemoryContext */
 static Oid	kept_relid = InvalidOid;
 static bool inval_registered = false;
+static bool used_in_xact = false;	/* kept_prefix made a key in this
+									 * transaction */
+static bool stale = false;		/* the table changed: drop it at the end */
+
+static void
+DropPrefix(void)
+{
+	if (kept_prefix != NULL)
+		pfree(kept_prefix);
+	kept_prefix = NULL;
+	stale = false;
+}
 
 static void
 ForgetPrefix(Datum arg, Oid relid)
 {
 	if (kept_prefix != NULL && (!OidIsValid(relid) || relid == kept_relid))
 	{
-		pfree(kept_prefix);
-		kept_prefix = NULL;
+		if (used_in_xact)
+			stale = true;		/* at the end of the transaction */
+		else
+			DropPrefix();
+	}
+}
+
+static void
+EndOfXact(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			used_in_xact = false;
+			if (stale)
+				DropPrefix();
+			break;
+		default:
+			break;
 	}
 }
 
@@ -71,7 +110,8 @@ MonkTable(const char *name)
  * (a few rows), until it returns true; returns whether it did.
  */
 static bool
-ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, void *arg), void *arg)
+ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, TransactionId xmin, void *arg),
+		   void *arg)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
 	AttrNumber	attnum = get_attnum(relid, column);
@@ -88,7 +128,7 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, void *a
 		Datum		d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
-			done = fn(TextDatumGetCString(d), arg);
+			done = fn(TextDatumGetCString(d), HeapTupleHeaderGetXmin(tuple->t_data), arg);
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
@@ -96,11 +136,24 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, void *a
 	return done;
 }
 
-static bool
-TakeId(const char *value, void *arg)
+/* The id: the row inserted last (the newest xmin). */
+typedef struct NewestId
 {
-	*(const char **) arg = value;
-	return true;
+	const char *id;
+	TransactionId xmin;
+} NewestId;
+
+static bool
+TakeId(const char *value, TransactionId xmin, void *arg)
+{
+	NewestId   *n = arg;
+
+	if (n->id == NULL || TransactionIdFollows(xmin, n->xmin))
+	{
+		n->id = value;
+		n->xmin = xmin;
+	}
+	return false;				/* look at every row */
 }
 
 /*
@@ -111,14 +164,17 @@ const char *
 MonkKeyPrefix(bool legacy)
 {
 	Oid			relid;
-	const char *id = NULL;
+	NewestId	newest = {NULL, InvalidTransactionId};
 
 	if (monk_idempotency_prefix != NULL && monk_idempotency_prefix[0] != '\0')
 		return monk_idempotency_prefix;
 	if (legacy)
 		return LEGACY_PREFIX;
 	if (kept_prefix != NULL)
+	{
+		used_in_xact = true;
 		return kept_prefix;
+	}
 
 	relid = MonkTable("database_id");
 	if (!OidIsValid(relid))
@@ -126,21 +182,24 @@ MonkKeyPrefix(bool legacy)
 	if (!inval_registered)
 	{
 		CacheRegisterRelcacheCallback(ForgetPrefix, (Datum) 0);
+		RegisterXactCallback(EndOfXact, NULL);
 		inval_registered = true;
 	}
-	if (!ScanColumn(relid, "id", TakeId, &id))
+	(void) ScanColumn(relid, "id", TakeId, &newest);
+	if (newest.id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("monk.database_id is empty"),
 				 errdetail("Default idempotency keys begin with the database's id, kept in monk.database_id."),
 				 errhint("As a superuser, draw one with INSERT INTO monk.database_id DEFAULT VALUES (after a restore, restore its row instead).")));
-	kept_prefix = MemoryContextStrdup(TopMemoryContext, psprintf(LEGACY_PREFIX "%s_", id));
+	kept_prefix = MemoryContextStrdup(TopMemoryContext, psprintf(LEGACY_PREFIX "%s_", newest.id));
 	kept_relid = relid;
+	used_in_xact = true;
 	return kept_prefix;
 }
 
 static bool
-SameSource(const char *value, void *arg)
+SameSource(const char *value, TransactionId xmin, void *arg)
 {
 	return strcmp(value, (const char *) arg) == 0;
 }

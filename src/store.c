@@ -249,7 +249,9 @@ LockCursor(void *arg)
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		CursorBusy(c->cursor);
 
-	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source, legacy_keys) VALUES ($1, $2, false)"
+	/* a new cursor of a source 0.3 exported keeps 0.3's keys (keys.c) */
+	ret = SPI_execute_with_args("INSERT INTO monk.sync_state (cursor_name, source, legacy_keys)"
+								" VALUES ($1, $2, EXISTS (SELECT FROM monk.export_legacy WHERE source = $2))"
 								" ON CONFLICT (cursor_name) DO NOTHING", 2, types, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "inserting into monk.sync_state failed: %s", SPI_result_code_string(ret));
@@ -315,8 +317,9 @@ ReadLegacyKeys(void *arg)
 	Datum		values[1] = {CStringGetTextDatum(a->source)};
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT legacy_keys FROM monk.sync_state WHERE source = $1"
-							  " ORDER BY cursor_name = $1 DESC, legacy_keys DESC LIMIT 1",
+	if (SPI_execute_with_args("SELECT coalesce((SELECT legacy_keys FROM monk.sync_state WHERE source = $1"
+							  "                 ORDER BY cursor_name = $1 DESC, legacy_keys DESC LIMIT 1),"
+							  "                EXISTS (SELECT FROM monk.export_legacy WHERE source = $1))",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading monk.sync_state failed");
 	a->legacy = SPI_processed == 1 &&
@@ -325,8 +328,8 @@ ReadLegacyKeys(void *arg)
 
 /*
  * Does the export of source (by name) keep 0.3's default keys?  Its cursor
- * named after it says so, or else any of its cursors; none: it does not.
- * Inside SPI.
+ * named after it says so, or else any of its cursors; none: whether 0.3
+ * exported it.  Inside SPI.
  */
 bool
 MonkSourceLegacyKeys(const char *source)

@@ -120,13 +120,15 @@ sub monk_status
 		  . (defined $db ? " WHERE database = '$db'" : ''));
 }
 
-# The prefix of the default keys of $db: sync_, the database's id, _ (read
-# without an operator: test/t/075 shadows || where the superuser runs this).
+# The prefix of the default keys of $db: sync_, the database's id (the row
+# inserted last), _ (read without an operator: test/t/075 shadows || where
+# the superuser runs this).
 sub key_prefix
 {
 	my ($node, $db) = @_;
 	return 'sync_'
-	  . $node->safe_psql($db // 'postgres', q{SELECT id FROM monk.database_id}) . '_';
+	  . $node->safe_psql($db // 'postgres',
+		q{SELECT id FROM monk.database_id ORDER BY pg_catalog.age(xmin) LIMIT 1}) . '_';
 }
 
 # Hold the worker at a named step (monk.test_wait_points must list it): a

@@ -111,6 +111,30 @@ is($tokens->{'sync_public.t:1:ev'}, 2, 'a correction of a row captured under 0.3
 push @keys, 'sync_public.t:2:ev', "${kp}public.t2:1:ev", $new_key;
 api_holds_exactly($api, \@keys,
 	"a table captured under 0.3 keeps 0.3's keys, one captured after the update takes the new ones; the re-export billed nothing twice");
+# the cursor of 0.3 deleted: a new one of its source keeps 0.3's keys
+$one->safe_psql('old', 'DELETE FROM monk.sync_state');
+is($one->safe_psql('old', q{SELECT events_sent FROM monk_batch_export('src')}), '2', 'a new cursor of a source 0.3 exported');
+api_holds_exactly($api, \@keys, 'sends the keys 0.3 sent: nothing twice');
+
+# a data-only restore with the triggers disabled (as pg_dump advises) carries the id too
+$two->safe_psql('postgres', 'CREATE DATABASE copy2');
+$two->safe_psql('copy2', 'CREATE EXTENSION monk');
+isnt(key_prefix($two, 'copy2'), $prefix{'one/app2'}, 'a new database has an id of its own');
+command_ok([ 'pg_restore', '--data-only', '--disable-triggers', '--schema=monk', '--table=database_id',
+		'-d', $two->connstr('copy2'), $dump ], 'pg_restore --data-only --disable-triggers of the id');
+is(key_prefix($two, 'copy2'), $prefix{'one/app2'}, 'the row restored is the id');
+
+# an id replaced while a transaction queues: the transaction keeps one key per row
+my $session = $one->background_psql('postgres');
+$session->query_safe(q{BEGIN; INSERT INTO t VALUES (5, 'cus_1', 1)});
+$one->safe_psql('postgres', 'INSERT INTO monk.database_id DEFAULT VALUES');
+$session->query_safe(q{UPDATE t SET tokens = 2 WHERE id = 5; COMMIT});
+$session->quit;
+ok(wait_outbox_empty($one, 'postgres'), 'the row and its correction are sent');
+my @five = grep { /public\.t:5:ev$/ } @{ $api->keys };
+is(scalar(@five), 1, 'under one key, the id of the transaction\'s start (' . join(',', @five) . ')');
+my $old = $prefix{'one/postgres'};
+like($five[0], qr/^\Q$old\E/, 'the old one');
 
 $one->stop;
 $two->stop;
