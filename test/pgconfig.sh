@@ -16,10 +16,22 @@ monk_release_major()
 }
 
 if [ -z "${PG_CONFIG:-}" ]; then
-	PG_CONFIG=$(ls -d /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sort -t/ -k5,5n | tail -n 1)
+	# the newest installed; a glob, not ls: with none installed yet (a bare
+	# machine), ls would fail and end a script run with set -e -o pipefail
+	PG_CONFIG=""
+	monk_newest=0
+	for monk_candidate in /usr/lib/postgresql/*/bin/pg_config; do
+		[ -x "$monk_candidate" ] || continue
+		monk_n=$(printf '%s\n' "$monk_candidate" | sed -nE 's|^/usr/lib/postgresql/([0-9]+)/bin/pg_config$|\1|p')
+		if [ -n "$monk_n" ] && [ "$monk_n" -gt "$monk_newest" ]; then
+			monk_newest=$monk_n
+			PG_CONFIG=$monk_candidate
+		fi
+	done
+	unset monk_candidate monk_newest monk_n
 	if [ -z "$PG_CONFIG" ]; then
 		PG_MAJOR=$(monk_release_major)
-		[ -n "$PG_MAJOR" ] || { echo "no PostgreSQL found: set PG_CONFIG=/usr/lib/postgresql/NN/bin/pg_config" >&2; exit 1; }
+		[ -n "$PG_MAJOR" ] || { echo "no PostgreSQL is installed, and this system is no Debian release monk knows (12, 13, testing): install PostgreSQL 15 or later and set PG_CONFIG=/usr/lib/postgresql/NN/bin/pg_config" >&2; exit 1; }
 		PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 	fi
 fi
