@@ -128,7 +128,7 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, Transac
 		Datum		d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
-			done = fn(TextDatumGetCString(d), HeapTupleHeaderGetXmin(tuple->t_data), arg);
+			done = fn(TextDatumGetCString(d), HeapTupleHeaderGetRawXmin(tuple->t_data), arg);
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
@@ -136,7 +136,12 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, Transac
 	return done;
 }
 
-/* The id: the row inserted last (the newest xmin). */
+/*
+ * The id: the row inserted last, by its raw xmin, which freezing keeps (the
+ * frozen xmin of two rows would tie).  Two fixed xids compare the same way
+ * forever: the order holds for rows inserted within 2^31 transactions of
+ * each other.
+ */
 typedef struct NewestId
 {
 	const char *id;

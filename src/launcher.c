@@ -152,7 +152,11 @@ Reconcile(void)
 		{
 			i = MonkSlotClaim(name);
 			if (i < 0)
-				continue;		/* the check hook allows no more than fit */
+			{
+				/* slots of databases taken off the list, still draining */
+				timeout = timeout < 0 ? LOOK_MS : Min(timeout, LOOK_MS);
+				continue;
+			}
 			launched[i].handle = NULL;
 			launched[i].stopped_at = 0;
 		}

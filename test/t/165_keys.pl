@@ -123,6 +123,10 @@ isnt(key_prefix($two, 'copy2'), $prefix{'one/app2'}, 'a new database has an id o
 command_ok([ 'pg_restore', '--data-only', '--disable-triggers', '--schema=monk', '--table=database_id',
 		'-d', $two->connstr('copy2'), $dump ], 'pg_restore --data-only --disable-triggers of the id');
 is(key_prefix($two, 'copy2'), $prefix{'one/app2'}, 'the row restored is the id');
+$two->safe_psql('copy2', 'VACUUM (FREEZE) monk.database_id');
+my $app2_prefix = $prefix{'one/app2'};
+like($two->safe_psql('copy2', q{SELECT monk_send('call', 'cus_1')}), qr/^\Q$app2_prefix\E/,
+	'and stays the id once vacuum froze both rows');
 
 # an id replaced while a transaction queues: the transaction keeps one key per row
 my $session = $one->background_psql('postgres');
