@@ -3,7 +3,10 @@
  *		monk.standby_names: the standbys that must have flushed a
  *		transaction's commit before the worker sends its events, so that a
  *		failover to one of them never leaves billed a transaction the new
- *		primary does not have.
+ *		primary does not have.  Empty (the default), the server's synchronous
+ *		standbys (synchronous_standby_names): after a crash, recovery makes
+ *		visible commits that no synchronous standby acknowledged, and an HA
+ *		manager may restart the old primary before it demotes it.
  *
  * The setting has the form of synchronous_standby_names, parsed by the
  * server's own parser (check_synchronous_standby_names): a list of
@@ -53,11 +56,30 @@ MonkStandbyNamesAssign(const char *newval, void *extra)
 	standby_config = (SyncRepConfigData *) extra;
 }
 
-/* Does monk.standby_names name any standby? */
+/*
+ * The standbys waited for: monk.standby_names's, or when it is empty the
+ * server's synchronous standbys (synchronous_standby_names, as parsed in
+ * every process).  NULL: none.
+ */
+static const SyncRepConfigData *
+StandbyConfig(const char **text)
+{
+	if (standby_config != NULL)
+	{
+		*text = monk_standby_names;
+		return standby_config;
+	}
+	*text = SyncRepStandbyNames;
+	return SyncRepConfig;
+}
+
+/* Are there standbys to wait for? */
 bool
 MonkStandbysNamed(void)
 {
-	return standby_config != NULL;
+	const char *text;
+
+	return StandbyConfig(&text) != NULL;
 }
 
 /* The priority of a standby by its name: 1 for the first member, 0: none. */
@@ -101,7 +123,8 @@ CompareCandidates(const void *a, const void *b)
 bool
 MonkStandbysFlushed(XLogRecPtr lsn, char **why)
 {
-	const SyncRepConfigData *conf = standby_config;
+	const char *text;
+	const SyncRepConfigData *conf = StandbyConfig(&text);
 	Candidate  *cands;
 	int			ncands = 0;
 	int			nflushed = 0;
@@ -145,8 +168,10 @@ MonkStandbysFlushed(XLogRecPtr lsn, char **why)
 	}
 	SPI_freetuptable(SPI_tuptable);
 	if (!ok && why)
-		*why = psprintf("%d of the %d standbys monk.standby_names asks for (%s) %s flushed %X/%X; %d of those it names %s connected",
-						nflushed, conf->num_sync, monk_standby_names, nflushed == 1 ? "has" : "have",
+		*why = psprintf("%d of the %d standbys %s asks for (%s) %s flushed %X/%X; %d of those it names %s connected",
+						nflushed, conf->num_sync,
+						conf == standby_config ? "monk.standby_names" : "synchronous_standby_names", text,
+						nflushed == 1 ? "has" : "have",
 						LSN_FORMAT_ARGS(lsn), ncands, ncands == 1 ? "is" : "are");
 	pfree(cands);
 	return ok;

@@ -128,6 +128,15 @@ MonkSafeSearchPathPin(void)
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
+	 * Its own commits (the frontier, sent batches, dead letters) are flushed
+	 * here and never wait for a synchronous standby: a wait for one that is
+	 * gone would ignore a fast shutdown (an HA manager could then never
+	 * demote the server), and a frontier a failover loses only means events
+	 * sent again under the same keys.
+	 */
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
 	 * Its memory is bounded by its own figures (README, Bounded resources),
 	 * not by a database's work_mem or temp_buffers: the statements on a
 	 * window's repeated keys spill to disk past these (half PostgreSQL's

@@ -13,11 +13,14 @@ PACKAGES="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-
           libipc-run-perl libio-socket-ssl-perl nginx-light python3 openssl ca-certificates make gcc"
 # pg_cron is optional: Debian does not package it for every major (not yet for 19)
 CRON_PACKAGE=postgresql-$PG_MAJOR-cron
+# so is pg_auto_failover (test/t/170_auto_failover.pl): the monitor's extension,
+# which brings pg_autoctl (pg-auto-failover-cli)
+AUTOFAILOVER_PACKAGE=postgresql-$PG_MAJOR-auto-failover
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
 missing=""
-for p in $PACKAGES $CRON_PACKAGE; do
+for p in $PACKAGES $CRON_PACKAGE $AUTOFAILOVER_PACKAGE; do
 	installed "$p" || missing="$missing $p"
 done
 if [ -n "$missing" ] || [ "${CI:-}" = "true" ]; then
@@ -30,6 +33,10 @@ if [ -n "$missing" ] || [ "${CI:-}" = "true" ]; then
 	if [[ " $missing " == *" $CRON_PACKAGE "* ]] && [ -z "$(apt-cache policy "$CRON_PACKAGE" 2>/dev/null | grep 'Candidate:' | grep -v '(none)')" ]; then
 		echo "setup: Debian has no $CRON_PACKAGE here: the pg_cron test will be skipped"
 		missing=${missing/ $CRON_PACKAGE/}
+	fi
+	if [[ " $missing " == *" $AUTOFAILOVER_PACKAGE "* ]] && [ -z "$(apt-cache policy "$AUTOFAILOVER_PACKAGE" 2>/dev/null | grep 'Candidate:' | grep -v '(none)')" ]; then
+		echo "setup: Debian has no $AUTOFAILOVER_PACKAGE here: the pg_auto_failover test will be skipped"
+		missing=${missing/ $AUTOFAILOVER_PACKAGE/}
 	fi
 	if [ -n "$missing" ]; then
 		echo "setup: installing Debian packages:$missing (a minute or two on a new machine)"
