@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/transam.h"
@@ -116,13 +117,13 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, Transac
 	Relation	rel = table_open(relid, AccessShareLock);
 	AttrNumber	attnum = get_attnum(relid, column);
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
-	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, snap, 0, NULL);
 	HeapTuple	tuple;
 	bool		done = false;
 
 	if (attnum == InvalidAttrNumber)
 		elog(ERROR, "column %s of monk's table %s does not exist", column, RelationGetRelationName(rel));
-	while (!done && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	while (!done && (tuple = systable_getnext(scan)) != NULL)
 	{
 		bool		isnull;
 		Datum		d = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
@@ -130,7 +131,7 @@ ScanColumn(Oid relid, const char *column, bool (*fn) (const char *value, Transac
 		if (!isnull)
 			done = fn(TextDatumGetCString(d), HeapTupleHeaderGetRawXmin(tuple->t_data), arg);
 	}
-	table_endscan(scan);
+	systable_endscan(scan);
 	UnregisterSnapshot(snap);
 	table_close(rel, AccessShareLock);
 	return done;
