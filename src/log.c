@@ -29,9 +29,6 @@
 #define SEGMENT_ROTATE_MS 5000
 /* The frontier is saved at most this often while requests are in flight. */
 #define SAVE_STATE_MS 200
-/* how often the standbys are looked at while events wait for them; when a wait is logged */
-#define MONK_GATE_POLL_MS 100
-#define MONK_GATE_LOG_MS 60000
 
 /*
  * A window of the log: the events that became visible between two snapshots
@@ -109,14 +106,11 @@ struct MonkLog
 	MonkOutboxSnapshot next_prev;	/* the start of the next window */
 	uint64		read_base;		/* committed count before the last read */
 
-	/* the standbys (standby.c): the window opens once they flushed gate_lsn */
+	/* the standbys (standby.c): the next window opens once they flushed */
+	MonkGate	gate;
 	bool		has_next_snap;	/* next_snap is taken, its window not open */
 	MonkOutboxSnapshot next_snap;
 	uint64		next_snap_base; /* the committed count read before it */
-	XLogRecPtr	gate_lsn;		/* InvalidXLogRecPtr: nothing to wait for */
-	TimestampTz gate_check_at;	/* when to look at the standbys again */
-	TimestampTz gate_since;		/* when the wait began */
-	bool		gate_logged;	/* a long wait was logged */
 
 	/* waiting */
 	HTAB	   *keys;			/* MonkKeyEntry by hash of the key */
@@ -434,59 +428,11 @@ EndWindow(MonkLog *log)
 	MonkWindowKeysRelease(&win->keys);
 }
 
-/* Wait, before reading on, until the standbys have flushed lsn. */
-static void
-GateAt(MonkLog *log, XLogRecPtr lsn)
-{
-	if (XLogRecPtrIsInvalid(lsn))
-		return;
-	log->gate_lsn = lsn;
-	log->gate_check_at = 0;
-	log->gate_since = GetCurrentTimestamp();
-}
-
-/*
- * May the read go on: have the standbys flushed what the window waits for?
- * If not, look again in MONK_GATE_POLL_MS; a wait of a minute is logged.
- */
-static bool
-PassGate(MonkLog *log)
-{
-	char	   *why = NULL;
-
-	if (XLogRecPtrIsInvalid(log->gate_lsn))
-		return true;
-	if (MonkStandbysFlushed(log->gate_lsn, &why))
-	{
-		if (log->gate_logged)
-			ereport(LOG,
-					(errmsg("monk: the standbys in monk.standby_names have flushed the events waiting for them; sending goes on")));
-		log->gate_lsn = InvalidXLogRecPtr;
-		log->gate_logged = false;
-		return true;
-	}
-	log->gate_check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), MONK_GATE_POLL_MS);
-	if (!log->gate_logged &&
-		TimestampDifferenceExceeds(log->gate_since, GetCurrentTimestamp(), MONK_GATE_LOG_MS))
-	{
-		ereport(LOG,
-				(errmsg("monk: events wait for standbys: %s", why),
-				 errhint("A standby named but gone is waited for, as synchronous replication waits: change monk.standby_names and reload to stop waiting.")));
-		log->gate_logged = true;
-	}
-	return false;
-}
-
 /* Milliseconds until the standbys are looked at again (-1: not waiting). */
 long
 MonkLogGateWaitMs(MonkLog *log)
 {
-	long		ms;
-
-	if (XLogRecPtrIsInvalid(log->gate_lsn))
-		return -1;
-	ms = (long) ((log->gate_check_at - GetCurrentTimestamp()) / 1000);
-	return Max(ms, 0);
+	return MonkGateWaitMs(&log->gate);
 }
 
 /*
@@ -505,7 +451,7 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 
 	MonkWaitPointAlone("read");
 	log->read_base = pg_atomic_read_u64(&log->slot->committed);
-	if (!XLogRecPtrIsInvalid(log->gate_lsn) && GetCurrentTimestamp() < log->gate_check_at)
+	if (MonkGateWaitMs(&log->gate) > 0)
 		return false;
 	MonkXactBegin("monk: reading queued events");
 	if (log->window == NULL && !log->has_next_snap)
@@ -515,9 +461,9 @@ MonkLogRead(MonkLog *log, int want, int64 budget)
 		log->has_next_snap = true;
 		log->next_snap_base = log->read_base;
 		if (MonkStandbysNamed())
-			GateAt(log, end);
+			MonkGateAt(&log->gate, end);
 	}
-	if (!PassGate(log))
+	if (!MonkGatePass(&log->gate))
 	{
 		MonkXactCommit();
 		return false;
@@ -628,7 +574,7 @@ MonkLogResume(MonkLog *log)
 		ResumeWindow(log);
 		/* what it holds committed before now: before the end of the WAL */
 		if (MonkStandbysNamed() && !RecoveryInProgress())
-			GateAt(log, GetXLogInsertEndRecPtr());
+			MonkGateAt(&log->gate, GetXLogInsertEndRecPtr());
 	}
 }
 

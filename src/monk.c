@@ -9,6 +9,7 @@
  */
 #include "postgres.h"
 
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 
@@ -27,7 +28,19 @@ _PG_init(void)
 	MonkSettingsInit();
 
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		/*
+		 * Loaded by CREATE EXTENSION (or its update) in a server that did not
+		 * preload it: say so now, not at the application's first event. A
+		 * warning, not an error: pg_restore onto such a server must work.
+		 */
+		if (creating_extension)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("monk is not loaded by shared_preload_libraries: monk_send and monk_capture will fail, and no worker sends events"),
+					 errhint("Add monk to shared_preload_libraries (a single line listing every library, e.g. 'pg_cron,monk') and restart the server.")));
 		return;
+	}
 
 	MonkShmemInit();
 	MonkLauncherRegister();

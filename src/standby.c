@@ -40,6 +40,10 @@
 
 #include "standby.h"
 
+/* how often the standbys are looked at while events wait; when a wait is logged */
+#define GATE_POLL_MS 100
+#define GATE_LOG_MS 60000
+
 char	   *monk_standby_names = NULL;
 static SyncRepConfigData *standby_config = NULL;
 
@@ -211,4 +215,59 @@ MonkAwaitFlushed(const char *who)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/* Close the gate until the standbys have flushed lsn. */
+void
+MonkGateAt(MonkGate *gate, XLogRecPtr lsn)
+{
+	if (XLogRecPtrIsInvalid(lsn))
+		return;
+	gate->lsn = lsn;
+	gate->check_at = 0;
+	gate->since = GetCurrentTimestamp();
+}
+
+/*
+ * Is the gate open: have the standbys flushed what it waits for?  If not,
+ * look again in GATE_POLL_MS; a wait of a minute is logged.  In a
+ * transaction with SPI connected.
+ */
+bool
+MonkGatePass(MonkGate *gate)
+{
+	char	   *why = NULL;
+
+	if (XLogRecPtrIsInvalid(gate->lsn))
+		return true;
+	if (MonkStandbysFlushed(gate->lsn, &why))
+	{
+		if (gate->logged)
+			ereport(LOG,
+					(errmsg("monk: the standbys have flushed the events waiting for them; sending goes on")));
+		gate->lsn = InvalidXLogRecPtr;
+		gate->logged = false;
+		return true;
+	}
+	gate->check_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GATE_POLL_MS);
+	if (!gate->logged && TimestampDifferenceExceeds(gate->since, GetCurrentTimestamp(), GATE_LOG_MS))
+	{
+		ereport(LOG,
+				(errmsg("monk: events wait for standbys: %s", why),
+				 errhint("A standby named but gone is waited for, as synchronous replication waits: change monk.standby_names (or synchronous_standby_names, when it is empty) and reload to stop waiting.")));
+		gate->logged = true;
+	}
+	return false;
+}
+
+/* Milliseconds until the standbys are looked at again (-1: the gate is open). */
+long
+MonkGateWaitMs(const MonkGate *gate)
+{
+	long		ms;
+
+	if (XLogRecPtrIsInvalid(gate->lsn))
+		return -1;
+	ms = (long) ((gate->check_at - GetCurrentTimestamp()) / 1000);
+	return Max(ms, 0);
 }

@@ -102,5 +102,18 @@ like($err, qr/HINT:  Add monk to shared_preload_libraries/, 'with a hint');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT * FROM monk.status});
 like($err, qr/monk must be loaded via shared_preload_libraries/, 'monk.status without the preloaded library says why');
 
+# the mistake is told at setup, not at the application's first event (issue
+# 21): CREATE EXTENSION warns, and still succeeds (pg_restore onto such a
+# server must work); so does a second line that names only another library
+$node->safe_psql('postgres', 'CREATE DATABASE unloaded');
+($rc, $out, $err) = $node->psql('unloaded', 'CREATE EXTENSION monk');
+is($rc, 0, 'CREATE EXTENSION without the preloaded library succeeds');
+like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries.*\n.*HINT:  Add monk to shared_preload_libraries \(a single line/s,
+	'with a warning that says what to write');
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'monk'\nshared_preload_libraries = 'pg_stat_statements'");
+$node->restart;
+($rc, $out, $err) = $node->psql('unloaded', 'DROP EXTENSION monk; CREATE EXTENSION monk');
+like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries/, 'a later line naming only another library is caught too');
+
 $node->stop;
 done_testing();
