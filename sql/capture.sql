@@ -196,6 +196,14 @@ SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXEC
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('external_customer_id=customer')$$);
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'properties=tokens')$$);
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=Customer')$$);
+-- the hint says what to write; a name in double quotes, as SQL writes it, works too
+CREATE TABLE mixed_case (id int PRIMARY KEY, "customerId" text);
+SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON mixed_case FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customerid')$$);
+CREATE TRIGGER t AFTER INSERT ON mixed_case FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id="customerId"');
+INSERT INTO mixed_case VALUES (1, 'cus_quoted');
+SELECT event::json->>'externalCustomerId' AS customer FROM monk.outbox WHERE idempotency_key LIKE '%mixed_case:1:e';
+DROP TABLE mixed_case;
+DELETE FROM monk.outbox;
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'properties=tokens,nope')$$);
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'customer_id=customer')$$);
 SELECT * FROM try($$CREATE TRIGGER t AFTER INSERT ON api_calls FOR EACH ROW EXECUTE FUNCTION monk_capture('e', 'external_customer_id=customer', 'timestamp=note')$$);

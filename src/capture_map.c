@@ -119,7 +119,10 @@ KindOf(Oid type)
 	}
 }
 
-/* Resolve a column by its exact name (42703 when there is none). */
+/*
+ * Resolve a column by its exact name (42703 when there is none).  A name in
+ * double quotes, as SQL writes it ("customerId", "a""b"), is the name inside.
+ */
 static void
 ResolveColumn(MonkCaptureMap *map, TupleDesc desc, const char *name, const char *option,
 			  MonkCaptureColumn *col)
@@ -127,6 +130,21 @@ ResolveColumn(MonkCaptureMap *map, TupleDesc desc, const char *name, const char 
 	const char *near = NULL;
 	Oid			outfn;
 	bool		varlena;
+	size_t		len = strlen(name);
+
+	if (len >= 2 && name[0] == '"' && name[len - 1] == '"')
+	{
+		StringInfoData unquoted;
+
+		initStringInfo(&unquoted);
+		for (size_t i = 1; i < len - 1; i++)
+		{
+			if (name[i] == '"' && name[i + 1] == '"' && i + 1 < len - 1)
+				i++;
+			appendStringInfoChar(&unquoted, name[i]);
+		}
+		name = unquoted.data;
+	}
 
 	if (name[0] == '\0')
 		ereport(ERROR,
@@ -152,7 +170,7 @@ ResolveColumn(MonkCaptureMap *map, TupleDesc desc, const char *name, const char 
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("column \"%s\" of relation \"%s\" does not exist", name, map->relname),
 				 errdetail("monk_capture's option %s names it.", option),
-				 near ? errhint("Column names are matched exactly: \"%s\"?", near) : 0));
+				 near ? errhint("Column names are matched exactly, case included: write %s=%s.", option, near) : 0));
 
 	col->name = pstrdup(name);
 	col->type = getBaseType(TupleDescAttr(desc, col->attnum - 1)->atttypid);
