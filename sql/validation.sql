@@ -81,3 +81,14 @@ SELECT monk_send('{"eventName": "api_call", "externalCustomerId": "cus_1", "cust
 SELECT count(*) - (SELECT queued FROM before) AS newly_queued FROM monk.outbox;
 DELETE FROM monk.outbox;
 DROP TABLE before;
+
+-- The calls people type: a JSON object without the cast is the jsonb form;
+-- properties where the customer goes, or an object with more arguments, are
+-- refused with what to write.
+SELECT monk_send('{"eventName": "api_call", "externalCustomerId": "cus_1", "idempotencyKey": "typed-1"}');
+SELECT event::json->>'eventName' AS event_name, event::json->>'externalCustomerId' AS customer
+  FROM monk.outbox WHERE idempotency_key = 'typed-1';
+SELECT * FROM try($$SELECT monk_send('api_call', '{"tokens": 42}')$$);
+SELECT * FROM try($$SELECT monk_send('{"eventName": "api_call"}', 'cus_1')$$);
+SELECT * FROM try($$SELECT monk_send('{"eventName": "api_call", "externalCustomerId": "cus_1", "nope": 1}')$$);
+DELETE FROM monk.outbox;

@@ -30,15 +30,60 @@ PG_FUNCTION_INFO_V1(monk_worker_status);
 PG_FUNCTION_INFO_V1(monk_wake_worker);
 PG_FUNCTION_INFO_V1(monk_requeue);
 
+/* Does s, blanks aside, begin with '{' and end with '}'? */
+static bool
+LooksLikeJsonObject(const char *s)
+{
+	size_t		len;
+
+	while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+		s++;
+	len = strlen(s);
+	while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\n' || s[len - 1] == '\r'))
+		len--;
+	return len >= 2 && s[0] == '{' && s[len - 1] == '}';
+}
+
 /* Read the arguments of the six-argument form into an event. */
 static void
 EventFromArgs(FunctionCallInfo fcinfo, MonkEvent *ev)
 {
+	MonkEventError err;
+
 	memset(ev, 0, sizeof(*ev));
 	if (!PG_ARGISNULL(0))
 		ev->event_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (!PG_ARGISNULL(1))
 		ev->external_customer_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	/*
+	 * The calls people type: monk_send('{"eventName": ...}') without the
+	 * cast resolves to this form; it is the jsonb form, as meant.  And a
+	 * JSON object where the customer goes is properties with the customer
+	 * forgotten.
+	 */
+	if (ev->event_name && LooksLikeJsonObject(ev->event_name))
+	{
+		for (int i = 1; i < PG_NARGS(); i++)
+		{
+			if (!PG_ARGISNULL(i))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid event: event_name is a JSON object"),
+						 errdetail("An event is either a whole JSON object, alone, or its fields as arguments."),
+						 errhint("Pass the object alone, cast to jsonb: monk_send('{\"eventName\": ..., \"externalCustomerId\": ...}'::jsonb).")));
+		}
+		if (!MonkEventFromJsonb(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(ev->event_name))),
+								ev, &err))
+			MonkEventRaise(&err);
+		return;
+	}
+	if (ev->external_customer_id && LooksLikeJsonObject(ev->external_customer_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event: external_customer_id is a JSON object"),
+				 errdetail("The second argument is the customer; properties come third."),
+				 errhint("For example: monk_send('api_call', 'cus_123', '{\"tokens\": 42}').")));
 	if (!PG_ARGISNULL(2))
 		ev->properties = PG_GETARG_JSONB_P(2);
 	if (!PG_ARGISNULL(3))
