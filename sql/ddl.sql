@@ -15,5 +15,8 @@ CREATE EXTENSION monk;
 CREATE DATABASE monk_unexported;
 \c monk_unexported
 CREATE EXTENSION monk;
+-- no worker would send what it queues: a DROP says so, not "wait"
+SELECT monk_send('api_call', 'cus_1', idempotency_key => 'unserved') AS key;
+DROP EXTENSION monk;
 \c contrib_regression
 DROP DATABASE monk_unexported;

@@ -119,13 +119,20 @@ GuardDrop(DropStmt *stmt)
 		return;
 	queued = QueuedEvents();
 	if (queued > 0)
+	{
+		/* no worker will send them where the database is not listed */
+		bool		served = MonkDatabaseListed(get_database_name(MyDatabaseId));
+
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 errmsg_plural("cannot drop extension monk: " INT64_FORMAT " event is queued and not yet sent",
 							   "cannot drop extension monk: " INT64_FORMAT " events are queued and not yet sent",
 							   queued, queued),
 				 errdetail("Dropping the extension would discard them, and they would never be billed."),
-				 errhint("Wait until the worker has sent them (SELECT outbox_depth FROM monk.status), or discard them first with DELETE FROM monk.outbox.")));
+				 served ?
+				 errhint("Wait until the worker has sent them (SELECT outbox_depth FROM monk.status), or discard them first with DELETE FROM monk.outbox.") :
+				 errhint("No worker sends them: this database is not in monk.databases. Add it and reload (SELECT pg_reload_conf()) to have them sent, or discard them first with DELETE FROM monk.outbox.")));
+	}
 }
 
 /*

@@ -57,9 +57,9 @@ EventFromArgs(FunctionCallInfo fcinfo, MonkEvent *ev)
 		ev->external_customer_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	/*
-	 * The calls people type: monk_send('{"eventName": ...}') without the
-	 * cast resolves to this form; it is the jsonb form, as meant.  And a
-	 * JSON object where the customer goes is properties with the customer
+	 * The calls people type: monk_send('{"eventName": ...}') without the cast
+	 * resolves to this form; it is the jsonb form, as meant.  And a JSON
+	 * object where the customer goes is properties with the customer
 	 * forgotten.
 	 */
 	if (ev->event_name && LooksLikeJsonObject(ev->event_name))
