@@ -10,7 +10,7 @@
 #   5. the background worker drains the outbox; the script shows what the API received and
 #      checks that the rolled-back row's event never arrived.
 #
-# Usage: bash test/demo.sh   (as root on Debian 12; or as any user once the packages and monk
+# Usage: bash test/demo.sh   (as root on Debian 12, 13 or testing; or as any user once the packages and monk
 # are installed).  PostgreSQL refuses to run as root, so as root the cluster runs as "postgres".
 # Everything is removed on exit.  Exit status 0 when the events arrived as expected.
 set -euo pipefail
