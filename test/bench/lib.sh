@@ -100,15 +100,17 @@ bench_init()
 	note "$BENCH_NAME: $(date -u +%FT%TZ), $(nproc) CPUs, monk.so of $(date -u -r "$so" +%FT%TZ) (md5 $(md5sum "$so" | cut -c1-12)), $(uname -r), temp dir $BENCH_TMP$([ "$BENCH_SMALL" = 1 ] && echo ", BENCH_SMALL=1 (10x fewer rows)")"
 }
 
-# Start a cluster.  Arguments: extra postgresql.conf lines (later lines win).
-pg_start()
+# initdb a throwaway cluster in $1 and start it on port $2, logging to $3,
+# with monk preloaded and the benchmarks' settings, plus the lines that follow
+# (later lines win).
+bench_cluster()
 {
-	BENCH_DATA=$BENCH_TMP/data
-	PGPORT_BENCH=$(free_port)
-	"${as_user[@]}" "$PGBIN/initdb" -D "$BENCH_DATA" -U postgres --auth=trust --encoding=UTF8 --no-locale \
-		>"$BENCH_TMP/initdb.log" 2>&1 || { cat "$BENCH_TMP/initdb.log" >&2; die "initdb failed"; }
+	local dir=$1 port=$2 log=$3 line
+	shift 3
+	"${as_user[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --auth=trust --encoding=UTF8 --no-locale \
+		>"$log.initdb" 2>&1 || { cat "$log.initdb" >&2; die "initdb failed ($dir)"; }
 	{
-		echo "port = $PGPORT_BENCH"
+		echo "port = $port"
 		echo "listen_addresses = ''"
 		echo "unix_socket_directories = '$BENCH_TMP'"
 		echo "shared_preload_libraries = 'monk'"
@@ -120,9 +122,17 @@ pg_start()
 		echo "monk.api_key = '$API_KEY'"
 		echo "monk.base_url = 'http://127.0.0.1:9'"
 		for line in "$@"; do echo "$line"; done
-	} >>"$BENCH_DATA/postgresql.conf"
-	"${as_user[@]}" "$PGBIN/pg_ctl" -D "$BENCH_DATA" -l "$BENCH_TMP/server.log" -w -t 60 start >/dev/null ||
-		{ tail -n 30 "$BENCH_TMP/server.log" >&2; die "the cluster did not start"; }
+	} >>"$dir/postgresql.conf"
+	"${as_user[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$log" -w -t 60 start >/dev/null ||
+		{ tail -n 30 "$log" >&2; die "the cluster in $dir did not start"; }
+}
+
+# Start the cluster.  Arguments: extra postgresql.conf lines (later lines win).
+pg_start()
+{
+	BENCH_DATA=$BENCH_TMP/data
+	PGPORT_BENCH=$(free_port)
+	bench_cluster "$BENCH_DATA" "$PGPORT_BENCH" "$BENCH_TMP/server.log" "$@"
 	sql -c "CREATE EXTENSION monk" >/dev/null
 }
 

@@ -60,24 +60,7 @@ cluster_start()
 	CL_NAME[i]=$name
 	CL_PORT[i]=$port
 	BENCH_CLUSTERS+=("$dir")
-	"${as_user[@]}" "$PGBIN/initdb" -D "$dir" -U postgres --auth=trust --encoding=UTF8 --no-locale \
-		>"$BENCH_TMP/$name.initdb.log" 2>&1 || { cat "$BENCH_TMP/$name.initdb.log" >&2; die "initdb failed ($name)"; }
-	{
-		echo "port = $port"
-		echo "listen_addresses = ''"
-		echo "unix_socket_directories = '$BENCH_TMP'"
-		echo "shared_preload_libraries = 'monk'"
-		echo "shared_buffers = 128MB"
-		echo "max_wal_size = 8GB"
-		echo "checkpoint_timeout = 30min"
-		echo "timezone = 'UTC'"
-		echo "monk.databases = 'postgres'"
-		echo "monk.api_key = '$API_KEY'"
-		echo "monk.base_url = 'http://127.0.0.1:9'"
-		for line in "${CONF[@]}"; do echo "$line"; done
-	} >>"$dir/postgresql.conf"
-	"${as_user[@]}" "$PGBIN/pg_ctl" -D "$dir" -l "$BENCH_TMP/$name.log" -w -t 60 start >/dev/null ||
-		{ tail -n 30 "$BENCH_TMP/$name.log" >&2; die "cluster $name did not start"; }
+	bench_cluster "$dir" "$port" "$BENCH_TMP/$name.log" "${CONF[@]}"
 	use_cluster "$i"
 	sql -c "CREATE EXTENSION monk" >/dev/null
 }
