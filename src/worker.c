@@ -772,6 +772,8 @@ MonkWorkerMain(Datum arg)
 	MonkWorker	w;
 	MemoryContext loopcxt;
 	char		dbname[NAMEDATALEN];
+	bool		listed;
+	TimestampTz started;
 
 	memset(&w, 0, sizeof(w));
 	w.slot = &MonkShmem->slots[slotno];
@@ -796,12 +798,17 @@ MonkWorkerMain(Datum arg)
 	 * left monk.databases since the launcher started it (launcher.c).
 	 */
 	SpinLockAcquire(&w.slot->mutex);
-	if (w.slot->dbname[0] == '\0' || w.slot->pid != 0)
+	strlcpy(dbname, w.slot->dbname, NAMEDATALEN);
+	SpinLockRelease(&w.slot->mutex);
+	listed = dbname[0] != '\0' && MonkDatabaseListed(dbname);
+	started = GetCurrentTimestamp();
+	SpinLockAcquire(&w.slot->mutex);
+	if (w.slot->pid != 0 || strcmp(w.slot->dbname, dbname) != 0 || dbname[0] == '\0')
 	{
 		SpinLockRelease(&w.slot->mutex);
 		proc_exit(0);
 	}
-	if (!MonkDatabaseListed(w.slot->dbname))
+	if (!listed)
 	{
 		w.slot->dbname[0] = '\0';
 		w.slot->dboid = InvalidOid;
@@ -809,8 +816,7 @@ MonkWorkerMain(Datum arg)
 		proc_exit(0);
 	}
 	w.slot->pid = MyProcPid;
-	w.slot->started_at = GetCurrentTimestamp();
-	strlcpy(dbname, w.slot->dbname, NAMEDATALEN);
+	w.slot->started_at = started;
 	SpinLockRelease(&w.slot->mutex);
 	before_shmem_exit(WorkerExit, PointerGetDatum(w.slot));
 
