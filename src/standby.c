@@ -27,16 +27,16 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "storage/latch.h"
-#include "utils/timestamp.h"
-#include "utils/wait_event.h"
 #include "replication/syncrep.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/pg_lsn.h"
 #if PG_VERSION_NUM >= 160000
 #include "utils/guc_hooks.h"
 #endif
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "standby.h"
 
