@@ -12,15 +12,16 @@
  * keys the original did.  Inserting a row there replaces the id (a copy
  * that exports on its own): a trigger deletes the old one; where triggers
  * do not fire (pg_restore --data-only --disable-triggers), the row inserted
- * last (by its xmin) is the id.  A session takes a new id at the start of
+ * last (by its raw xmin) is the id.  A session takes a new id at the start of
  * its next transaction (a relcache invalidation of the table), never within
  * one: a row queued twice in a transaction keeps one key.
  *
  * 0.3 had no id: its default prefix was "sync_" alone, in every database.
  * The keys of rows already billed must not change, or a correction or a
  * re-export would bill them twice: an export cursor made under 0.3
- * (monk.sync_state.legacy_keys) and a table captured under 0.3
- * (monk.capture_legacy) keep 0.3's prefix.  Events queued by monk_send hold
+ * (monk.sync_state.legacy_keys), a new cursor of a source 0.3 exported
+ * (monk.export_legacy) and a table captured under 0.3 (monk.capture_legacy)
+ * keep 0.3's prefix.  Events queued by monk_send hold
  * their key already.  Until the extension is updated to 0.4 in a database,
  * that database keeps 0.3's keys.
  */
@@ -29,9 +30,9 @@
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
-#include "access/table.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
