@@ -33,7 +33,6 @@
 #include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -46,6 +45,7 @@
 
 #include "keys.h"
 #include "settings.h"
+#include "xact.h"
 
 PG_FUNCTION_INFO_V1(monk_database_id_changed);
 
@@ -96,15 +96,6 @@ EndOfXact(XactEvent event, void *arg)
 		default:
 			break;
 	}
-}
-
-/* A table of schema monk, or InvalidOid (the extension is older, or absent). */
-static Oid
-MonkTable(const char *name)
-{
-	Oid			nsp = get_namespace_oid("monk", true);
-
-	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
 /*
@@ -183,7 +174,7 @@ MonkKeyPrefix(bool legacy)
 		return kept_prefix;
 	}
 
-	relid = MonkTable("database_id");
+	relid = MonkTableOid("database_id");
 	if (!OidIsValid(relid))
 		return LEGACY_PREFIX;	/* not updated to 0.4 yet */
 	if (!inval_registered)
@@ -218,10 +209,10 @@ SameSource(const char *value, TransactionId xmin, void *arg)
 bool
 MonkCaptureLegacy(const char *source)
 {
-	Oid			relid = MonkTable("capture_legacy");
+	Oid			relid = MonkTableOid("capture_legacy");
 
 	if (!OidIsValid(relid))
-		return !OidIsValid(MonkTable("database_id"));
+		return !OidIsValid(MonkTableOid("database_id"));
 	return ScanColumn(relid, "source", SameSource, (void *) source);
 }
 

@@ -26,7 +26,6 @@
 
 #include "access/detoast.h"
 #include "access/transam.h"
-#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -44,6 +43,7 @@
 #include "compat.h"
 #include "outbox.h"
 #include "settings.h"
+#include "standby.h"
 #include "xact.h"
 
 /*
@@ -152,7 +152,6 @@ MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 {
 	Snapshot	s = GetActiveSnapshot();
 	FullTransactionId next = ReadNextFullTransactionId();
-	XLogRecPtr	end;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 
 	snap->xmin = WidenXid(next, s->xmin);
@@ -163,21 +162,7 @@ MonkOutboxTakeSnapshot(MonkOutboxSnapshot *snap, MemoryContext cxt)
 		snap->xip[i] = WidenXid(next, s->xip[i]);
 	qsort(snap->xip, snap->nxip, sizeof(uint64), CompareU64);
 	MemoryContextSwitchTo(old);
-
-	/*
-	 * A commit the snapshot sees was inserted in the WAL before it became
-	 * visible, so before the insert position read now.  With
-	 * synchronous_commit = off it may not be flushed yet, and a crash would
-	 * lose a transaction already billed: flush up to there first (a no-op
-	 * when every commit waits for its flush).  The end of what was inserted,
-	 * not the insert position: at a page's start, that one points past the
-	 * page header, which nothing has written yet, and XLogFlush fails.
-	 */
-	if (RecoveryInProgress())
-		return InvalidXLogRecPtr;
-	end = GetXLogInsertEndRecPtr();
-	XLogFlush(end);
-	return end;
+	return MonkFlushSeenCommits();
 }
 
 /* Is the transaction txid visible (finished) in snap? */

@@ -182,6 +182,28 @@ MonkStandbysFlushed(XLogRecPtr lsn, char **why)
 }
 
 /*
+ * Make every commit the caller's snapshot sees durable: a commit was
+ * inserted in the WAL before it became visible, so before the end of what
+ * was inserted, read now.  With synchronous_commit = off it may not be
+ * flushed yet, and a crash would lose a transaction already billed: flush
+ * up to there (a no-op when every commit waits for its flush).  The end of
+ * what was inserted, not the insert position: at a page's start, that one
+ * points past the page header, which nothing has written yet, and
+ * XLogFlush fails.  Returns that end (InvalidXLogRecPtr during recovery).
+ */
+XLogRecPtr
+MonkFlushSeenCommits(void)
+{
+	XLogRecPtr	end;
+
+	if (RecoveryInProgress())
+		return InvalidXLogRecPtr;
+	end = GetXLogInsertEndRecPtr();
+	XLogFlush(end);
+	return end;
+}
+
+/*
  * For a session that sends rows it reads under its snapshot
  * (monk_batch_export): wait until every commit the snapshot sees is
  * flushed, here and on the standbys named.  Reads the end of the WAL now,
@@ -191,14 +213,12 @@ MonkStandbysFlushed(XLogRecPtr lsn, char **why)
 void
 MonkAwaitFlushed(const char *who)
 {
-	XLogRecPtr	end;
+	XLogRecPtr	end = MonkFlushSeenCommits();
 	TimestampTz told;
 	char	   *why = NULL;
 
-	if (RecoveryInProgress())
+	if (XLogRecPtrIsInvalid(end))
 		return;
-	end = GetXLogInsertEndRecPtr();
-	XLogFlush(end);
 	told = GetCurrentTimestamp();
 	while (!MonkStandbysFlushed(end, &why))
 	{

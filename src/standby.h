@@ -28,6 +28,7 @@ extern bool MonkStandbyNamesCheck(char **newval, void **extra, GucSource source)
 extern void MonkStandbyNamesAssign(const char *newval, void *extra);
 extern bool MonkStandbysNamed(void);
 extern bool MonkStandbysFlushed(XLogRecPtr lsn, char **why);
+extern XLogRecPtr MonkFlushSeenCommits(void);
 extern void MonkAwaitFlushed(const char *who);
 extern void MonkGateAt(MonkGate *gate, XLogRecPtr lsn);
 extern bool MonkGatePass(MonkGate *gate);

@@ -13,7 +13,6 @@
 
 #include "mb/pg_wchar.h"
 
-#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -39,8 +38,7 @@ static SPIPlanPtr plan_supersede = NULL;
 static Oid
 TablesOwner(void)
 {
-	Oid			nsp = get_namespace_oid("monk", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("sync_state", nsp) : InvalidOid;
+	Oid			relid = MonkTableOid("sync_state");
 	HeapTuple	tp;
 	Oid			owner;
 
@@ -133,8 +131,7 @@ static void
 ReadDeadLettersOfOutbox(void *arg)
 {
 	bool		isnull;
-	Oid			nsp = get_namespace_oid("monk", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("dead_letter", nsp) : InvalidOid;
+	Oid			relid = MonkTableOid("dead_letter");
 
 	/* before ALTER EXTENSION monk UPDATE to 0.4: nothing to mark */
 	if (!OidIsValid(relid) || get_attnum(relid, "superseded_id") == InvalidAttrNumber)
@@ -350,8 +347,7 @@ MonkCursorLock(const char *cursor, const char *source, MonkCursorPos *pos)
 {
 	CursorArgs	c = {cursor, source, pos, 0, 0, NULL};
 	MemoryContext cxt = CurrentMemoryContext;
-	Oid			nsp = get_namespace_oid("monk", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("sync_state", nsp) : InvalidOid;
+	Oid			relid = MonkTableOid("sync_state");
 
 	/* the library is newer than the tables until ALTER EXTENSION ... UPDATE */
 	if (OidIsValid(relid) && get_attnum(relid, "legacy_keys") == InvalidAttrNumber)

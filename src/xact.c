@@ -16,12 +16,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/memutils.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/varlena.h"
 
@@ -145,6 +147,15 @@ MonkSafeSearchPathPin(void)
 	SetConfigOption("work_mem", "2MB", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("hash_mem_multiplier", "1", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("temp_buffers", "4MB", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/* A table of schema monk, or InvalidOid (the extension is older, or absent). */
+Oid
+MonkTableOid(const char *name)
+{
+	Oid			nsp = get_namespace_oid("monk", true);
+
+	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
 /* Is step named in monk.test_wait_points? */

@@ -27,6 +27,7 @@ extern void MonkPlanRun(SPIPlanPtr plan, Datum *values, const char *nulls, bool 
 extern int	MonkSafeSearchPathPush(void);
 extern void MonkSafeSearchPathPop(int nest_level);
 extern void MonkSafeSearchPathPin(void);
+extern Oid	MonkTableOid(const char *name);
 extern bool MonkTestStepListed(const char *step);
 extern void MonkWaitPoint(const char *step);
 extern void MonkWaitPointAlone(const char *step);
