@@ -405,16 +405,31 @@ mb() { awk -v k="$1" 'BEGIN { if (k == "") print "?"; else printf "%.1f MB", k /
 
 outbox_depth() { sql -c "SELECT count(*) FROM monk.outbox"; }
 
+# The backend pid that a psql running in the background (pid $2) printed first
+# into file $1 (its "SELECT pg_backend_pid()"); waits until $SECONDS reaches $3.
+psql_backend_pid()
+{
+	local out=$1 psql_pid=$2 deadline=$3 pid=""
+	until [ -n "$pid" ]; do
+		pid=$(head -n 1 "$out" 2>/dev/null | grep -E '^[0-9]+$' || true)
+		kill -0 "$psql_pid" 2>/dev/null || [ -n "$pid" ] || { cat "$out" >&2; die "psql exited early"; }
+		[ "$SECONDS" -lt "$deadline" ] || die "no backend pid from psql"
+		sleep 0.01
+	done
+	echo "$pid"
+}
+
 # Poll every 100 ms, at most $1 seconds, until monk.outbox is empty ("SELECT EXISTS": the
-# same answer as count(*) = 0 without scanning the whole backlog on every poll).
+# same answer as count(*) = 0 without scanning the whole backlog on every poll); on a
+# timeout, the end of server log $2 (default: pg_start's) is shown.
 wait_outbox_empty()
 {
-	local deadline=$((SECONDS + $1))
+	local deadline=$((SECONDS + $1)) log=${2:-$BENCH_TMP/server.log}
 	while [ "$(sql -c "SELECT EXISTS (SELECT 1 FROM monk.outbox)")" != f ]; do
 		if [ "$SECONDS" -ge "$deadline" ]; then
 			note "TIMEOUT: monk.outbox still holds $(outbox_depth) events after $1 s" >&2
 			sql -x -c "SELECT * FROM monk.status" >&2 || true
-			tail -n 20 "$BENCH_TMP/server.log" >&2 || true
+			tail -n 20 "$log" >&2 || true
 			return 1
 		fi
 		sleep 0.1

@@ -179,12 +179,7 @@ export_run()
 		>"$BENCH_TMP/export.out" 2>&1 &
 	psql_pid=$!
 	rm -f "$BENCH_TMP/export.done"
-	until [ -n "$pid" ]; do
-		pid=$(head -n 1 "$BENCH_TMP/export.out" 2>/dev/null | grep -E '^[0-9]+$' || true)
-		kill -0 "$psql_pid" 2>/dev/null || [ -n "$pid" ] || { cat "$BENCH_TMP/export.out" >&2; die "psql exited early"; }
-		[ "$SECONDS" -lt "$deadline" ] || die "no backend pid from psql"
-		sleep 0.01
-	done
+	pid=$(psql_backend_pid "$BENCH_TMP/export.out" "$psql_pid" "$deadline")
 	# sample while the export runs; its VmHWM once it has returned (the session sleeps 1 s then)
 	sample "$pid" "$BENCH_TMP/anon" "$BENCH_TMP/export.done"
 	E_HWM=$(kb "$pid" VmHWM)

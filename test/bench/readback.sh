@@ -32,12 +32,7 @@ run_sampled()
 		-v ON_ERROR_STOP=1 -c "SELECT pg_backend_pid()" -c "$stmt" -c "\\! touch $BENCH_TMP/done" \
 		-c "SELECT pg_sleep(1)" >"$BENCH_TMP/run.out" 2>&1 &
 	psql_pid=$!
-	until [ -n "$pid" ]; do
-		pid=$(head -n 1 "$BENCH_TMP/run.out" 2>/dev/null | grep -E '^[0-9]+$' || true)
-		kill -0 "$psql_pid" 2>/dev/null || [ -n "$pid" ] || { cat "$BENCH_TMP/run.out" >&2; die "psql exited early"; }
-		[ "$SECONDS" -lt "$deadline" ] || die "no backend pid from psql"
-		sleep 0.01
-	done
+	pid=$(psql_backend_pid "$BENCH_TMP/run.out" "$psql_pid" "$deadline")
 	while [ ! -e "$BENCH_TMP/done" ] && [ -d "/proc/$pid" ]; do
 		v=$(kb "$pid" RssAnon)
 		[ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v

@@ -119,15 +119,8 @@ release_and_wait()
 	deadline=$((SECONDS + limit))
 	for ((i = 1; i <= n; i++)); do
 		use_cluster "$i"
-		while [ "$(sql -c "SELECT EXISTS (SELECT 1 FROM monk.outbox)")" != f ]; do
-			if [ "$SECONDS" -ge "$deadline" ]; then
-				note "TIMEOUT after $limit s: ${CL_NAME[$i]}'s monk.outbox still holds $(outbox_depth) events" >&2
-				sql -x -c "SELECT * FROM monk.status" >&2 || true
-				tail -n 20 "$BENCH_TMP/${CL_NAME[$i]}.log" >&2 || true
-				return 1
-			fi
-			sleep 0.1
-		done
+		wait_outbox_empty "$((deadline > SECONDS ? deadline - SECONDS : 0))" "$BENCH_TMP/${CL_NAME[$i]}.log" ||
+			{ note "TIMEOUT after $limit s: ${CL_NAME[$i]}'s outbox" >&2; return 1; }
 	done
 	DRAIN_S=$(since "$T0")
 }
