@@ -12,7 +12,7 @@ EXTENSION = monk
 # install script and goes into the User-Agent
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = monk
-OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/outbox_consumer.o src/store.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/log.o src/window_keys.o src/source.o src/inflight.o src/export.o src/query.o src/ddl.o src/capture.o src/capture_map.o src/xact.o src/keys.o src/standby.o src/launcher.o
+OBJS = src/monk.o src/settings.o src/event.o src/outbox.o src/outbox_consumer.o src/store.o src/shmem.o src/send.o src/http.o src/delivery.o src/sender.o src/worker.o src/log.o src/window_keys.o src/source.o src/inflight.o src/export.o src/query.o src/ddl.o src/capture.o src/capture_map.o src/xact.o src/keys.o src/standby.o src/launcher.o src/progress.o
 # every install and upgrade script (0.1's too: the upgrade test installs it)
 DATA = $(sort sql/$(EXTENSION)--$(EXTVERSION).sql $(wildcard sql/$(EXTENSION)--*.sql))
 PGFILEDESC = "monk - export usage events to the Monk Events API"

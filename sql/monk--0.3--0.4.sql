@@ -154,6 +154,41 @@ CREATE VIEW monk.status AS
 -- Monitoring roles may read the status (no secrets in it), and nothing else.
 GRANT SELECT ON monk.status TO pg_monitor;
 
+-- The monk_batch_export calls running in the server, from shared memory.
+CREATE FUNCTION monk.export_progress_rows(
+    OUT pid             integer,
+    OUT datid           oid,
+    OUT cursor_name     text,
+    OUT source          text,
+    OUT state           text,
+    OUT started_at      timestamptz,
+    OUT rows_read       bigint,
+    OUT rows_done       bigint,
+    OUT rows_estimated  bigint,
+    OUT rows_per_second double precision,
+    OUT cursor_last_id  bigint,
+    OUT events_sent     bigint,
+    OUT events_failed   bigint,
+    OUT batches         integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'monk_export_progress'
+LANGUAGE C VOLATILE;
+
+-- One row per running export, in any database: how far it is.
+CREATE VIEW monk.export_progress AS
+    SELECT p.pid, d.datname AS database, p.cursor_name, p.source, p.state, p.started_at,
+           p.rows_read, p.rows_done, p.rows_estimated,
+           CASE WHEN p.rows_estimated OPERATOR(pg_catalog.>) 0
+                THEN pg_catalog.round(LEAST(100::pg_catalog.numeric,
+                                            100::pg_catalog.numeric OPERATOR(pg_catalog.*) p.rows_done::pg_catalog.numeric
+                                            OPERATOR(pg_catalog./) p.rows_estimated::pg_catalog.numeric), 1)
+           END AS percent_done,
+           pg_catalog.round(p.rows_per_second::pg_catalog.numeric, 1) AS rows_per_second,
+           p.cursor_last_id, p.events_sent, p.events_failed, p.batches
+      FROM monk.export_progress_rows() p
+      LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) p.datid;
+GRANT SELECT ON monk.export_progress TO pg_monitor;
+
 -- monk_batch_export finds rows committed late below its cursor (pending_ids),
 -- and a new cursor starts before every id (NULL), not at 0: ids of 0 and
 -- below are exported too.  An existing cursor keeps its position.

@@ -32,6 +32,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/wait_event.h"
@@ -39,6 +40,7 @@
 #include "event.h"
 #include "inflight.h"
 #include "keys.h"
+#include "progress.h"
 #include "store.h"
 #include "sender.h"
 #include "settings.h"
@@ -71,6 +73,7 @@ typedef struct Export
 	int64		start_id;		/* where it stood (pos.started: it had) */
 	bool		started;
 	int64		max_events;		/* 0: no limit */
+	double		rows_estimated; /* by the planner; < 0: unknown */
 	int64		read;			/* rows read */
 	bool		has_prev;		/* the id of the row read last */
 	int64		prev_id;
@@ -376,6 +379,44 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 	return slice;
 }
 
+/* Publish the export's figures in monk.export_progress. */
+static void
+ReportProgress(Export *ex, MonkProgressState state)
+{
+	MonkProgress p;
+
+	p.rows_read = ex->read;
+	p.events_sent = ex->sent;
+	p.events_failed = ex->failed;
+	p.batches = ex->batches;
+	p.cursor_started = ex->pos.started;
+	p.cursor_last_id = ex->pos.last_id;
+	p.state = state;
+	MonkProgressUpdate(&p);
+}
+
+/* Tell the caller how far the export is (every MONK_PROGRESS_NOTICE_MS). */
+static void
+ProgressNotice(Export *ex, TimestampTz started)
+{
+	long		secs;
+	int			usecs;
+	double		elapsed;
+	int64		done = ex->sent + ex->failed;
+	char		estimate[64] = "";
+
+	TimestampDifference(started, GetCurrentTimestamp(), &secs, &usecs);
+	elapsed = secs + usecs / 1000000.0;
+	if (ex->rows_estimated >= 0)
+		snprintf(estimate, sizeof(estimate), " of about %.0f (%.0f%%)", ex->rows_estimated,
+				 ex->rows_estimated > 0 ? Min(100.0, 100.0 * done / ex->rows_estimated) : 100.0);
+	ereport(NOTICE,
+			(errmsg("monk_batch_export: " INT64_FORMAT " rows done%s, %.0f rows/s; " INT64_FORMAT " events sent, " INT64_FORMAT " failed; cursor at %s",
+					done, estimate, elapsed > 0 ? done / elapsed : 0.0, ex->sent, ex->failed,
+					ex->pos.started ? psprintf(INT64_FORMAT, ex->pos.last_id) : "its start"),
+			 errdetail("SELECT * FROM monk.export_progress shows every export running.")));
+}
+
 /*
  * Read the source slice by slice, keeping up to monk.max_parallel_requests
  * slices in flight, until the source is exhausted, a batch fails for good or
@@ -384,7 +425,8 @@ MakeSlice(Export *ex, MemoryContext cxt, TimestampTz now)
 static void
 ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 {
-	TimestampTz last_notice = GetCurrentTimestamp();
+	TimestampTz started = GetCurrentTimestamp();
+	TimestampTz last_notice = started;
 	bool		source_done = false;
 
 	for (;;)
@@ -443,15 +485,33 @@ ExportLoop(Export *ex, Portal portal, MemoryContext cxt)
 
 		MonkSenderDispatch(ex->sender);
 		MonkSenderWait(ex->sender, MonkSenderNextWakeMs(ex->sender), PG_WAIT_EXTENSION);
+		ReportProgress(ex, MONK_PROGRESS_SENDING);
 
-		if (TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(), 10000))
+		if (TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(), MONK_PROGRESS_NOTICE_MS))
 		{
 			last_notice = GetCurrentTimestamp();
-			ereport(NOTICE,
-					(errmsg("monk_batch_export: " INT64_FORMAT " rows read, " INT64_FORMAT " events sent, " INT64_FORMAT " failed, cursor at " INT64_FORMAT,
-							ex->read, ex->sent, ex->failed, ex->pos.last_id)));
+			ProgressNotice(ex, started);
 		}
 	}
+}
+
+/*
+ * The rows the export will read, as the planner estimated them for the
+ * source's query past the cursor (its plan was made with the cursor's value);
+ * -1 when there is no plan to ask.
+ */
+static double
+EstimateRows(Portal portal, int64 max_events)
+{
+	PlannedStmt *stmt = PortalGetPrimaryStmt(portal);
+	double		rows;
+
+	if (stmt == NULL || stmt->planTree == NULL)
+		return -1;
+	rows = stmt->planTree->plan_rows;
+	if (max_events > 0 && rows > max_events)
+		rows = max_events;
+	return rows;
 }
 
 /* Check the arguments of monk_batch_export a caller can get wrong. */
@@ -550,8 +610,11 @@ monk_batch_export(PG_FUNCTION_ARGS)
 	MonkSourceCheckNullIds(source);
 	ex.inflight = MonkInFlightCreate(source);
 	portal = MonkSourceOpen(query, ex.pos.last_id, ex.pos.pending, ex.pos.npending);
+	ex.rows_estimated = EstimateRows(portal, max_events);
+	MonkProgressBegin(ex.cursor_name, MonkSourceName(source), ex.rows_estimated);
 	/* no row is sent before its commit is durable, and on the standbys named */
 	MonkAwaitFlushed("monk_batch_export");
+	ReportProgress(&ex, MONK_PROGRESS_SENDING);
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "monk_batch_export", ALLOCSET_DEFAULT_SIZES);
 	/* the sender's curl handles go with cxt, on an error too */
@@ -574,6 +637,7 @@ monk_batch_export(PG_FUNCTION_ARGS)
 				 errdetail("The answer was: %s", MonkTextForDatabase(ex.auth_body)),
 				 errhint("Set monk.api_key to a valid key and reload the configuration; nothing was dead-lettered, and the next run starts from the stored cursor.")));
 
+	MonkProgressEnd();
 	KeepPending(&ex);
 	MonkCursorSave(ex.cursor_name, &ex.pos, ex.sent, ex.failed,
 				   ex.delivery_failed ? "a batch failed after its retries" : NULL);

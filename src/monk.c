@@ -14,6 +14,7 @@
 #include "miscadmin.h"
 
 #include "ddl.h"
+#include "progress.h"
 #include "settings.h"
 #include "shmem.h"
 #include "worker.h"
@@ -43,6 +44,7 @@ _PG_init(void)
 	}
 
 	MonkShmemInit();
+	MonkProgressInit();
 	MonkLauncherRegister();
 	MonkDdlInit();
 }

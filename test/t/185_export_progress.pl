@@ -1,0 +1,97 @@
+# A long monk_batch_export shows its progress where a DBA looks for it: a
+# row in monk.export_progress (rows done, rows estimated, rate, cursor) seen
+# from another session while it runs, and a NOTICE every 10 s to its caller.
+# The row goes when the export ends: returned, cancelled, or rolled back to a
+# savepoint.  Monitoring roles read the view; other roles do not.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MonkApi;
+use MonkTest;
+
+my $api = MonkApi->new(api_key => 'test_key', customers => ['cus_1']);
+my $node = monk_node(api => $api, conf => { 'monk.max_parallel_requests' => 2 });
+my $kp = key_prefix($node);
+
+sub psql { return $node->safe_psql('postgres', $_[0]) }
+sub progress { return psql(qq{SELECT $_[0] FROM monk.export_progress}) }
+
+psql(q{
+CREATE TABLE usage_rows (id bigint PRIMARY KEY, external_customer_id text, event_name text);
+INSERT INTO usage_rows SELECT i, 'cus_1', 'call' FROM generate_series(1, 12000) i;
+ANALYZE usage_rows;
+});
+is(progress('count(*)'), '0', 'no export runs: the view is empty');
+
+# 24 requests of 500 rows, two at a time, each answered after 1 s: about 12 s
+$api->faults({ delay_ms => 1000 });
+my $export = $node->background_psql('postgres');
+$export->query_until(qr/started/, q{\echo started
+SELECT events_sent FROM monk_batch_export('usage_rows', 500);
+});
+ok(wait_until('rows settled by the running export', 30, sub { progress('coalesce(max(rows_done), 0)') > 0 }),
+	'a row for the running export, with rows done');
+my ($pid, $db, $cursor, $source, $state, $estimated, $done, $percent, $rate, $last_id, $sent) = split /\|/,
+	progress(q{pid, database, cursor_name, source, state, rows_estimated, rows_done, percent_done,
+	           rows_per_second, cursor_last_id, events_sent});
+is(psql(qq{SELECT query LIKE '%monk_batch_export%' FROM pg_stat_activity WHERE pid = $pid}), 't',
+	'its pid is the exporting backend');
+is("$db $cursor $source $state", 'postgres public.usage_rows public.usage_rows sending',
+	'database, cursor, source and state');
+cmp_ok(abs($estimated - 12000), '<=', 1200, "rows estimated by the planner: $estimated of 12000");
+cmp_ok($done, '<', 12000, "rows done so far: $done");
+cmp_ok($percent, '>', 0, "percent done: $percent");
+cmp_ok($rate, '>', 0, "rows per second: $rate");
+cmp_ok($last_id, '<=', $done, "the cursor ($last_id) is behind the rows done");
+is($sent, $done, 'every row done was sent');
+
+# the caller hears of it every 10 s
+$export->query('SELECT 1');
+like($export->{stderr}, qr/NOTICE:  monk_batch_export: \d+ rows done of about \d+ \(\d+%\), \d+ rows\/s; \d+ events sent, 0 failed; cursor at \d+/,
+	'a NOTICE told the caller how far it was');
+is(progress('count(*)'), '0', 'the finished export left the view');
+api_holds_exactly($api, [ map { "$kp$_" } 1 .. 12000 ], 'and sent every row once');
+
+# cancelled: the row goes with it
+psql(q{INSERT INTO usage_rows SELECT i, 'cus_1', 'call' FROM generate_series(12001, 14000) i});
+my $cancelled = $node->background_psql('postgres', on_error_stop => 0);
+$cancelled->query_until(qr/started/, q{\echo started
+SELECT events_sent FROM monk_batch_export('usage_rows', 500);
+});
+ok(wait_until('the second export to show', 30, sub { progress('count(*)') eq '1' }), 'a second export shows');
+psql(q{SELECT pg_cancel_backend(pid) FROM monk.export_progress});
+ok(wait_until('the cancel', 30, sub {
+		$cancelled->{run}->pump_nb;
+		$cancelled->{stderr} =~ /canceling statement due to user request/ }), 'it is cancelled');
+is(progress('count(*)'), '0', 'the cancelled export left the view');
+
+# an error caught at a savepoint, in the same session: the view is read after it
+$cancelled->{stderr} = '';
+$cancelled->query_until(qr/started/, q{\echo started
+BEGIN;
+SAVEPOINT s;
+SELECT events_sent FROM monk_batch_export('usage_rows', 500);
+});
+ok(wait_until('the third export to show', 30, sub { progress('count(*)') eq '1' }), 'an export in a savepoint shows');
+psql(q{SELECT pg_cancel_backend(pid) FROM monk.export_progress});
+ok(wait_until('the cancel', 30, sub {
+		$cancelled->{run}->pump_nb;
+		$cancelled->{stderr} =~ /canceling statement due to user request/ }), 'it is cancelled');
+$cancelled->{stderr} = '';
+is($cancelled->query_safe('ROLLBACK TO s; SELECT count(*) FROM monk.export_progress'), '0',
+	'rolled back to its savepoint, the session sees no export of its own');
+is(progress('count(*)'), '0', 'nor does another, while the transaction goes on');
+$cancelled->query_safe('COMMIT');
+$cancelled->quit;
+$api->faults({ delay_ms => 0 });
+
+# who may read it
+psql(q{CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN});
+is($node->safe_psql('postgres', 'SELECT count(*) FROM monk.export_progress', extra_params => [ '-U', 'watcher' ]),
+	'0', 'a member of pg_monitor reads monk.export_progress');
+my ($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM monk.export_progress', extra_params => [ '-U', 'nobody' ]);
+like($err, qr/permission denied for schema monk/, 'another role does not');
+
+done_testing();
