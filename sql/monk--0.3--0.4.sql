@@ -189,6 +189,16 @@ CREATE VIEW monk.export_progress AS
       LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) p.datid;
 GRANT SELECT ON monk.export_progress TO pg_monitor;
 
+-- Where monk is not preloaded, a monk_capture trigger would fail at its first
+-- row, in the application: say so when it is created.
+CREATE FUNCTION monk.capture_trigger_created() RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'monk_capture_trigger_created'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION monk.capture_trigger_created() FROM PUBLIC;
+CREATE EVENT TRIGGER monk_capture_trigger_created ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION monk.capture_trigger_created();
+
 -- monk_batch_export finds rows committed late below its cursor (pending_ids),
 -- and a new cursor starts before every id (NULL), not at 0: ids of 0 and
 -- below are exported too.  An existing cursor keeps its position.

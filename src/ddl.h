@@ -6,5 +6,6 @@
 #define MONK_DDL_H
 
 extern void MonkDdlInit(void);
+extern void MonkWarnIfNotExported(void);
 
 #endif

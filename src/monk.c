@@ -36,10 +36,14 @@ _PG_init(void)
 		 * warning, not an error: pg_restore onto such a server must work.
 		 */
 		if (creating_extension)
+		{
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("monk is not loaded by shared_preload_libraries: monk_send and monk_capture will fail, and no worker sends events"),
 					 errhint("Add monk to shared_preload_libraries (a single line listing every library, e.g. 'pg_cron,monk') and restart the server.")));
+			/* the other mistake of the setup, told at once too */
+			MonkWarnIfNotExported();
+		}
 		return;
 	}
 

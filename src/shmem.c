@@ -364,8 +364,15 @@ MonkSlotSetSuccess(MonkWorkerSlot *slot)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	/*
+	 * A request accepted ends the trouble: last_error is the error since the
+	 * last success (the server log keeps every one), so that a fixed key or
+	 * an API back does not leave an old error beside an idle worker.
+	 */
 	SpinLockAcquire(&slot->mutex);
 	slot->last_success_at = now;
+	slot->last_error[0] = '\0';
+	slot->last_error_at = 0;
 	SpinLockRelease(&slot->mutex);
 }
 

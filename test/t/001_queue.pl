@@ -110,10 +110,31 @@ $node->safe_psql('postgres', 'CREATE DATABASE unloaded');
 is($rc, 0, 'CREATE EXTENSION without the preloaded library succeeds');
 like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries.*\n.*HINT:  Add monk to shared_preload_libraries \(a single line/s,
 	'with a warning that says what to write');
+like($err, qr/WARNING:  database "unloaded" is not in monk.databases: no worker sends its events/,
+	'and the warning that no worker exports the database');
+# a capture trigger, which would fail at its first row, is told of at its creation
+($rc, $out, $err) = $node->psql('unloaded', q{
+	CREATE TABLE calls (id bigint PRIMARY KEY, customer text);
+	CREATE TRIGGER calls_monk AFTER INSERT ON calls FOR EACH ROW
+		EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer')});
+is($rc, 0, 'CREATE TRIGGER ... monk_capture without the preloaded library succeeds');
+like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries: trigger "calls_monk" will fail at the first row it captures.*HINT:  Add monk to shared_preload_libraries/s,
+	'with a warning naming the trigger and what to write');
+($rc, $out, $err) = $node->psql('unloaded', q{CREATE TRIGGER calls_other BEFORE INSERT ON calls FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()});
+is($err, '', 'another trigger is created without a word');
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'monk'\nshared_preload_libraries = 'pg_stat_statements'");
 $node->restart;
-($rc, $out, $err) = $node->psql('unloaded', 'DROP EXTENSION monk; CREATE EXTENSION monk');
+($rc, $out, $err) = $node->psql('unloaded', 'DROP EXTENSION monk CASCADE; CREATE EXTENSION monk');
 like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries/, 'a later line naming only another library is caught too');
+($rc, $out, $err) = $node->psql('unloaded', q{CREATE TRIGGER calls_monk2 AFTER UPDATE ON calls FOR EACH ROW
+	EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer')});
+like($err, qr/trigger "calls_monk2" will fail at the first row it captures/, 'and at a capture trigger too');
+# preloaded again: the trigger is created without a word (the database is listed)
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'monk'\nmonk.databases = 'postgres,unloaded'");
+$node->restart;
+($rc, $out, $err) = $node->psql('unloaded', q{CREATE TRIGGER calls_monk3 AFTER UPDATE ON calls FOR EACH ROW
+	EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer')});
+is("$rc $err", '0 ', 'preloaded, a capture trigger is created without a warning');
 
 $node->stop;
 done_testing();
