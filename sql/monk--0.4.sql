@@ -403,21 +403,52 @@ CREATE VIEW monk.export_progress AS
     SELECT p.pid, d.datname AS database, p.cursor_name, p.source, p.state, p.started_at,
            p.rows_read, p.rows_done, p.rows_estimated,
            CASE WHEN p.rows_estimated OPERATOR(pg_catalog.>) 0
-                THEN pg_catalog.round(LEAST(100::pg_catalog.numeric,
-                                            100::pg_catalog.numeric OPERATOR(pg_catalog.*) p.rows_done::pg_catalog.numeric
-                                            OPERATOR(pg_catalog./) p.rows_estimated::pg_catalog.numeric), 1)
+                     AND p.rows_done OPERATOR(pg_catalog.<=) p.rows_estimated
+                THEN pg_catalog.round(100::pg_catalog.numeric OPERATOR(pg_catalog.*) p.rows_done::pg_catalog.numeric
+                                      OPERATOR(pg_catalog./) p.rows_estimated::pg_catalog.numeric, 1)
            END AS percent_done,
            pg_catalog.round(p.rows_per_second::pg_catalog.numeric, 1) AS rows_per_second,
            p.cursor_last_id, p.events_sent, p.events_failed, p.batches
       FROM monk.export_progress_rows() p
       LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) p.datid;
+-- the view checks EXECUTE on its function as the reader: monitoring roles only
+REVOKE ALL ON FUNCTION monk.export_progress_rows() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION monk.export_progress_rows() TO pg_monitor;
 GRANT SELECT ON monk.export_progress TO pg_monitor;
 
 -- Where monk is not preloaded, a monk_capture trigger would fail at its first
--- row, in the application: say so when it is created.
+-- row, in the application: say so when it is created.  In SQL, not C, so that
+-- no CREATE TRIGGER of the database depends on monk's library; as its owner,
+-- who may read shared_preload_libraries, with the search_path pinned.
 CREATE FUNCTION monk.capture_trigger_created() RETURNS event_trigger
-AS 'MODULE_PATHNAME', 'monk_capture_trigger_created'
-LANGUAGE C;
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    created record;
+BEGIN
+    -- preloaded: the server checked the trigger already (ddl.c)
+    IF EXISTS (SELECT FROM unnest(string_to_array(current_setting('shared_preload_libraries'), ',')) AS l(name)
+                WHERE regexp_replace(btrim(l.name, ' "'), '^.*/|\.so$', '', 'g') = 'monk') THEN
+        RETURN;
+    END IF;
+    FOR created IN
+        SELECT t.tgname
+          FROM pg_event_trigger_ddl_commands() c
+          JOIN pg_trigger t ON t.oid = c.objid
+          JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = t.tgfoid AND d.deptype = 'e'
+          JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'monk'
+          JOIN pg_proc p ON p.oid = t.tgfoid AND p.proname = 'monk_capture'
+         WHERE c.classid = 'pg_trigger'::regclass
+    LOOP
+        RAISE WARNING USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('monk is not loaded by shared_preload_libraries: trigger "%s" will fail at the first row it captures', created.tgname),
+            DETAIL = 'monk_capture queues its events through shared memory, which exists only when the server preloads monk.',
+            HINT = 'Add monk to shared_preload_libraries (a single line listing every library, e.g. ''pg_cron,monk'') and restart the server.';
+    END LOOP;
+END
+$$;
 REVOKE ALL ON FUNCTION monk.capture_trigger_created() FROM PUBLIC;
 CREATE EVENT TRIGGER monk_capture_trigger_created ON ddl_command_end
     WHEN TAG IN ('CREATE TRIGGER')

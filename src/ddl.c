@@ -10,8 +10,8 @@
  * succeeds with a WARNING naming monk.databases, since its events would wait
  * forever.  CREATE TRIGGER ... EXECUTE FUNCTION monk_capture(...) has its form
  * and arguments checked (capture_map.c) before it commits.  Where monk is not
- * preloaded there is no hook: an event trigger, monk.capture_trigger_created,
- * warns of a monk_capture trigger that would fail at its first row.
+ * preloaded there is no hook: an event trigger (monk.capture_trigger_created,
+ * in SQL) warns of a monk_capture trigger that would fail at its first row.
  */
 #include "postgres.h"
 
@@ -22,7 +22,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
-#include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -37,8 +36,6 @@
 #include "ddl.h"
 #include "settings.h"
 #include "shmem.h"
-
-PG_FUNCTION_INFO_V1(monk_capture_trigger_created);
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
@@ -213,35 +210,6 @@ MonkProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 		MonkCaptureCheckCreate((CreateTrigStmt *) parsetree);
 	else if (IsA(parsetree, AlterTableStmt))
 		CheckAttachedPartitions((AlterTableStmt *) parsetree);
-}
-
-/*
- * monk.capture_trigger_created(), the event trigger at the end of every
- * CREATE TRIGGER: where monk is not preloaded (no hook above), a trigger
- * that executes monk_capture would fail at the first row it captures, in the
- * application.  Say so now.  Preloaded, the hook has checked the trigger.
- */
-Datum
-monk_capture_trigger_created(PG_FUNCTION_ARGS)
-{
-	EventTriggerData *trigdata;
-	CreateTrigStmt *stmt;
-
-	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("monk.capture_trigger_created() is an event trigger function")));
-	trigdata = (EventTriggerData *) fcinfo->context;
-	if (MonkShmem != NULL || !IsA(trigdata->parsetree, CreateTrigStmt))
-		PG_RETURN_VOID();
-	stmt = (CreateTrigStmt *) trigdata->parsetree;
-	if (strcmp(strVal(llast(stmt->funcname)), "monk_capture") == 0)
-		ereport(WARNING,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("monk is not loaded by shared_preload_libraries: trigger \"%s\" will fail at the first row it captures", stmt->trigname),
-				 errdetail("monk_capture queues its events through shared memory, which exists only when the server preloads monk."),
-				 errhint("Add monk to shared_preload_libraries (a single line listing every library, e.g. 'pg_cron,monk') and restart the server.")));
-	PG_RETURN_VOID();
 }
 
 /* Install the hook (from _PG_init, when preloaded). */

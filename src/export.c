@@ -407,9 +407,12 @@ ProgressNotice(Export *ex, TimestampTz started)
 
 	TimestampDifference(started, GetCurrentTimestamp(), &secs, &usecs);
 	elapsed = secs + usecs / 1000000.0;
-	if (ex->rows_estimated >= 0)
+	/* the planner can guess wrong (a view's filter, a table not analyzed) */
+	if (ex->rows_estimated > 0 && done <= ex->rows_estimated)
 		snprintf(estimate, sizeof(estimate), " of about %.0f (%.0f%%)", ex->rows_estimated,
-				 ex->rows_estimated > 0 ? Min(100.0, 100.0 * done / ex->rows_estimated) : 100.0);
+				 100.0 * done / ex->rows_estimated);
+	else if (ex->rows_estimated >= 0)
+		snprintf(estimate, sizeof(estimate), " (%.0f were estimated)", ex->rows_estimated);
 	ereport(NOTICE,
 			(errmsg("monk_batch_export: " INT64_FORMAT " rows done%s, %.0f rows/s; " INT64_FORMAT " events sent, " INT64_FORMAT " failed; cursor at %s",
 					done, estimate, elapsed > 0 ? done / elapsed : 0.0, ex->sent, ex->failed,
@@ -511,7 +514,8 @@ EstimateRows(Portal portal, int64 max_events)
 	rows = stmt->planTree->plan_rows;
 	if (max_events > 0 && rows > max_events)
 		rows = max_events;
-	return rows;
+	/* the planner's guesses go up to 1e100: keep it a bigint */
+	return Min(rows, 1e18);
 }
 
 /* Check the arguments of monk_batch_export a caller can get wrong. */

@@ -23,6 +23,15 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
+/* Is the extension being created (or updated) monk, not one that calls it? */
+static bool
+IsCreatingMonk(void)
+{
+	char	   *name = get_extension_name(CurrentExtensionObject);
+
+	return name != NULL && strcmp(name, "monk") == 0;
+}
+
 void
 _PG_init(void)
 {
@@ -35,7 +44,7 @@ _PG_init(void)
 		 * preload it: say so now, not at the application's first event. A
 		 * warning, not an error: pg_restore onto such a server must work.
 		 */
-		if (creating_extension)
+		if (creating_extension && IsCreatingMonk())
 		{
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -27,18 +27,21 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "http.h"
 #include "progress.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(monk_export_progress);
 
-#define MONK_PROGRESS_NAME_LEN 128
+/* names longer are cut (on a character) */
+#define MONK_PROGRESS_NAME_LEN 256
 
 typedef struct ProgressSlot
 {
 	slock_t		mutex;
 	int			pid;			/* 0: no export runs here */
 	Oid			dboid;
+	int			encoding;		/* of the names: the writer's database's */
 	TimestampTz started_at;
 	TimestampTz sending_since;	/* 0 while it waits */
 	double		rows_estimated; /* < 0: unknown */
@@ -101,7 +104,7 @@ MonkProgressInit(void)
 	shmem_startup_hook = ProgressShmemStartup;
 }
 
-/* A name, clipped on a character to fit. */
+/* A name of the server's encoding, clipped on a character to fit. */
 static void
 CopyName(char *dst, const char *src)
 {
@@ -109,6 +112,29 @@ CopyName(char *dst, const char *src)
 
 	memcpy(dst, src, len);
 	dst[len] = '\0';
+}
+
+/*
+ * A name of the slot as text of the reader's database: as it is in the
+ * writer's encoding, else through UTF-8 (MonkTextForDatabase: never a
+ * conversion that fails).
+ */
+static Datum
+NameDatum(const ProgressSlot *slot, const char *name)
+{
+	char	   *utf8;
+	char	   *valid;
+	size_t		len = strlen(name);
+
+	if (slot->encoding == GetDatabaseEncoding())
+		return CStringGetTextDatum(name);
+	utf8 = (char *) pg_do_encoding_conversion((unsigned char *) unconstify(char *, name), len,
+											  slot->encoding, PG_UTF8);
+	len = strlen(utf8);
+	/* a SQL_ASCII writer's bytes may be anything: \xNN takes 4 bytes */
+	valid = palloc(len * 4 + 1);
+	(void) MonkValidUtf8(utf8, len, valid, len * 4 + 1);
+	return CStringGetTextDatum(MonkTextForDatabase(valid));
 }
 
 void
@@ -165,6 +191,7 @@ MonkProgressBegin(const char *cursor_name, const char *source, double rows_estim
 	SpinLockAcquire(&slot->mutex);
 	slot->pid = MyProcPid;
 	slot->dboid = MyDatabaseId;
+	slot->encoding = GetDatabaseEncoding();
 	slot->started_at = GetCurrentTimestamp();
 	slot->sending_since = 0;
 	slot->rows_estimated = rows_estimated;
@@ -222,8 +249,8 @@ monk_export_progress(PG_FUNCTION_ARGS)
 		done = copy.progress.events_sent + copy.progress.events_failed;
 		values[0] = Int32GetDatum(copy.pid);
 		values[1] = ObjectIdGetDatum(copy.dboid);
-		values[2] = CStringGetTextDatum(copy.cursor_name);
-		values[3] = CStringGetTextDatum(copy.source);
+		values[2] = NameDatum(&copy, copy.cursor_name);
+		values[3] = NameDatum(&copy, copy.source);
 		values[4] = CStringGetTextDatum(copy.progress.state == MONK_PROGRESS_SENDING ?
 										"sending" : "waiting for standbys");
 		values[5] = TimestampTzGetDatum(copy.started_at);

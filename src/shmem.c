@@ -364,15 +364,24 @@ MonkSlotSetSuccess(MonkWorkerSlot *slot)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	/*
-	 * A request accepted ends the trouble: last_error is the error since the
-	 * last success (the server log keeps every one), so that a fixed key or
-	 * an API back does not leave an old error beside an idle worker.
-	 */
 	SpinLockAcquire(&slot->mutex);
 	slot->last_success_at = now;
-	slot->last_error[0] = '\0';
-	slot->last_error_at = 0;
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * The worker is idle: if a request was accepted since the last failure, the
+ * trouble is over, and last_error goes (last_error_at stays, and the server
+ * log keeps every failure), so that a fixed key or an API back leaves no old
+ * error beside an idle worker.  A worker that is still busy keeps it, even
+ * between failures: a half-failing API stays visible.
+ */
+void
+MonkSlotErrorOver(MonkWorkerSlot *slot)
+{
+	SpinLockAcquire(&slot->mutex);
+	if (slot->last_error[0] != '\0' && slot->last_success_at > slot->last_error_at)
+		slot->last_error[0] = '\0';
 	SpinLockRelease(&slot->mutex);
 }
 

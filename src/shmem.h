@@ -98,6 +98,7 @@ extern void MonkSlotWakeAt(MonkWorkerSlot *slot, uint64 wake_at);
 extern int64 MonkSlotDepth(MonkWorkerSlot *slot);
 extern void MonkSlotSetError(MonkWorkerSlot *slot, const char *msg);
 extern void MonkSlotSetSuccess(MonkWorkerSlot *slot);
+extern void MonkSlotErrorOver(MonkWorkerSlot *slot);
 extern const char *MonkStateName(int state);
 
 #endif

@@ -613,7 +613,10 @@ PublishState(MonkWorker *w)
 	else if (MonkSenderBackingOff(w->sender) > 0)
 		MonkWorkerSetState(w, MONK_STATE_BACKOFF);
 	else
+	{
 		MonkWorkerSetState(w, MONK_STATE_IDLE);
+		MonkSlotErrorOver(w->slot);
+	}
 }
 
 /* Is there room for another batch in flight? */

@@ -122,6 +122,26 @@ like($err, qr/WARNING:  monk is not loaded by shared_preload_libraries: trigger 
 	'with a warning naming the trigger and what to write');
 ($rc, $out, $err) = $node->psql('unloaded', q{CREATE TRIGGER calls_other BEFORE INSERT ON calls FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()});
 is($err, '', 'another trigger is created without a word');
+# only monk's own monk_capture: not a function of that name in another schema
+($rc, $out, $err) = $node->psql('unloaded', q{
+	CREATE SCHEMA other;
+	CREATE FUNCTION other.monk_capture() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+	CREATE TRIGGER calls_namesake AFTER INSERT ON calls FOR EACH ROW EXECUTE FUNCTION other.monk_capture()});
+is("$rc $err", '0 ', 'a trigger of another function named monk_capture is created without a word');
+# a role that is not superuser (it cannot read shared_preload_libraries): warned too, and never refused
+$node->safe_psql('unloaded', q{
+	CREATE ROLE app_owner LOGIN;
+	CREATE TABLE app_calls (id bigint PRIMARY KEY, customer text);
+	ALTER TABLE app_calls OWNER TO app_owner;
+	GRANT EXECUTE ON FUNCTION monk_capture() TO app_owner});
+($rc, $out, $err) = $node->psql('unloaded', q{
+	CREATE TRIGGER app_calls_monk AFTER INSERT ON app_calls FOR EACH ROW
+		EXECUTE FUNCTION monk_capture('call', 'external_customer_id=customer');
+	CREATE TRIGGER app_calls_other BEFORE INSERT ON app_calls FOR EACH ROW
+		EXECUTE FUNCTION suppress_redundant_updates_trigger()}, extra_params => [ '-U', 'app_owner' ]);
+is($rc, 0, 'a table owner who is not superuser creates both triggers');
+like($err, qr/\A[^\n]*WARNING:  monk is not loaded by shared_preload_libraries: trigger "app_calls_monk" will fail[^\n]*\nDETAIL:[^\n]*\nHINT:[^\n]*\z/,
+	'with the one warning, for the capture trigger');
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'monk'\nshared_preload_libraries = 'pg_stat_statements'");
 $node->restart;
 ($rc, $out, $err) = $node->psql('unloaded', 'DROP EXTENSION monk CASCADE; CREATE EXTENSION monk');

@@ -87,11 +87,52 @@ $cancelled->query_safe('COMMIT');
 $cancelled->quit;
 $api->faults({ delay_ms => 0 });
 
-# who may read it
-psql(q{CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN});
+# edges: a LATIN1 database, read from a UTF8 one and by a LATIN1 client; a
+# cursor name past the slot's 255 bytes; the planner wrong both ways (a
+# function declared to return 1e19 rows, one declared to return 10)
+$node->safe_psql('postgres', q{CREATE DATABASE latin TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'});
+$node->safe_psql('latin', q{SET client_encoding = UTF8;
+CREATE EXTENSION monk;
+CREATE FUNCTION many() RETURNS SETOF record LANGUAGE sql ROWS 1e19
+    AS $$ SELECT i::bigint, 'cus_1'::text, 'call'::text FROM generate_series(1, 600) i $$;
+CREATE VIEW "tablè" AS SELECT * FROM many() AS m(id bigint, external_customer_id text, event_name text);
+CREATE FUNCTION few() RETURNS SETOF record LANGUAGE sql ROWS 10
+    AS $$ SELECT i::bigint, 'cus_1'::text, 'call'::text FROM generate_series(1, 600) i $$;
+CREATE VIEW few_rows AS SELECT * FROM few() AS m(id bigint, external_customer_id text, event_name text);
+});
+$api->faults({ delay_ms => 1000 });
+my $long_name = 'naïve_' . ('x' x 300);
+my $latin = $node->background_psql('latin');
+$latin->query_safe('SET client_encoding = UTF8');
+$latin->query_until(qr/started/, qq{\\echo started
+SELECT events_sent FROM monk_batch_export('"tablè"', 100, NULL, '$long_name');
+SELECT events_sent FROM monk_batch_export('few_rows', 100);
+});
+ok(wait_until('the LATIN1 export to show', 30, sub { progress('count(*)') eq '1' }), 'an export in a LATIN1 database shows');
+is(progress(q{length(cursor_name) || ' ' || left(cursor_name, 6) || ' ' || source || ' ' || rows_estimated || ' ' || (percent_done < 1)}),
+	'255 naïve_ public."tablè" 1000000000000000000 true',
+	'read from UTF8: its names, cut on a character at 255 bytes; 1e19 rows estimated kept a bigint');
+is($node->safe_psql('latin', q{SET client_encoding = LATIN1; SELECT length(cursor_name) FROM monk.export_progress}), '255',
+	'read by a LATIN1 client in its own database');
+is($node->safe_psql('latin', q{SET client_encoding = UTF8; SELECT left(cursor_name, 6) || ' ' || source FROM monk.export_progress}),
+	'naïve_ public."tablè"', 'as it was written');
+ok(wait_until('the second export, of a view estimated at 10 rows, past them', 30, sub {
+			progress(q{coalesce(bool_and(cursor_name = 'public.few_rows' AND rows_done > rows_estimated AND percent_done IS NULL), false)}) eq 't' }),
+	'past its estimate, percent_done is NULL, not 100');
+$latin->query('SELECT 1');
+$latin->quit;
+$api->faults({ delay_ms => 0 });
+is(progress('count(*)'), '0', 'both left the view');
+
+# who may read it: members of pg_monitor; not a role that has only been
+# given the view (the view checks EXECUTE on its function as the reader)
+psql(q{CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN; CREATE ROLE halfway LOGIN;
+       GRANT USAGE ON SCHEMA monk TO halfway; GRANT SELECT ON monk.export_progress TO halfway});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM monk.export_progress', extra_params => [ '-U', 'watcher' ]),
 	'0', 'a member of pg_monitor reads monk.export_progress');
 my ($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM monk.export_progress', extra_params => [ '-U', 'nobody' ]);
 like($err, qr/permission denied for schema monk/, 'another role does not');
+($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM monk.export_progress_rows()', extra_params => [ '-U', 'halfway' ]);
+like($err, qr/permission denied for function export_progress_rows/, 'nor through the function, given only the view');
 
 done_testing();
