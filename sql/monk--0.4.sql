@@ -419,7 +419,8 @@ GRANT SELECT ON monk.export_progress TO pg_monitor;
 -- Where monk is not preloaded, a monk_capture trigger would fail at its first
 -- row, in the application: say so when it is created.  In SQL, not C, so that
 -- no CREATE TRIGGER of the database depends on monk's library; as its owner,
--- who may read shared_preload_libraries, with the search_path pinned.
+-- who may read shared_preload_libraries, with the search_path pinned; never
+-- failing the CREATE TRIGGER.
 CREATE FUNCTION monk.capture_trigger_created() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -447,6 +448,11 @@ BEGIN
             DETAIL = 'monk_capture queues its events through shared memory, which exists only when the server preloads monk.',
             HINT = 'Add monk to shared_preload_libraries (a single line listing every library, e.g. ''pg_cron,monk'') and restart the server.';
     END LOOP;
+EXCEPTION
+    -- a warning only: it never fails a CREATE TRIGGER (an owner who lost
+    -- superuser may not read shared_preload_libraries, say)
+    WHEN OTHERS THEN
+        RETURN;
 END
 $$;
 REVOKE ALL ON FUNCTION monk.capture_trigger_created() FROM PUBLIC;

@@ -632,7 +632,13 @@ MonkTextForDatabase(const char *utf8)
 char *
 MonkToUtf8NoError(const char *s, int len)
 {
-	int			enc = GetDatabaseEncoding();
+	return MonkToUtf8NoErrorFrom(GetDatabaseEncoding(), s, len);
+}
+
+/* The same, from text of encoding enc (another database's). */
+char *
+MonkToUtf8NoErrorFrom(int enc, const char *s, int len)
+{
 	Oid			proc;
 	unsigned char *out;
 	int			done;

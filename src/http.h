@@ -53,5 +53,6 @@ extern void MonkHttpFreeResponse(MonkHttpRequest *req);
 extern size_t MonkValidUtf8(const char *s, size_t len, char *out, size_t outcap);
 extern char *MonkTextForDatabase(const char *utf8);
 extern char *MonkToUtf8NoError(const char *s, int len);
+extern char *MonkToUtf8NoErrorFrom(int enc, const char *s, int len);
 
 #endif

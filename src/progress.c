@@ -16,6 +16,7 @@
 
 #include "access/xact.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -116,20 +117,34 @@ CopyName(char *dst, const char *src)
 
 /*
  * A name of the slot as text of the reader's database: as it is in the
- * writer's encoding, else through UTF-8 (MonkTextForDatabase: never a
- * conversion that fails).
+ * writer's encoding, else through UTF-8 (MonkTextForDatabase), never with an
+ * error: bytes that do not convert (a SQL_ASCII writer's, a character with
+ * no equivalent in UTF-8) are shown \xNN.
  */
 static Datum
 NameDatum(const ProgressSlot *slot, const char *name)
 {
+	int			len = strlen(name);
 	char	   *utf8;
 	char	   *valid;
-	size_t		len = strlen(name);
 
 	if (slot->encoding == GetDatabaseEncoding())
 		return CStringGetTextDatum(name);
-	utf8 = (char *) pg_do_encoding_conversion((unsigned char *) unconstify(char *, name), len,
-											  slot->encoding, PG_UTF8);
+	utf8 = MonkToUtf8NoErrorFrom(slot->encoding, name, len);
+	if (utf8 == NULL)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		for (int i = 0; i < len; i++)
+		{
+			if (IS_HIGHBIT_SET(name[i]))
+				appendStringInfo(&buf, "\\x%02x", (unsigned char) name[i]);
+			else
+				appendStringInfoChar(&buf, name[i]);
+		}
+		utf8 = buf.data;
+	}
 	len = strlen(utf8);
 	/* a SQL_ASCII writer's bytes may be anything: \xNN takes 4 bytes */
 	valid = palloc(len * 4 + 1);

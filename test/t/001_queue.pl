@@ -142,6 +142,12 @@ $node->safe_psql('unloaded', q{
 is($rc, 0, 'a table owner who is not superuser creates both triggers');
 like($err, qr/\A[^\n]*WARNING:  monk is not loaded by shared_preload_libraries: trigger "app_calls_monk" will fail[^\n]*\nDETAIL:[^\n]*\nHINT:[^\n]*\z/,
 	'with the one warning, for the capture trigger');
+# the extension's owner lost superuser (so may not read shared_preload_libraries): no CREATE TRIGGER fails for it
+$node->safe_psql('postgres', q{CREATE ROLE ext_admin SUPERUSER LOGIN; CREATE DATABASE owned OWNER ext_admin});
+$node->safe_psql('owned', 'CREATE EXTENSION monk; CREATE TABLE t (id int)', extra_params => [ '-U', 'ext_admin' ]);
+$node->safe_psql('postgres', 'ALTER ROLE ext_admin NOSUPERUSER');
+($rc, $out, $err) = $node->psql('owned', q{CREATE TRIGGER t_other BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()});
+is("$rc $err", '0 ', 'an extension owner no longer superuser fails no CREATE TRIGGER');
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'monk'\nshared_preload_libraries = 'pg_stat_statements'");
 $node->restart;
 ($rc, $out, $err) = $node->psql('unloaded', 'DROP EXTENSION monk CASCADE; CREATE EXTENSION monk');

@@ -124,6 +124,23 @@ $latin->quit;
 $api->faults({ delay_ms => 0 });
 is(progress('count(*)'), '0', 'both left the view');
 
+# a SQL_ASCII database's names may be any bytes: read elsewhere, shown \xNN, never an error
+$node->safe_psql('postgres', q{CREATE DATABASE bytes TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'});
+$node->safe_psql('bytes', q{CREATE EXTENSION monk;
+CREATE TABLE usage_rows AS SELECT i::bigint AS id, 'cus_1'::text AS external_customer_id, 'call'::text AS event_name
+  FROM generate_series(1, 400) i});
+$api->faults({ delay_ms => 1000 });
+my $bytes = $node->background_psql('bytes');
+$bytes->query_until(qr/started/, q{\echo started
+SELECT events_sent FROM monk_batch_export('usage_rows', 100, NULL, E'raw\\xff\\xfe');
+});
+ok(wait_until('the SQL_ASCII export to show', 30, sub { progress('count(*)') eq '1' }), 'an export of a SQL_ASCII database shows');
+is(progress('cursor_name'), 'raw\xff\xfe', 'its name, not UTF-8, read from UTF8 as \xNN');
+is($node->safe_psql('latin', 'SELECT cursor_name FROM monk.export_progress'), 'raw\xff\xfe', 'and from LATIN1');
+$bytes->query('SELECT 1');
+$bytes->quit;
+$api->faults({ delay_ms => 0 });
+
 # who may read it: members of pg_monitor; not a role that has only been
 # given the view (the view checks EXECUTE on its function as the reader)
 psql(q{CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN; CREATE ROLE halfway LOGIN;
