@@ -1,4 +1,27 @@
-# Sourced by test/run-tests.sh and test/sanitize.sh: after a failed
+# Sourced by the scripts a person runs: what a failed run prints.
+
+# test/setup.sh, test/demo.sh, test/run-tests.sh: a command that fails and so
+# ends the script (set -e) is named, with its file and line, and followed by
+# what to do: $monk_hint, which the script sets for each step, or a general
+# hint.  So no run ends silently.  $1: the script's name in the messages.
+monk_trap_errors()
+{
+	monk_script=$1
+	monk_hint=""
+	set -o errtrace
+	trap 'monk_failed $? "$BASH_COMMAND" "${BASH_SOURCE[0]}" "$LINENO"' ERR
+}
+
+monk_failed()
+{
+	# in a subshell ($(...)): the command in the script that ran it fails next, and is the one to name
+	[ "$BASHPID" = "$$" ] || return 0
+	printf '%s: FAILED: "%s" exited with status %s (%s, line %s)\n' "$monk_script" "$2" "$1" "$3" "$4" >&2
+	printf '%s: %s\n' "$monk_script" \
+		"${monk_hint:-the lines above say why; once that is mended, run it again (it starts over safely)}" >&2
+}
+
+# test/run-tests.sh and test/sanitize.sh: after a failed
 # `make installcheck` whose output is in $1, print what a person needs to see
 # and nothing else: pg_regress's diffs (and the isolation tests'), then for each failed TAP test its own
 # log and what went wrong in the server logs of its clusters.
