@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The demo of monk, from nothing to events arriving at the (local) Monk Events API:
+# The demo of monk, from a bare machine to billing events at the (local) Monk Events API:
 #
-#   1. test/setup.sh installs the Debian packages and builds and installs monk (as root);
-#   2. the local Monk Events API (test/monk_api.py) starts on a free port;
-#   3. a throwaway PostgreSQL cluster (PG_CONFIG's, test/pgconfig.sh) starts in a temporary directory with monk preloaded,
-#      pointed at that API;
-#   4. a table gets an AFTER INSERT trigger, monk_capture(...), that turns each row into an event;
-#      rows are inserted in a committed transaction and in a rolled-back one;
-#   5. the background worker drains the outbox; the script shows what the API received and
-#      checks that the rolled-back row's event never arrived.
+#   1. test/setup.sh installs what monk needs (Debian packages), then builds and installs monk;
+#   2. the local Monk Events API (test/monk_api.py) starts on a free port, and a throwaway PostgreSQL
+#      cluster (PG_CONFIG's, test/pgconfig.sh) in a temporary directory, with monk preloaded and sending
+#      to that API;
+#   3. a table gets a trigger, monk_capture(...), that turns each row into an event with its own
+#      idempotency key: the rows of a committed transaction arrive, the row of a rolled-back one never does;
+#   4. a correction: an UPDATE of a captured row sends its key again, and the API keeps the new value;
+#   5. an outage: while the API answers every request with 503, new events wait in monk.outbox; once it is
+#      back they arrive, each once;
+#   6. the check: the API holds exactly the committed rows' events, each at its latest value.
 #
-# Usage: bash test/demo.sh   (as root on Debian 12, 13 or testing; or as any user once the packages and monk
-# are installed).  PostgreSQL refuses to run as root, so as root the cluster runs as "postgres".
-# Everything is removed on exit.  Exit status 0 when the events arrived as expected.
+# Usage: bash test/demo.sh   as root, from a clone of monk, on Debian 12, 13 or testing (nothing else to
+# install first); or as any user once monk is installed.  PG_CONFIG=/usr/lib/postgresql/NN/bin/pg_config
+# chooses another PostgreSQL.  PostgreSQL refuses to run as root, so as root the cluster runs as
+# "postgres".  After the setup the demo takes a few seconds; everything it made is removed on exit.  Exit
+# status 0 when the API holds exactly the committed events, each at its latest value.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-
+. test/failures.sh
+monk_trap_errors demo
 . test/pgconfig.sh
 API_KEY=demo_key
 WAIT_SECONDS=30
@@ -33,6 +38,7 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 cleanup()
 {
 	local status=$?
+	trap - ERR
 	set +e
 	if [ -n "$datadir" ] && [ -f "$datadir/postmaster.pid" ]; then
 		(cd "$tmp" && "${as_user[@]}" "$PGBIN/pg_ctl" -D "$datadir" -m fast -w -t 30 stop >/dev/null 2>&1)
@@ -52,6 +58,7 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 heading "Setting up: Debian packages, build and install of monk (test/setup.sh)"
+monk_hint="test/setup.sh says above what failed and what to do"
 if [ "$(id -u)" -eq 0 ]; then
 	bash test/setup.sh
 elif [ -x "$PG_CONFIG" ] && [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then
@@ -64,6 +71,8 @@ else
 	fi
 	echo "not root: using the monk installed in $("$PG_CONFIG" --pkglibdir) (run 'bash test/setup.sh' as root to rebuild it)"
 fi
+monk_hint=""
+started=$SECONDS
 
 # The cluster runs as an unprivileged user, in a temporary directory that user owns.
 tmp=$(mktemp -d /tmp/monk-demo.XXXXXX)
@@ -73,14 +82,12 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 datadir=$tmp/data
 
-# GET a URL (curl when installed, else Python's urllib: setup.sh does not install curl).
-http_get()
+# A request to the local API: GET PATH, or POST PATH BODY (Python's urllib: setup.sh installs no curl).
+api()
 {
-	if command -v curl >/dev/null 2>&1; then
-		curl -sS --max-time 10 "$1"
-	else
-		python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"
-	fi
+	python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[1], data=sys.argv[2].encode() if len(sys.argv) > 2 else None)
+sys.stdout.write(u.urlopen(r, timeout=10).read().decode())' "$api_url$1" "${@:2}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -93,13 +100,12 @@ until [ -s "$tmp/api.port" ]; do
 	if ! kill -0 "$api_pid" 2>/dev/null; then
 		cat "$tmp/api.log" >&2
 		api_pid=""
-		die "the local Monk API exited during start-up"
+		die "the local Monk API exited during start-up (its output is above)"
 	fi
 	[ "$SECONDS" -lt "$deadline" ] || die "the local Monk API did not start within ${WAIT_SECONDS}s"
-	sleep 0.2
+	sleep 0.2 # a poll, bounded by the deadline
 done
-api_port=$(head -n 1 "$tmp/api.port")
-api_url=http://127.0.0.1:$api_port
+api_url=http://127.0.0.1:$(head -n 1 "$tmp/api.port")
 echo "listening on $api_url"
 
 # A port for PostgreSQL.  The server listens on a Unix socket in $tmp only (no TCP), so the
@@ -120,7 +126,9 @@ cd "$tmp"
 # ---------------------------------------------------------------------------------------------
 heading "Creating a throwaway cluster in $datadir (port $pg_port, socket in $tmp)"
 "${as_user[@]}" "$PGBIN/initdb" -D "$datadir" -U postgres --auth=trust --encoding=UTF8 --no-locale \
-	>"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+	>"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed (its output is above)"; }
+# monk sends every 200 ms, and retries within a second (the defaults wait longer: a real API's outage
+# is seldom over in a second)
 cat >>"$datadir/postgresql.conf" <<EOF
 
 # --- monk demo ---
@@ -132,11 +140,14 @@ monk.databases = 'postgres'
 monk.base_url = '$api_url'
 monk.api_key = '$API_KEY'
 monk.flush_interval = '200ms'
+monk.retry_base_delay = '100ms'
+monk.retry_max_delay = '1s'
+monk.circuit_open_time = '1s'
 EOF
 sed -n '/^# --- monk demo ---$/,$p' "$datadir/postgresql.conf" | grep -v '^#' | sed "s/^\(monk.api_key = \).*/\1'********'/"
 if ! "${as_user[@]}" "$PGBIN/pg_ctl" -D "$datadir" -l "$tmp/server.log" -w -t 60 start >/dev/null; then
 	tail -n 30 "$tmp/server.log" >&2
-	die "the cluster did not start"
+	die "the cluster did not start (the end of its log is above)"
 fi
 echo "cluster started"
 
@@ -145,6 +156,37 @@ sql()
 {
 	"${as_user[@]}" "$PGBIN/psql" -X -h "$tmp" -p "$pg_port" -U postgres -d postgres \
 		-v ON_ERROR_STOP=1 "$@"
+}
+
+# Wait (at most WAIT_SECONDS) until the query $2 returns true; else show why not and fail.  $1: what for.
+wait_for()
+{
+	local deadline=$((SECONDS + WAIT_SECONDS))
+	until [ "$(sql -qAt -c "$2")" = t ]; do
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			heading "FAILED: $1 did not happen within ${WAIT_SECONDS}s"
+			sql -x -c "SELECT * FROM monk.status" || true
+			if [ "$(sql -qAt -c "SELECT worker_running FROM monk.status" 2>/dev/null)" = f ]; then
+				echo "monk.status says no worker runs for this database: was the server started with monk"
+				echo "in shared_preload_libraries, and is the background worker (src/worker.c) built in?"
+			fi
+			heading "Last lines of the server log ($tmp/server.log)"
+			tail -n 30 "$tmp/server.log" || true
+			exit 1
+		fi
+		sleep 0.2 # a poll, bounded by the deadline
+	done
+}
+
+# The events the API holds, one line each (GET /_test/events).
+show_api()
+{
+	echo "(GET $api_url/_test/events, one line an event)"
+	api /_test/events | python3 -c 'import json, sys
+for key, e in sorted(json.load(sys.stdin)["events"].items()):
+    ev = e["event"]
+    print("%-52s %-11s %s  received %d time(s)" % (key, ev["externalCustomerId"],
+          json.dumps(ev["properties"], sort_keys=True), e["receipts"]))'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -164,9 +206,11 @@ CREATE TRIGGER api_calls_monk AFTER INSERT OR UPDATE ON api_calls FOR EACH ROW
     EXECUTE FUNCTION monk_capture('api_call', 'external_customer_id=customer',
                                   'properties=endpoint,tokens', 'timestamp=created_at');
 SQL
+# default keys: sync_, the database's id, the table, the row's id, the event
+key_sql="'sync_' || (SELECT id FROM monk.database_id) || '_public.api_calls:' || id || ':api_call'"
 
 # ---------------------------------------------------------------------------------------------
-heading "Committed transaction: three rows; before COMMIT, the events they queued (what will be sent)"
+heading "A committed transaction: three rows; before COMMIT, the events they queued (what will be sent)"
 sql -q -e <<'SQL'
 BEGIN;
 INSERT INTO api_calls (customer, endpoint, tokens) VALUES
@@ -176,72 +220,83 @@ INSERT INTO api_calls (customer, endpoint, tokens) VALUES
 SELECT id, idempotency_key, event FROM monk.outbox_events ORDER BY id;
 COMMIT;
 SQL
-# default keys: sync_, the database's id, the table, the row's id, the event
-committed_keys=$(sql -qAt -c "SELECT string_agg('sync_' || (SELECT id FROM monk.database_id) || '_public.api_calls:' || id || ':api_call', ' ' ORDER BY id) FROM api_calls")
 
-# ---------------------------------------------------------------------------------------------
-heading "Rolled-back transaction: one row, whose event must never be sent"
+heading "A rolled-back transaction: one row, whose event must never be sent"
 echo "BEGIN; INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_initech', '/v1/chat', 9999); ROLLBACK;"
-rolled_back_key=$(sql -qAt <<'SQL'
+rolled_back_key=$(sql -qAt <<SQL
 BEGIN;
-INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_initech', '/v1/chat', 9999)
-    RETURNING 'sync_' || (SELECT id FROM monk.database_id) || '_public.api_calls:' || id || ':api_call';
+INSERT INTO api_calls (customer, endpoint, tokens) VALUES ('cus_initech', '/v1/chat', 9999) RETURNING $key_sql;
 ROLLBACK;
 SQL
 )
-echo "rolled back: the row that would have sent idempotency key $rolled_back_key"
+echo "rolled back: the row that would have had the idempotency key $rolled_back_key"
+
+heading "The background worker sends the committed events (waiting until monk.outbox is empty)"
+wait_for "the delivery of the three events" "SELECT count(*) = 0 FROM monk.outbox"
+echo "monk.outbox is empty: the API accepted every committed event.  What it holds:"
+show_api
 
 # ---------------------------------------------------------------------------------------------
-heading "Waiting (at most ${WAIT_SECONDS}s) for the background worker to drain monk.outbox"
-deadline=$((SECONDS + WAIT_SECONDS))
-depth=""
-while :; do
-	depth=$(sql -qAt -c "SELECT count(*) FROM monk.outbox") || depth="?"
-	[ "$depth" = "0" ] && break
-	[ "$SECONDS" -lt "$deadline" ] || break
-	sleep 0.2
-done
-if [ "$depth" != "0" ]; then
-	heading "FAILED: monk.outbox still holds $depth event(s) after ${WAIT_SECONDS}s"
-	sql -x -c "SELECT * FROM monk.status" || true
-	running=$(sql -qAt -c "SELECT worker_running FROM monk.status" 2>/dev/null || echo "?")
-	if [ "$running" = "f" ]; then
-		echo "monk.status says no worker is running for this database: is the background worker"
-		echo "(src/worker.c) built into this version of monk?"
-	fi
-	heading "Last lines of the server log ($tmp/server.log)"
-	tail -n 30 "$tmp/server.log" || true
-	exit 1
-fi
-echo "monk.outbox is empty: every committed event was accepted by the API"
+heading "A correction: the first call used 180 tokens, not 150; its event is sent again, with the same key"
+sql -q -e -c "UPDATE api_calls SET tokens = 180 WHERE id = 1;"
+wait_for "the delivery of the correction" "SELECT count(*) = 0 FROM monk.outbox"
+first_key=$(sql -qAt -c "SELECT $key_sql FROM api_calls WHERE id = 1")
+echo "the versions of $first_key the API received, in order (GET /_test/events?history=1):"
+api "/_test/events?history=1" | python3 -c 'import json, sys
+for v in json.load(sys.stdin)["events"][sys.argv[1]]["history"]:
+    print("   ", json.dumps(v["properties"], sort_keys=True))' "$first_key"
+echo "the API keeps the latest version of a key, and counts it once"
 
 # ---------------------------------------------------------------------------------------------
-heading "What the local Monk API received (GET $api_url/_test/events)"
-echo "\$ curl -s $api_url/_test/events | python3 -m json.tool"
-http_get "$api_url/_test/events" | python3 -m json.tool
+heading "An outage: the API answers every request with 503 Service Unavailable (POST /_test/faults)"
+api /_test/faults '{"fail_rate": {"503": 1.0}}' >/dev/null
+refused=$(sql -qAt -c "SELECT requests_5xx FROM monk.status")
+last_id=$(sql -qAt -c "SELECT max(id) FROM api_calls")
+sql -q -e <<'SQL'
+INSERT INTO api_calls (customer, endpoint, tokens) VALUES
+    ('cus_globex', '/v1/embed', 64),
+    ('cus_hooli',  '/v1/chat',  320);
+SQL
+wait_for "two requests refused by the API" \
+	"SELECT requests_5xx >= $refused + 2 AND outbox_depth = 2 FROM monk.status"
+echo "monk retries with backoff; the two events wait in monk.outbox, committed and safe:"
+sql -c "SELECT id, idempotency_key FROM monk.outbox ORDER BY id" \
+	-c "SELECT outbox_depth, requests_5xx, worker_state, last_error FROM monk.status"
+
+heading "The API is back (POST /_test/faults {\"clear\": true}): the waiting events are sent"
+api /_test/faults '{"clear": true}' >/dev/null
+wait_for "the delivery of the events queued during the outage" "SELECT count(*) = 0 FROM monk.outbox"
+show_api
 
 heading "SELECT * FROM monk.status"
 sql -x -c "SELECT * FROM monk.status"
 
 # ---------------------------------------------------------------------------------------------
-heading "Checking: every committed event arrived, the rolled-back one never did"
-received=$(http_get "$api_url/_test/events?keys_only=1" |
-	python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)["keys"]))')
-ok=1
-for key in $committed_keys; do
-	if [[ " $received " == *" $key "* ]]; then
-		echo "committed   $key: received"
-	else
-		echo "committed   $key: MISSING at the API"
-		ok=0
-	fi
-done
-if [[ " $received " == *" $rolled_back_key "* ]]; then
-	echo "rolled back $rolled_back_key: RECEIVED by the API -- it must never be sent"
-	ok=0
-else
-	echo "rolled back $rolled_back_key: never arrived at the API (its transaction rolled back, so it was never queued)"
-fi
-[ "$ok" -eq 1 ] || die "the events received do not match the committed rows"
+heading "Checking: the API holds exactly the committed rows' events, each at its latest value, once"
+expected=$(sql -qAt -c "SELECT json_object_agg($key_sql, json_build_object('customer', customer,
+	'properties', json_build_object('endpoint', endpoint, 'tokens', tokens))) FROM api_calls")
+outage_keys=$(sql -qAt -c "SELECT string_agg($key_sql, ' ') FROM api_calls WHERE id > $last_id")
+api /_test/events | python3 -c 'import json, sys
+expected, rolled_back, outage = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3].split()
+held = json.load(sys.stdin)["events"]
+ok = True
+for key in sorted(set(expected) | set(held) | {rolled_back}):
+    e, h = expected.get(key), held.get(key)
+    if key == rolled_back:
+        verdict = "rolled back, never arrived" if h is None else "RECEIVED: it was rolled back"
+    elif h is None:
+        verdict = "MISSING at the API"
+    elif e is None:
+        verdict = "UNEXPECTED: no committed row has this key"
+    elif (h["event"]["externalCustomerId"], h["event"]["properties"]) != (e["customer"], e["properties"]):
+        verdict = "WRONG: the API holds %s" % json.dumps(h["event"]["properties"], sort_keys=True)
+    elif key in outage and h["receipts"] != 1:
+        verdict = "received %d times, once expected" % h["receipts"]
+    else:
+        verdict = "ok: %s" % json.dumps(e["properties"], sort_keys=True)
+    ok = ok and verdict.startswith(("ok", "rolled back"))
+    print("%-52s %s" % (key, verdict))
+sys.exit(0 if ok else 1)' "$expected" "$rolled_back_key" "$outage_keys" ||
+	die "the API does not hold exactly the committed events at their latest values (above)"
 
-heading "Done: committed events were delivered, the rolled-back one was not"
+heading "Done in $((SECONDS - started)) s after the setup: every committed event arrived once, at its latest value; the rolled-back one never did"
