@@ -154,7 +154,10 @@ ok(wait_until('the parked batch', 30, sub { psql('SELECT count(*) FROM monk.outb
 	'a batch is refused and parked');
 psql(q{SELECT monk_send('call', 'cus_1', '{"v": 1}', idempotency_key => 'retained'),
               monk_send('call', 'cus_1', '{"v": 2}', idempotency_key => 'retained')});
-ok(wait_until('the newer version at the API', 30, sub { (api_versions($api, 'v'))[0]->{retained} // 0 }),
+# (it takes about 20 s here, not a moment: the worker reads it at a later
+# look, not at its commit, while a batch is parked -- a latency noted in
+# issue 21's closing note; 55 s is still before the parked batch's retry)
+ok(wait_until('the newer version at the API', 55, sub { (api_versions($api, 'v'))[0]->{retained} // 0 }),
 	'the newer version is accepted while the batch backs off');
 $api->clear_faults;
 set_monk_conf($node, 'monk.max_retries' => 10, 'monk.retry_max_delay' => '500ms');
