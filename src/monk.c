@@ -14,7 +14,6 @@
 #include "miscadmin.h"
 
 #include "ddl.h"
-#include "progress.h"
 #include "settings.h"
 #include "shmem.h"
 #include "worker.h"
@@ -57,7 +56,6 @@ _PG_init(void)
 	}
 
 	MonkShmemInit();
-	MonkProgressInit();
 	MonkLauncherRegister();
 	MonkDdlInit();
 }

@@ -19,8 +19,6 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
-#include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -59,50 +57,27 @@ static ProgressSlot *my_slot = NULL;
 static SubTransactionId my_subid = InvalidSubTransactionId;
 static bool callbacks_registered = false;
 
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
-static Size
-ProgressShmemSize(void)
+/* Its share of monk's shared memory (shmem.c requests it with its own). */
+Size
+MonkProgressShmemSize(void)
 {
 	return mul_size(sizeof(ProgressSlot), MaxBackends);
 }
 
-static void
-ProgressShmemRequest(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(ProgressShmemSize());
-}
-
-static void
-ProgressShmemStartup(void)
+/* Create or attach to the slots: from shmem.c, under AddinShmemInitLock. */
+void
+MonkProgressShmemAttach(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	progress_slots = ShmemInitStruct("monk export progress", ProgressShmemSize(), &found);
+	progress_slots = ShmemInitStruct("monk export progress", MonkProgressShmemSize(), &found);
 	nprogress_slots = MaxBackends;
 	if (!found)
 	{
-		memset(progress_slots, 0, ProgressShmemSize());
+		memset(progress_slots, 0, MonkProgressShmemSize());
 		for (int i = 0; i < nprogress_slots; i++)
 			SpinLockInit(&progress_slots[i].mutex);
 	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/* Called from _PG_init while shared_preload_libraries are loaded. */
-void
-MonkProgressInit(void)
-{
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = ProgressShmemRequest;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = ProgressShmemStartup;
 }
 
 /* A name of the server's encoding, clipped on a character to fit. */

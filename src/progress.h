@@ -29,7 +29,8 @@ typedef struct MonkProgress
 	int			state;			/* MonkProgressState */
 } MonkProgress;
 
-extern void MonkProgressInit(void);
+extern Size MonkProgressShmemSize(void);
+extern void MonkProgressShmemAttach(void);
 extern void MonkProgressBegin(const char *cursor_name, const char *source, double rows_estimated);
 extern void MonkProgressUpdate(const MonkProgress *progress);
 extern void MonkProgressEnd(void);

@@ -26,6 +26,7 @@
 
 #include "settings.h"
 #include "http.h"
+#include "progress.h"
 #include "shmem.h"
 
 MonkShared *MonkShmem = NULL;
@@ -66,7 +67,7 @@ MonkShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MonkShmemSize());
+	RequestAddinShmemSpace(add_size(MonkShmemSize(), MonkProgressShmemSize()));
 }
 
 /* Create (or attach to) the shared state: one slot per monk.databases entry. */
@@ -97,6 +98,7 @@ MonkShmemStartup(void)
 			pg_atomic_init_u64(&slot->settled, 0);
 		}
 	}
+	MonkProgressShmemAttach();
 	LWLockRelease(AddinShmemInitLock);
 }
 

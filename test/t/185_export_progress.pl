@@ -57,29 +57,27 @@ api_holds_exactly($api, [ map { "$kp$_" } 1 .. 12000 ], 'and sent every row once
 # cancelled: the row goes with it
 psql(q{INSERT INTO usage_rows SELECT i, 'cus_1', 'call' FROM generate_series(12001, 14000) i});
 my $cancelled = $node->background_psql('postgres', on_error_stop => 0);
-$cancelled->query_until(qr/started/, q{\echo started
+# start an export in $cancelled (after $before), see it in the view, cancel it
+sub export_cancelled
+{
+	my ($before, $shows) = @_;
+	$cancelled->{stderr} = '';
+	$cancelled->query_until(qr/started/, qq{\\echo started
+$before
 SELECT events_sent FROM monk_batch_export('usage_rows', 500);
 });
-ok(wait_until('the second export to show', 30, sub { progress('count(*)') eq '1' }), 'a second export shows');
-psql(q{SELECT pg_cancel_backend(pid) FROM monk.export_progress});
-ok(wait_until('the cancel', 30, sub {
-		$cancelled->{run}->pump_nb;
-		$cancelled->{stderr} =~ /canceling statement due to user request/ }), 'it is cancelled');
+	ok(wait_until('the export to show', 30, sub { progress('count(*)') eq '1' }), $shows);
+	psql(q{SELECT pg_cancel_backend(pid) FROM monk.export_progress});
+	ok(wait_until('the cancel', 30, sub {
+			$cancelled->{run}->pump_nb;
+			$cancelled->{stderr} =~ /canceling statement due to user request/ }), 'it is cancelled');
+	$cancelled->{stderr} = '';
+}
+export_cancelled('', 'a second export shows');
 is(progress('count(*)'), '0', 'the cancelled export left the view');
 
 # an error caught at a savepoint, in the same session: the view is read after it
-$cancelled->{stderr} = '';
-$cancelled->query_until(qr/started/, q{\echo started
-BEGIN;
-SAVEPOINT s;
-SELECT events_sent FROM monk_batch_export('usage_rows', 500);
-});
-ok(wait_until('the third export to show', 30, sub { progress('count(*)') eq '1' }), 'an export in a savepoint shows');
-psql(q{SELECT pg_cancel_backend(pid) FROM monk.export_progress});
-ok(wait_until('the cancel', 30, sub {
-		$cancelled->{run}->pump_nb;
-		$cancelled->{stderr} =~ /canceling statement due to user request/ }), 'it is cancelled');
-$cancelled->{stderr} = '';
+export_cancelled("BEGIN;\nSAVEPOINT s;", 'an export in a savepoint shows');
 is($cancelled->query_safe('ROLLBACK TO s; SELECT count(*) FROM monk.export_progress'), '0',
 	'rolled back to its savepoint, the session sees no export of its own');
 is(progress('count(*)'), '0', 'nor does another, while the transaction goes on');
